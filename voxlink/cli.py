@@ -1,0 +1,183 @@
+"""The ``voxlink`` command: one entry point for data, training, evaluation, edge, ground and benchmarks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="voxlink: image compression made for 3D reconstruction.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Make and inspect multi-view datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+log = logging.getLogger("voxlink")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("OpenGL", "trimesh", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    _setup_logging(verbose)
+
+
+@data_app.command("make")
+def data_make(
+    out: Path = typer.Option(..., "--out", help="Output dataset folder."),
+    procedural: int = typer.Option(0, "--procedural", help="Number of procedural objects."),
+    meshes: Optional[list[Path]] = typer.Option(None, "--meshes", help="Mesh files or folders (OBJ/PLY/OFF/GLB); repeatable."),
+    views: int = typer.Option(24, "--views", help="Views per object."),
+    size: int = typer.Option(128, "--size", help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Master seed (everything is deterministic from it)."),
+    workers: int = typer.Option(1, "--workers", help="Parallel worker processes."),
+    up: str = typer.Option("y", "--up", help="Up axis of the mesh files: y or z."),
+    mesh_split: str = typer.Option("test", "--mesh-split", help="Split of real meshes: test, train, val or auto."),
+) -> None:
+    """Generate a dataset: renders (RGB, depth, mask, K, pose) and 32^3 occupancy per object."""
+    from voxlink.data.make import MakeConfig, make_dataset, plan_jobs
+    from voxlink.data.meshes import find_meshes
+
+    if up not in ("y", "z"):
+        _fail(f"--up must be y or z, got {up!r}")
+    try:
+        mesh_files = find_meshes(meshes or [])
+    except FileNotFoundError as e:
+        _fail(str(e))
+    if meshes and not mesh_files:
+        _fail(f"no mesh files (.obj .ply .off .glb .gltf .stl) under {', '.join(map(str, meshes))}")
+    try:
+        jobs = plan_jobs(procedural, mesh_files, seed, up=up)
+        cfg = MakeConfig(views=views, size=size, seed=seed, mesh_split=mesh_split)
+        stats = make_dataset(out, jobs, cfg, workers=workers)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    tot = stats["load_s"] + stats["render_s"] + stats["voxelize_s"]
+    share = (lambda k: 100.0 * stats[k] / tot) if tot > 0 else (lambda k: 0.0)
+    typer.echo(f"wrote {stats['objects']} objects to {out} in {stats['seconds']:.1f} s: "
+               f"{stats['objects_per_s']:.2f} objects/s ({views} views of {size}x{size}); "
+               f"time shares: render {share('render_s'):.0f} %, voxelize {share('voxelize_s'):.0f} %, "
+               f"load/build {share('load_s'):.0f} %")
+    if stats["failed"]:
+        typer.secho(f"{len(stats['failed'])} object(s) skipped:", fg=typer.colors.YELLOW, err=True)
+        for m in stats["failed"]:
+            typer.echo(f"  {m}", err=True)
+        if not stats["objects"]:
+            raise typer.Exit(1)
+
+
+@data_app.command("show")
+def data_show(
+    root: Path = typer.Argument(..., help="Dataset folder."),
+    out: Path = typer.Option(Path("sheet.png"), "--out", help="Output PNG."),
+    objects: int = typer.Option(6, "--objects", help="Objects (rows) to show."),
+) -> None:
+    """Write a contact sheet (RGB, depth, mask and the voxel grid) for a few objects."""
+    from voxlink.data.sheet import contact_sheet
+    from voxlink.data.store import DatasetError
+
+    try:
+        path = contact_sheet(root, out, n_objects=objects)
+    except DatasetError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path}")
+
+
+@app.command("train")
+def train_cmd(
+    config: str = typer.Option(..., "--config", help="Training TOML (voxlink/configs/*.toml) or a model config name."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<model name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's checkpoint."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Override the number of steps."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Override the dataset folder."),
+) -> None:
+    """Train an implicit model; writes checkpoints and a model.safetensors with its config."""
+    import dataclasses
+
+    from voxlink.models.config import CONFIGS
+    from voxlink.train import TrainConfig, load_train_config, train
+
+    try:
+        if config in CONFIGS:
+            from voxlink.models.config import get_config
+
+            mcfg, tcfg = get_config(config), TrainConfig()
+        else:
+            mcfg, tcfg = load_train_config(config)
+    except (OSError, ValueError) as e:
+        _fail(f"bad config {config}: {e}")
+    if steps is not None:
+        tcfg = dataclasses.replace(tcfg, steps=steps)
+    if data is not None:
+        tcfg = dataclasses.replace(tcfg, data=str(data))
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            _fail("--device cuda: no CUDA device (this torch build or machine has none)")
+    out = out or Path("runs") / mcfg.name
+    from voxlink.data.store import DatasetError
+
+    try:
+        path = train(mcfg, tcfg, out, resume=resume, device=device, command=" ".join(["voxlink"] + sys.argv[1:]))
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument("implicit-k1024", help="Model file or shipped name."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder (any voxlink dataset, e.g. from --meshes)."),
+    views: int = typer.Option(5, "--views", min=1, max=24, help="Views fused per object (scores 1..V)."),
+    split: str = typer.Option("test", "--split", help="train, val, test or all."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write report.json here."),
+    max_objects: Optional[int] = typer.Option(None, "--max-objects", help="Cap the number of objects."),
+) -> None:
+    """mIoU per number of views and per category, depth metrics, compression; beside the trivial baseline."""
+    import json
+
+    from voxlink.data.store import DatasetError
+    from voxlink.evaluate import evaluate, format_report
+    from voxlink.weights import ModelFileError, load_model
+
+    try:
+        m, meta, extra = load_model(model)
+    except ModelFileError as e:
+        _fail(str(e))
+    baseline = None
+    if "mean_grid" in extra:
+        baseline = (extra["mean_grid"], float(extra["baseline_threshold"][0]))
+    try:
+        report = evaluate(m, data, split=split, views=views, baseline=baseline, max_objects=max_objects, progress=True)
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    report["model_file"] = str(model)
+    report["model_git_commit"] = meta.get("git_commit")
+    typer.echo(format_report(report))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+        typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    """Console entry point (``voxlink``)."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""PyTorch ``Dataset`` over a voxlink dataset folder (lazy, sharded; see :mod:`voxlink.data.store`).
+
+Training (``train=True``) follows 3D-R2N2: each item is a random subset of ``max_views`` views in
+random order; the training loop then keeps the first ``V`` of them with ``V`` drawn in 1..5 per
+batch. Evaluation (``train=False``) yields a fixed, deterministic set of views per object.
+
+Reconstruction frame (Golts & Schechner predict in ShapeNet's canonical frame):
+
+* ``object``: the occupancy target is the object's own (canonical) grid.
+* ``view``: Y up (gravity) and the heading of the first view: the grid is rotated about Y by minus
+  the first camera's azimuth, so the model never needs the object's canonical heading.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from voxlink import camera
+from voxlink.data.store import DatasetStore
+from voxlink.preprocess import to_input
+
+FRAMES = ("object", "view")
+
+
+def yaw_matrix(angle: float) -> np.ndarray:
+    """4 x 4 rotation about +Y by ``angle`` radians (right-handed)."""
+    c, s = math.cos(angle), math.sin(angle)
+    T = np.eye(4)
+    T[0, 0], T[0, 2], T[2, 0], T[2, 2] = c, s, -s, c
+    return T
+
+
+def rotate_grid_y(occ: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate an occupancy grid about the Y axis through the grid centre.
+
+    The output voxel at position ``p`` takes the input at ``R_y(-angle) p`` (trilinear, so a
+    binary grid should be thresholded at 0.5 afterwards); what leaves the grid is clipped.
+
+    Shape:
+        occ: float [..., R, R, R] indexed ``[x, y, z]`` -> same shape.
+    """
+    shape = occ.shape
+    g = occ.reshape(-1, 1, *shape[-3:]).float()
+    n = g.shape[0]
+    c, s = math.cos(-angle), math.sin(-angle)
+    # grid_sample's coords are (x, y, z) = (W, H, D) axes; our tensor's (D, H, W) = (x, y, z),
+    # so sampling coordinate order is (z, y, x).
+    R = torch.tensor([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]], dtype=torch.float32)  # acts on (z, y, x)
+    theta = torch.zeros(n, 3, 4)
+    theta[:, :, :3] = R
+    grid = torch.nn.functional.affine_grid(theta, g.shape, align_corners=False)
+    out = torch.nn.functional.grid_sample(g, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.reshape(shape)
+
+
+class MultiViewDataset(Dataset):
+    """Objects of one split with their views and occupancy grid.
+
+    Args:
+        root: dataset folder.
+        split: ``train``, ``val``, ``test`` or ``all``.
+        max_views: views per item.
+        train: random views and background colour jitter (True) or a fixed set (False).
+        frame: ``object`` or ``view`` (module docstring).
+        seed: seed of the fixed evaluation views.
+        with_depth: also return depth maps and masks.
+
+    Items are dicts: ``images`` float32 [V, 3, H, W] in [0, 1]; ``occupancy`` float32 [R, R, R]
+    (0/1, in the chosen frame, ``[x, y, z]``); ``grid_to_world`` float32 [4, 4] (maps voxel
+    indices to the object frame of the poses); ``pose`` float32 [V, 4, 4]; ``K`` float32 [3, 3];
+    ``depth`` float32 [V, H, W] metres and ``mask`` bool [V, H, W] if ``with_depth``; ``index`` int.
+
+    Raises:
+        voxlink.data.store.DatasetError: bad folder. ValueError: unknown frame or empty split.
+    """
+
+    def __init__(self, root, split: str = "train", max_views: int = 5, train: bool = True, frame: str = "object",
+                 seed: int = 0, with_depth: bool = False):
+        if frame not in FRAMES:
+            raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
+        self.store = DatasetStore(root)
+        self.indices = self.store.split(split)
+        if not self.indices:
+            raise ValueError(f"split {split!r} of {root} holds no objects")
+        self.max_views, self.train, self.frame, self.seed, self.with_depth = max_views, train, frame, seed, with_depth
+        self.n_views = int(self.store.manifest["views"])
+        self.resolution = int(self.store.manifest["grid"]["resolution"])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def category(self, i: int) -> str:
+        """Category of item ``i``."""
+        return self.store.objects[self.indices[i]]["category"]
+
+    def view_ids(self, i: int) -> np.ndarray:
+        """The fixed evaluation views of item ``i`` (spread around the orbit, deterministic)."""
+        rng = np.random.default_rng([self.seed, self.indices[i]])
+        k = min(self.max_views, self.n_views)
+        start = int(rng.integers(self.n_views))
+        return (start + np.round(np.arange(k) * self.n_views / k).astype(int)) % self.n_views
+
+    def __getitem__(self, i: int) -> dict:
+        idx = self.indices[i]
+        if self.train:
+            ids = np.random.permutation(self.n_views)[: self.max_views]
+        else:
+            ids = self.view_ids(i)
+        rgb = self.store.read(idx, "rgb")[ids]
+        depth = self.store.read(idx, "depth")[ids]
+        mask = depth > 0
+        if self.train:  # 3D-R2N2: plain background of a random colour per view
+            bg = np.random.randint(0, 256, size=(len(ids), 1, 1, 3), dtype=np.uint8)
+            rgb = np.where(mask[..., None], rgb, bg)
+        pose = self.store.read(idx, "pose")[ids]
+        occ = torch.from_numpy(self.store.read(idx, "occupancy").astype(np.float32))
+        g2w = torch.from_numpy(_grid_to_world(self.resolution))
+        if self.frame == "view":
+            az = camera.azimuth_of(pose[0])
+            occ = (rotate_grid_y(occ, -az) > 0.5).float()
+            g2w = torch.from_numpy(yaw_matrix(az).astype(np.float32)) @ g2w
+        item = {"images": to_input(rgb), "occupancy": occ, "grid_to_world": g2w,
+                "pose": torch.from_numpy(pose), "K": torch.from_numpy(self.store.K.astype(np.float32)), "index": idx}
+        if self.with_depth:
+            item["depth"] = torch.from_numpy(depth)
+            item["mask"] = torch.from_numpy(mask)
+        return item
+
+
+def _grid_to_world(resolution: int) -> np.ndarray:
+    from voxlink.data.voxelize import grid_to_world
+
+    return grid_to_world(resolution).astype(np.float32)

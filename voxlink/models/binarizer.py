@@ -1,0 +1,91 @@
+"""Binarizer B (Golts & Schechner Eq. 13, after Toderici et al. 2015/2017) and bit packing.
+
+Training: ``b = +1`` with probability ``(1 + x) / 2`` else ``-1`` for ``x`` in [-1, 1] (the output
+of a tanh); the gradient passes straight through (``d b / d x = 1``, since ``E[b(x)] = x``).
+Inference: ``b = sign(x)`` with ``sign(0) = +1``, deterministic, so the drone and the ground agree
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Bits in one raw 128 x 128 RGB view at 8 bits per channel (Eq. 12 numerator).
+RAW_BITS_128 = 128 * 128 * 3 * 8
+
+
+def compression_ratio(bits_per_view: int, height: int = 128, width: int = 128, iterations: int = 1) -> float:
+    """Compression ratio ``c = H * W * 3 * 8 / (N * m)`` (Golts & Schechner Eq. 12).
+
+    Args:
+        bits_per_view: ``m``, bits per iteration (the implicit model's K).
+        height, width: image size in pixels.
+        iterations: ``N``, RNN iterations (1 for the implicit model).
+
+    Raises:
+        ValueError: non-positive sizes.
+    """
+    if bits_per_view <= 0 or iterations <= 0 or height <= 0 or width <= 0:
+        raise ValueError("bits, iterations and image size must be positive")
+    return height * width * 3 * 8 / (iterations * bits_per_view)
+
+
+def binarize(x: torch.Tensor, stochastic: bool) -> torch.Tensor:
+    """Binarize values in [-1, 1] to {-1, +1} (Eq. 13), with a straight-through gradient.
+
+    Args:
+        x: float tensor in [-1, 1] (any shape).
+        stochastic: draw each bit with ``P(+1) = (1 + x) / 2`` (training); otherwise ``sign`` with
+            ``sign(0) = +1`` (inference).
+
+    Returns:
+        float tensor of the same shape and dtype, exactly +1 or -1; ``grad = identity``.
+    """
+    if stochastic:
+        b = torch.where(torch.rand_like(x) < (1.0 + x) / 2.0, 1.0, -1.0).to(x.dtype)
+    else:
+        b = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    return x + (b - x).detach()
+
+
+class Binarizer(nn.Module):
+    """Module form of :func:`binarize`: stochastic in ``train()`` mode, ``sign`` in ``eval()`` mode.
+
+    Shape:
+        input float [..., K] in [-1, 1] -> output float [..., K] in {-1, +1}.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return binarize(x, stochastic=self.training)
+
+
+def pack_bits(bits: torch.Tensor | np.ndarray) -> bytes:
+    """Pack one code of +1/-1 (or 1/0) values into bytes, most significant bit first (+1 -> 1).
+
+    Shape:
+        bits: [K] -> ``ceil(K / 8)`` bytes.
+
+    Raises:
+        ValueError: not one-dimensional.
+    """
+    b = np.asarray(bits.detach().cpu() if isinstance(bits, torch.Tensor) else bits)
+    if b.ndim != 1:
+        raise ValueError(f"pack_bits takes one code [K], got shape {b.shape}")
+    return np.packbits(b > 0).tobytes()
+
+
+def unpack_bits(data: bytes, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`.
+
+    Returns:
+        float32 [k] of +1/-1.
+
+    Raises:
+        ValueError: ``data`` is not ``ceil(k / 8)`` bytes.
+    """
+    if len(data) != (k + 7) // 8:
+        raise ValueError(f"a {k}-bit code is {(k + 7) // 8} bytes, got {len(data)}")
+    bits = np.unpackbits(np.frombuffer(data, np.uint8))[:k]
+    return torch.from_numpy(bits.astype(np.float32) * 2.0 - 1.0)

@@ -1,0 +1,305 @@
+"""``voxlink train``: train an implicit model (3D-R2N2 protocol: random 1..5 views, Adam).
+
+A training config is a TOML file with a ``[model]`` table (:class:`~voxlink.models.config.ModelConfig`)
+and a ``[train]`` table (:class:`TrainConfig`); ``model = "cpu"`` (a string) names a built-in
+model config instead. The run folder gets ``checkpoint.pt`` (resumable, written every few minutes),
+``log.jsonl`` (one line per logged step) and the final ``model.safetensors``.
+
+Data-parallel training: launch with ``torchrun --nproc_per_node N -m voxlink.cli train ...``;
+each process takes every N-th batch of objects (DDP, gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from voxlink.data.dataset import MultiViewDataset
+from voxlink.data.store import manifest_hash
+from voxlink.models.config import ModelConfig, get_config
+from voxlink.models.implicit import ImplicitModel, depth_loss, iou, occupancy_loss
+from voxlink.weights import save_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Training parameters.
+
+    Attributes:
+        data: dataset folder (made by ``voxlink data make``).
+        make_data: if ``data`` has no manifest, the ``voxlink data make`` arguments to build it
+            (``{"procedural": N, "views": V, "seed": S}``), so training can start from nothing.
+        steps: optimiser steps.
+        batch_size: objects per step.
+        max_views: views per object are drawn in 1..max_views per step (3D-R2N2).
+        lr: Adam learning rate; multiplied by ``lr_decay`` after ``decay_at`` of the steps.
+        depth_weight: weight of the depth decoder's loss (it trains on detached codes).
+        depth_views: views per step fed to the depth decoder.
+        seed: seed of everything random in training.
+        checkpoint_minutes: minutes between checkpoints.
+        val_every: steps between validation passes.
+        val_objects: objects of the validation split used per pass.
+        workers: DataLoader worker processes.
+        threads: torch intra-op threads (0 = torch's default).
+    """
+
+    data: str = "data/proc"
+    make_data: dict = field(default_factory=dict)
+    steps: int = 2000
+    batch_size: int = 16
+    max_views: int = 5
+    lr: float = 5e-4
+    lr_decay: float = 0.2
+    decay_at: float = 0.75
+    depth_weight: float = 1.0
+    depth_views: int = 8
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    val_every: int = 200
+    val_objects: int = 64
+    workers: int = 0
+    threads: int = 0
+
+
+def load_train_config(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
+    """Read a training TOML (``[model]`` table or ``model = "name"``, and ``[train]``).
+
+    Raises:
+        FileNotFoundError: no file. ValueError: unknown keys or model name.
+    """
+    d = tomllib.loads(Path(path).read_text())
+    m = d.get("model", "cpu")
+    mcfg = get_config(m) if isinstance(m, str) else ModelConfig.from_dict(m)
+    if isinstance(m, str) and "model_overrides" in d:
+        mcfg = dataclasses.replace(mcfg, **d["model_overrides"])
+    t = d.get("train", {})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if set(t) - names:
+        raise ValueError(f"unknown [train] keys in {path}: {sorted(set(t) - names)}")
+    return mcfg, TrainConfig(**t)
+
+
+def git_commit() -> str:
+    """The current git commit of the voxlink checkout, or ``"unknown"``."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _collate(items: list[dict]) -> dict:
+    out = {}
+    for k in items[0]:
+        v = [it[k] for it in items]
+        out[k] = torch.stack(v) if isinstance(v[0], torch.Tensor) else torch.tensor(v)
+    return out
+
+
+def mean_grid(ds: MultiViewDataset, limit: int = 512) -> torch.Tensor:
+    """Mean training occupancy (in the dataset's frame) over up to ``limit`` objects: float32 [R, R, R]."""
+    idx = np.linspace(0, len(ds) - 1, min(limit, len(ds))).round().astype(int)
+    acc = None
+    for i in idx:
+        occ = ds[int(i)]["occupancy"]
+        acc = occ.clone() if acc is None else acc + occ
+    return acc / len(idx)
+
+
+def best_threshold(grid: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """Threshold of a constant prediction ``grid`` with the best mIoU on ``targets`` [N, R, R, R].
+
+    Returns:
+        ``(threshold, miou)``.
+    """
+    best = (0.5, -1.0)
+    for t in np.linspace(0.02, 0.9, 45):
+        m = float(iou(grid.expand_as(targets), targets, float(t)).mean())
+        if m > best[1]:
+            best = (float(t), m)
+    return best
+
+
+@torch.no_grad()
+def validate(model: ImplicitModel, ds: MultiViewDataset, n: int, device) -> dict:
+    """mIoU@5 (tau = 0.4), distinct predictions and the share of code bits that vary across objects."""
+    model.eval()
+    ious, preds, codes = [], [], []
+    for i in range(min(n, len(ds))):
+        it = ds[i]
+        out = model(it["images"][None].to(device))
+        p = torch.softmax(out["logits"], 1)[:, 1]
+        ious.append(float(iou(p, it["occupancy"][None].to(device))[0]))
+        preds.append((p > 0.4).flatten().cpu().numpy().tobytes())
+        codes.append(out["codes"][0, 0].cpu())
+    model.train()
+    c = torch.stack(codes)
+    varying = float(((c > 0).float().mean(0) % 1 != 0).float().mean())
+    return {"val_miou5": float(np.mean(ious)), "val_distinct_predictions": len(set(preds)),
+            "val_bits_varying": varying}
+
+
+def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = False, device: str = "cpu",
+          command: str = "", progress: bool = True) -> Path:
+    """Train an implicit model and write ``out/model.safetensors``.
+
+    Args:
+        mcfg: model architecture.
+        tcfg: training parameters.
+        out: run folder.
+        resume: continue from ``out/checkpoint.pt``.
+        device: ``cpu`` or ``cuda``.
+        command: the command line, recorded in the model file.
+        progress: show a progress bar.
+
+    Returns:
+        path of the final model file.
+
+    Raises:
+        FileNotFoundError: ``resume`` without a checkpoint. voxlink.data.store.DatasetError: bad data.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    torch.manual_seed(tcfg.seed + rank)
+    np.random.seed(tcfg.seed + rank)
+
+    data = Path(tcfg.data)
+    if not (data / "manifest.json").is_file() and tcfg.make_data:
+        from voxlink.data.make import MakeConfig, make_dataset, plan_jobs
+
+        md = tcfg.make_data
+        log.info("no dataset at %s: making it (%s)", data, md)
+        jobs = plan_jobs(int(md.get("procedural", 1000)), [], int(md.get("seed", 0)))
+        make_dataset(data, jobs, MakeConfig(views=int(md.get("views", 24)), seed=int(md.get("seed", 0))),
+                     workers=int(md.get("workers", 2)), progress=progress)
+    train_ds = MultiViewDataset(data, "train", tcfg.max_views, train=True, frame=mcfg.frame, with_depth=True)
+    try:
+        val_ds = MultiViewDataset(data, "val", 5, train=False, frame=mcfg.frame)
+    except ValueError:  # a small dataset may have no validation objects: validate on training objects
+        log.warning("%s has no validation split; validating on training objects", data)
+        val_ds = MultiViewDataset(data, "train", 5, train=False, frame=mcfg.frame)
+    if len(train_ds) < tcfg.batch_size * world:
+        log.warning("only %d training objects: batch size %d -> %d", len(train_ds), tcfg.batch_size,
+                    max(1, len(train_ds) // world))
+        tcfg = dataclasses.replace(tcfg, batch_size=max(1, len(train_ds) // world))
+    sampler = (torch.utils.data.DistributedSampler(train_ds, seed=tcfg.seed) if world > 1 else None)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=tcfg.batch_size, shuffle=sampler is None,
+                                         sampler=sampler, num_workers=tcfg.workers, collate_fn=_collate,
+                                         drop_last=True, persistent_workers=tcfg.workers > 0)
+
+    model = ImplicitModel(mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    step, elapsed = 0, 0.0
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        st = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, elapsed = st["step"], st.get("elapsed", 0.0)
+        torch.set_rng_state(st["torch_rng"])
+        np.random.set_state(st["np_rng"])
+        log.info("resumed from %s at step %d", ckpt, step)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    def save_ckpt():
+        if rank == 0:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                        "torch_rng": torch.get_rng_state(), "np_rng": np.random.get_state(),
+                        "model_config": mcfg.to_dict(), "train_config": dataclasses.asdict(tcfg)}, ckpt)
+
+    rng = np.random.default_rng([tcfg.seed, rank, step])
+    logf = (out / "log.jsonl").open("a") if rank == 0 else None
+    bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank != 0)
+    last_ckpt, t_start = time.time(), time.time() - elapsed
+    epoch = 0
+    model.train()
+    ema = {}
+    while step < tcfg.steps:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for batch in loader:
+            if step >= tcfg.steps:
+                break
+            lr = tcfg.lr * (tcfg.lr_decay if step >= tcfg.decay_at * tcfg.steps else 1.0)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            v = int(rng.integers(1, tcfg.max_views + 1))
+            images = batch["images"][:, :v].to(device)
+            target = batch["occupancy"].to(device)
+            outp = net(images)
+            l3d = occupancy_loss(outp["logits"], target)
+            # depth decoder: a few views per step, on detached codes (the codec is trained by L_3D only)
+            b = images.shape[0]
+            pick = torch.as_tensor(rng.choice(b * v, size=min(tcfg.depth_views, b * v), replace=False))
+            true_depth = batch["depth"][:, :v].flatten(0, 1)[pick].to(device)
+            ld = depth_loss(outp["depth"].flatten(0, 1)[pick], outp["mask_logit"].flatten(0, 1)[pick], true_depth)
+            loss = l3d + tcfg.depth_weight * ld
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                bi = float(iou(torch.softmax(outp["logits"], 1)[:, 1], target).mean())
+            for k, x in (("loss3d", float(l3d)), ("loss_depth", float(ld)), ("iou", bi)):
+                ema[k] = x if k not in ema else 0.95 * ema[k] + 0.05 * x
+            elapsed = time.time() - t_start
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema['loss3d']:.3f}", iou=f"{ema['iou']:.3f}", depth=f"{ema['loss_depth']:.3f}",
+                            sps=f"{step / max(elapsed, 1e-9):.2f}")
+            rec = {"step": step, "views": v, "lr": lr, "elapsed_s": round(elapsed, 1), **{k: round(x, 4) for k, x in ema.items()}}
+            if rank == 0 and (step % tcfg.val_every == 0 or step == tcfg.steps):
+                rec.update(validate(model, val_ds, tcfg.val_objects, device))
+                log.info("step %d: %s", step, {k: rec[k] for k in rec if k.startswith("val_")})
+                if rec["val_bits_varying"] < 0.5 and mcfg.binarize:
+                    log.warning("alarm: only %.0f %% of code bits vary across objects", 100 * rec["val_bits_varying"])
+                if rec["val_distinct_predictions"] <= 2:
+                    log.warning("alarm: validation predictions are (nearly) all identical")
+            if logf and (step % 10 == 0 or "val_miou5" in rec):
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+            if time.time() - last_ckpt > 60 * tcfg.checkpoint_minutes:
+                save_ckpt()
+                last_ckpt = time.time()
+        epoch += 1
+    bar.close()
+    save_ckpt()
+    final = out / "model.safetensors"
+    if rank == 0:
+        baseline_ds = MultiViewDataset(data, "train", 1, train=False, frame=mcfg.frame)
+        mg = mean_grid(baseline_ds)
+        val_t = torch.stack([val_ds[i]["occupancy"] for i in range(min(len(val_ds), 256))])
+        thr, base_miou = best_threshold(mg, val_t)
+        meta = {"command": command, "data": str(data), "data_manifest": manifest_hash(data), "git_commit": git_commit(),
+                "train_config": dataclasses.asdict(tcfg), "steps": step, "train_seconds": round(elapsed, 1),
+                "final": {k: round(x, 4) for k, x in ema.items()}, "baseline_threshold": thr,
+                "baseline_val_miou": round(base_miou, 4), "frame": mcfg.frame}
+        save_model(model, final, meta=meta, extra={"mean_grid": mg, "baseline_threshold": torch.tensor([thr])})
+        log.info("wrote %s (%d steps, %.1f min)", final, step, elapsed / 60)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return final

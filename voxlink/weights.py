@@ -1,0 +1,117 @@
+"""Model files: save and load implicit models as safetensors, and the shipped weights by name.
+
+A model file is one ``.safetensors`` file: the weights, plus string metadata ``voxlink.config``
+(the :class:`~voxlink.models.config.ModelConfig` as JSON), ``voxlink.meta`` (JSON: training
+command, data manifest hash, git commit, metrics) and ``voxlink.format``. Buffers that are not
+weights ride along under the ``extra.`` prefix (the mean training grid of the trivial baseline).
+Shipped weights live in ``voxlink/weights/`` and load by name (``implicit-k1024``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from voxlink.models.config import ModelConfig
+from voxlink.models.implicit import ImplicitModel
+
+#: Folder of the shipped ("embedded default") weights.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: Model used when none is named.
+DEFAULT_MODEL = "implicit-k1024"
+FORMAT = "voxlink-model-1"
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt, of another format, or does not match what the caller needs."""
+
+
+def shipped_models() -> list[str]:
+    """Names of the shipped models (files in :data:`WEIGHTS_DIR`)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def resolve(name_or_path: str | Path | None) -> Path:
+    """Path of a model given by file path or shipped name (``None`` -> :data:`DEFAULT_MODEL`).
+
+    Raises:
+        ModelFileError: neither an existing file nor a shipped name.
+    """
+    s = str(name_or_path or DEFAULT_MODEL)
+    p = Path(s)
+    if p.is_file():
+        return p
+    q = WEIGHTS_DIR / f"{s}.safetensors"
+    if q.is_file():
+        return q
+    raise ModelFileError(f"no model file {s!r}; shipped models: {', '.join(shipped_models()) or 'none'}")
+
+
+def save_model(model: ImplicitModel, path: str | Path, meta: dict | None = None,
+               extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a model file (weights + config + metadata) with safetensors.
+
+    Args:
+        model: the model.
+        path: output ``.safetensors`` file.
+        meta: JSON-serialisable metadata (training command, data manifest hash, git commit, metrics).
+        extra: extra tensors stored under ``extra.<name>``.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for k, v in (extra or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
+    md = {"voxlink.format": FORMAT, "voxlink.config": json.dumps(model.cfg.to_dict()),
+          "voxlink.meta": json.dumps(meta or {}), "voxlink.fingerprint": model.fingerprint().hex()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=md)
+    return path
+
+
+def load_model(name_or_path: str | Path | None = None, code_bits: int | None = None,
+               device: str = "cpu") -> tuple[ImplicitModel, dict, dict[str, torch.Tensor]]:
+    """Load a model file in eval mode.
+
+    Args:
+        name_or_path: a file, or a shipped name; ``None`` loads :data:`DEFAULT_MODEL`.
+        code_bits: if given, the K the caller needs (an engine or a stream); another K is an error.
+        device: torch device.
+
+    Returns:
+        ``(model, meta, extra)``: the model (eval mode), its metadata dict, its extra tensors.
+
+    Raises:
+        ModelFileError: missing, corrupt, not a voxlink model, or of another K than ``code_bits``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = resolve(name_or_path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+        tensors = load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"corrupt or unreadable model file {path}: {e}") from e
+    if md.get("voxlink.format") != FORMAT:
+        raise ModelFileError(f"{path} is not a voxlink model file (format {md.get('voxlink.format')!r})")
+    try:
+        cfg = ModelConfig.from_dict(json.loads(md["voxlink.config"]))
+        meta = json.loads(md.get("voxlink.meta", "{}"))
+    except (KeyError, ValueError) as e:
+        raise ModelFileError(f"{path}: bad model config metadata: {e}") from e
+    if code_bits is not None and cfg.code_bits != code_bits:
+        raise ModelFileError(f"{path} is a K={cfg.code_bits} model, but K={code_bits} is needed")
+    model = ImplicitModel(cfg)
+    extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    weights = {k: v for k, v in tensors.items() if not k.startswith("extra.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(f"{path}: weights do not match its config: {e}") from e
+    model.to(device).eval()
+    return model, meta, extra
