@@ -50,7 +50,7 @@ def resolve(name_or_path: str | Path | None) -> Path:
 
 
 def save_model(model: ImplicitModel, path: str | Path, meta: dict | None = None,
-               extra: dict[str, torch.Tensor] | None = None) -> Path:
+               extra: dict[str, torch.Tensor] | None = None, half: bool = False) -> Path:
     """Write a model file (weights + config + metadata) with safetensors.
 
     Args:
@@ -58,10 +58,21 @@ def save_model(model: ImplicitModel, path: str | Path, meta: dict | None = None,
         path: output ``.safetensors`` file.
         meta: JSON-serialisable metadata (training command, data manifest hash, git commit, metrics).
         extra: extra tensors stored under ``extra.<name>``.
+        half: store floating-point weights as float16 (half the bytes; loading converts back to
+            float32, and the model's fingerprint is that of the rounded weights).
     """
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    def _cast(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().cpu().contiguous()
+        return v.half() if half and v.is_floating_point() else v
+
+    if half:  # round the live model too, so its fingerprint is the one the file will load with
+        with torch.no_grad():
+            for v in model.state_dict().values():
+                if v.is_floating_point():
+                    v.copy_(v.half().float())
+    tensors = {k: _cast(v) for k, v in model.state_dict().items()}
     for k, v in (extra or {}).items():
         tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
     md = {"voxlink.format": FORMAT, "voxlink.config": json.dumps(model.cfg.to_dict()),
@@ -108,10 +119,13 @@ def load_model(name_or_path: str | Path | None = None, code_bits: int | None = N
         raise ModelFileError(f"{path} is a K={cfg.code_bits} model, but K={code_bits} is needed")
     model = ImplicitModel(cfg)
     extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
-    weights = {k: v for k, v in tensors.items() if not k.startswith("extra.")}
+    weights = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items() if not k.startswith("extra.")}
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise ModelFileError(f"{path}: weights do not match its config: {e}") from e
     model.to(device).eval()
+    stored = md.get("voxlink.fingerprint")
+    if stored and stored != model.fingerprint().hex():
+        raise ModelFileError(f"{path}: weights do not match the fingerprint recorded in the file (corrupt?)")
     return model, meta, extra

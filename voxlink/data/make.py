@@ -182,7 +182,8 @@ def make_dataset(out: str | Path, jobs: list[Job], cfg: MakeConfig, workers: int
         ``render_s`` / ``voxelize_s`` / ``load_s`` (summed over workers).
 
     Raises:
-        ValueError: no jobs, bad config, or ``out`` is an existing file.
+        ValueError: no jobs, bad config, ``out`` empty, an existing file, or a non-empty folder that
+            is not a dataset.
     """
     from tqdm import tqdm
 
@@ -193,8 +194,12 @@ def make_dataset(out: str | Path, jobs: list[Job], cfg: MakeConfig, workers: int
         raise ValueError(f"bad dataset parameters: views={cfg.views} size={cfg.size} resolution={cfg.resolution}")
     if cfg.mesh_split not in ("train", "val", "test", "auto"):
         raise ValueError(f"mesh split must be train, val, test or auto, got {cfg.mesh_split!r}")
+    if str(out).strip() in ("", "."):
+        raise ValueError("give a dataset folder with --out (not an empty path or the current folder)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path exists and is not a folder: {out}")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise ValueError(f"refusing to write into {out}: it is not empty and not a voxlink dataset")
     out.mkdir(parents=True, exist_ok=True)
     for old in (out / "shards").glob("shard-*.npz") if (out / "shards").is_dir() else []:
         old.unlink()

@@ -56,12 +56,17 @@ def grid_to_world(resolution: int = RESOLUTION) -> np.ndarray:
 
 
 def points_to_voxels(points: np.ndarray, resolution: int = RESOLUTION) -> np.ndarray:
-    """Voxel index of each point (floor), without clipping.
+    """Voxel index of each point (floor); points beyond the grid get indices outside ``0..R-1``.
 
     Shape:
         points: [N, 3] float (metres) -> int64 [N, 3] indices ``[x, y, z]`` (may lie outside ``0..R-1``).
     """
-    return np.floor((np.asarray(points) - VOXEL_MIN) / voxel_size(resolution)).astype(np.int64)
+    t = (np.asarray(points, np.float64) - VOXEL_MIN) / voxel_size(resolution)
+    # the grid is closed on its upper faces: a point on them (a normalised object's top, give or
+    # take the depth buffer's rounding, a hundredth of a voxel)
+    # belongs to the last voxel, not outside
+    t = np.where((t >= resolution) & (t <= resolution + 1e-2), resolution - 0.5, t)
+    return np.floor(t).astype(np.int64)
 
 
 def _lattice(n: int) -> np.ndarray:

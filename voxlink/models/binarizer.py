@@ -47,7 +47,9 @@ def binarize(x: torch.Tensor, stochastic: bool) -> torch.Tensor:
         b = torch.where(torch.rand_like(x) < (1.0 + x) / 2.0, 1.0, -1.0).to(x.dtype)
     else:
         b = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-    return x + (b - x).detach()
+    # b + (x - x.detach()): exactly b in the forward pass (x + (b - x) can round to 0.99999994),
+    # gradient 1 with respect to x
+    return b.detach() + (x - x.detach())
 
 
 class Binarizer(nn.Module):

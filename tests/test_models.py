@@ -1,0 +1,115 @@
+"""Models: binarizer, compression ratio, codes, training wiring, shipped weights and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from voxlink.models import ImplicitModel, binarize, compression_ratio, get_config, pack_bits, unpack_bits
+from voxlink.models.implicit import CodeError, iou, occupancy_loss
+from voxlink.weights import ModelFileError, load_model, save_model
+
+
+def test_binarizer_outputs_plus_minus_one_with_straight_through_gradient():
+    x = torch.linspace(-0.999, 0.999, 1001, requires_grad=True)
+    for stochastic in (True, False):
+        b = binarize(x, stochastic)
+        assert set(b.detach().unique().tolist()) <= {-1.0, 1.0}
+        (g,) = torch.autograd.grad((b * torch.arange(1001.0)).sum(), x)
+        assert torch.equal(g, torch.arange(1001.0)), "gradient passes straight through (identity)"
+
+
+def test_binarizer_is_stochastic_in_training_and_sign_at_inference():
+    x = torch.full((20000,), 0.5)
+    p_plus = (binarize(x, True) > 0).float().mean().item()
+    assert abs(p_plus - 0.75) < 0.02, "P(+1) = (1 + x) / 2 (Eq. 13)"
+    x = torch.randn(1000).clamp(-1, 1)
+    x[0] = 0.0
+    a, b = binarize(x, False), binarize(x, False)
+    assert torch.equal(a, b) and a[0] == 1.0 and torch.equal(a, torch.where(x >= 0, 1.0, -1.0))
+
+
+def test_compression_ratio_eq12_and_code_length():
+    assert compression_ratio(1024) == 384.0
+    assert compression_ratio(819) == pytest.approx(480.1, abs=0.1)
+    assert compression_ratio(1024, iterations=4) == 96.0
+    cfg = dataclasses.replace(get_config("tiny"), code_bits=72)
+    m = ImplicitModel(cfg).eval()
+    payloads = m.compress(torch.rand(3, 3, 128, 128))
+    assert [len(p) for p in payloads] == [9, 9, 9], "K = 72 bits is exactly 9 bytes per view"
+    assert m.decompress(payloads).shape == (3, 72)
+    assert m.compression_ratio == pytest.approx(393216 / 72)
+
+
+def test_pack_unpack_round_trip():
+    bits = torch.where(torch.rand(1024) > 0.5, 1.0, -1.0)
+    data = pack_bits(bits)
+    assert len(data) == 128
+    assert torch.equal(unpack_bits(data, 1024), bits)
+
+
+def test_edge_and_ground_agree_bit_for_bit():
+    m = ImplicitModel(get_config("tiny")).eval()
+    x = torch.rand(4, 3, 128, 128)
+    a = m.compress(x)
+    b = m.compress(x.clone())
+    assert a == b
+    assert torch.equal(m.decompress(a), m.encode(x))
+
+
+def test_tiny_model_overfits_eight_objects(small_dataset):
+    """The training loop and the loss are wired right: 8 objects are memorised to IoU > 0.9."""
+    from voxlink.data.dataset import MultiViewDataset
+
+    torch.manual_seed(0)
+    ds = MultiViewDataset(small_dataset, "all", 3, train=False)
+    items = [ds[i] for i in range(8)]
+    x = torch.stack([it["images"] for it in items])
+    y = torch.stack([it["occupancy"] for it in items])
+    m = ImplicitModel(dataclasses.replace(get_config("tiny"), hidden=16, dec_channels=(16, 16, 16, 8)))
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    best = 0.0
+    for step in range(600):
+        loss = occupancy_loss(m(x)["logits"], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 24:
+            m.eval()
+            with torch.no_grad():
+                best = max(best, float(iou(torch.softmax(m(x)["logits"], 1)[:, 1], y).mean()))
+            m.train()
+            if best > 0.9:
+                break
+    assert best > 0.9, f"could not overfit 8 objects (best IoU {best:.3f})"
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    m = ImplicitModel(get_config("tiny")).eval()
+    with pytest.raises(ValueError, match="128"):
+        m.encode(torch.rand(1, 3, 96, 96))
+    with pytest.raises(CodeError, match="64-bit"):
+        m.step(torch.ones(1, 65), m.init_state(1))
+    with pytest.raises(CodeError):
+        m.decompress([b"\x00" * 7])
+    path = save_model(m, tmp_path / "tiny.safetensors")
+    loaded, _, _ = load_model(path, code_bits=64)
+    assert loaded.fingerprint() == m.fingerprint()
+    with pytest.raises(ModelFileError, match="K=64"):
+        load_model(path, code_bits=1024)
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ModelFileError, match="corrupt"):
+        load_model(bad)
+    with pytest.raises(ModelFileError, match="no model file"):
+        load_model(tmp_path / "nope.safetensors")
+
+
+def test_paper_config_is_full_size():
+    cfg = get_config("paper")
+    assert cfg.enc_channels == (96, 128, 256, 256, 256, 256) and cfg.code_bits == 1024 and cfg.hidden == 128
+    cpu = get_config("cpu")
+    assert len(cpu.enc_channels) == len(cfg.enc_channels) and cpu.grid == cfg.grid, "same structure, scaled widths"
