@@ -1,0 +1,235 @@
+"""The wire protocol between drone and ground: one compact binary message per view, plus a
+stream-info message at start and every few seconds. No pickle; every message is checked.
+
+View-code message (little-endian), 24 bytes of header at any K, then the optional pose and the code::
+
+    offset size field
+    0      1    magic        0xB5
+    1      1    version<<4 | kind      (version 1; kind 1 = code, 2 = stream info)
+    2      1    flags        bit 0: a pose follows the header
+    3      1    stream id    (drone) 0..255
+    4      4    fingerprint  first 4 bytes of the model fingerprint (uint32)
+    8      2    object id    0..65535
+    10     2    code length in bits (K)
+    12     4    sequence number, per stream (uint32, wraps)
+    16     4    capture time, ms since the stream's epoch (uint32)
+    20     4    CRC32 of bytes 0..19, the pose and the payload
+    24     28   pose (if flag): camera-to-object rotation as a unit quaternion (w, x, y, z) and the
+                translation (x, y, z) in metres, 7 x float32
+    ..     ceil(K/8) payload: the code, MSB first, +1 -> 1 (``voxlink.models.binarizer.pack_bits``)
+
+At K = 1024 a view without pose is 24 + 128 = 152 bytes; with pose 180 bytes.
+
+Stream-info message: the same 24-byte header (object id 0, code length = K, the info's own
+sequence number), then a UTF-8 JSON body: intrinsics ``K`` (3 x 3, pixels), ``image_size``,
+``model`` (name), ``fingerprint`` (16 hex digits), ``code_bits``, ``frame``, ``epoch_unix`` (the
+wall-clock time of capture time 0, seconds) and ``protocol``.
+
+Decoding failures raise :class:`ProtocolError` whose ``reason`` is one of :data:`REASONS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAGIC = 0xB5
+VERSION = 1
+KIND_CODE = 1
+KIND_INFO = 2
+FLAG_POSE = 0x01
+_HEAD = struct.Struct("<BBBBIHHII")  # 20 bytes
+_CRC = struct.Struct("<I")
+_POSE = struct.Struct("<7f")
+HEADER_BYTES = _HEAD.size + _CRC.size  # 24
+POSE_BYTES = _POSE.size  # 28
+#: Reasons a message is rejected (counted by receivers under these names).
+REASONS = ("truncated", "bad_magic", "unknown_version", "unknown_kind", "bad_crc", "bad_length", "bad_info",
+           "wrong_fingerprint", "wrong_code_length", "unknown_stream")
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class CodeMessage:
+    """One view's code on the wire.
+
+    Attributes:
+        stream: drone id 0..255.
+        object_id: object id 0..65535.
+        seq: per-stream sequence number (uint32).
+        t_ms: capture time in ms since the stream's epoch (uint32).
+        fingerprint: first 4 bytes of the model fingerprint, as uint32 (big-endian reading of the bytes).
+        n_bits: K, the code length in bits.
+        payload: the packed code, ``ceil(K / 8)`` bytes.
+        pose: camera-to-object pose float64 [4, 4] (OpenCV convention), or None.
+    """
+
+    stream: int
+    object_id: int
+    seq: int
+    t_ms: int
+    fingerprint: int
+    n_bits: int
+    payload: bytes
+    pose: np.ndarray | None = None
+
+
+@dataclass
+class StreamInfo:
+    """Stream parameters a ground station needs to decode (sent at start and periodically).
+
+    Attributes:
+        stream: drone id. seq: the info message's sequence number. fingerprint: full 8-byte model
+        fingerprint (hex). code_bits: K. K: intrinsics float64 [3, 3] in pixels (of the 128 x 128
+        view). image_size: view side in pixels. model: model name. frame: reconstruction frame.
+        epoch_unix: wall-clock seconds at capture time 0.
+    """
+
+    stream: int
+    seq: int
+    fingerprint: str
+    code_bits: int
+    K: np.ndarray
+    image_size: int = 128
+    model: str = ""
+    frame: str = "view"
+    epoch_unix: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def fingerprint32(self) -> int:
+        """The 4-byte fingerprint that code messages carry."""
+        return int(self.fingerprint[:8], 16)
+
+
+def fingerprint32(fp: bytes) -> int:
+    """uint32 of the first 4 bytes of an 8-byte model fingerprint (what code messages carry)."""
+    return int.from_bytes(fp[:4], "big")
+
+
+def _quat_from_matrix(R: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) of a rotation matrix (Shepperd's method)."""
+    m = R
+    tr = m[0, 0] + m[1, 1] + m[2, 2]
+    if tr > 0:
+        s = math.sqrt(tr + 1.0) * 2
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
+        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
+        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
+    else:
+        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
+        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
+    q = np.array(q)
+    return q / np.linalg.norm(q)
+
+
+def _matrix_from_quat(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _pack(kind: int, flags: int, stream: int, fp32: int, object_id: int, n_bits: int, seq: int, t_ms: int,
+          body: bytes) -> bytes:
+    if not 0 <= stream <= 255 or not 0 <= object_id <= 0xFFFF or not 0 <= n_bits <= 0xFFFF:
+        raise ValueError(f"field out of range: stream {stream}, object {object_id}, bits {n_bits}")
+    head = _HEAD.pack(MAGIC, (VERSION << 4) | kind, flags, stream, fp32 & 0xFFFFFFFF, object_id, n_bits,
+                      seq & 0xFFFFFFFF, t_ms & 0xFFFFFFFF)
+    return head + _CRC.pack(zlib.crc32(body, zlib.crc32(head))) + body
+
+
+def encode_code(msg: CodeMessage) -> bytes:
+    """Serialise a view-code message (see the module docstring for the layout).
+
+    Raises:
+        ValueError: payload size does not match ``n_bits``, or a field is out of range.
+    """
+    if len(msg.payload) != (msg.n_bits + 7) // 8:
+        raise ValueError(f"payload of {len(msg.payload)} bytes for a {msg.n_bits}-bit code")
+    body, flags = b"", 0
+    if msg.pose is not None:
+        T = np.asarray(msg.pose, np.float64)
+        body = _POSE.pack(*_quat_from_matrix(T[:3, :3]), *T[:3, 3])
+        flags |= FLAG_POSE
+    return _pack(KIND_CODE, flags, msg.stream, msg.fingerprint, msg.object_id, msg.n_bits, msg.seq, msg.t_ms,
+                 body + msg.payload)
+
+
+def encode_info(info: StreamInfo) -> bytes:
+    """Serialise a stream-info message (24-byte header + JSON body)."""
+    body = json.dumps({"protocol": VERSION, "K": np.asarray(info.K).tolist(), "image_size": info.image_size,
+                       "model": info.model, "fingerprint": info.fingerprint, "code_bits": info.code_bits,
+                       "frame": info.frame, "epoch_unix": info.epoch_unix, **info.extra},
+                      separators=(",", ":")).encode()
+    return _pack(KIND_INFO, 0, info.stream, info.fingerprint32, 0, info.code_bits, info.seq, 0, body)
+
+
+def decode(buf: bytes) -> CodeMessage | StreamInfo:
+    """Parse and check one message.
+
+    Returns:
+        :class:`CodeMessage` or :class:`StreamInfo`.
+
+    Raises:
+        ProtocolError: with ``reason`` ``truncated``, ``bad_magic``, ``unknown_version``,
+            ``unknown_kind``, ``bad_crc``, ``bad_length`` or ``bad_info``.
+    """
+    if len(buf) < HEADER_BYTES:
+        raise ProtocolError("truncated", f"{len(buf)} bytes, a header is {HEADER_BYTES}")
+    magic, vk, flags, stream, fp32, obj, n_bits, seq, t_ms = _HEAD.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise ProtocolError("bad_magic", f"0x{magic:02x}")
+    if vk >> 4 != VERSION:
+        raise ProtocolError("unknown_version", f"version {vk >> 4}, this receiver speaks {VERSION}")
+    kind = vk & 0x0F
+    if kind not in (KIND_CODE, KIND_INFO):
+        raise ProtocolError("unknown_kind", f"kind {kind}")
+    (crc,) = _CRC.unpack_from(buf, _HEAD.size)
+    body = bytes(buf[HEADER_BYTES:])
+    if zlib.crc32(body, zlib.crc32(bytes(buf[:_HEAD.size]))) != crc:
+        # a cut-short message fails its CRC too; say which
+        expect = HEADER_BYTES + (POSE_BYTES if flags & FLAG_POSE else 0) + (n_bits + 7) // 8
+        if kind == KIND_CODE and len(buf) < expect:
+            raise ProtocolError("truncated", f"{len(buf)} of {expect} bytes")
+        raise ProtocolError("bad_crc")
+    if kind == KIND_INFO:
+        try:
+            d = json.loads(body.decode())
+            return StreamInfo(stream=stream, seq=seq, fingerprint=str(d["fingerprint"]), code_bits=int(d["code_bits"]),
+                              K=np.asarray(d["K"], np.float64).reshape(3, 3), image_size=int(d["image_size"]),
+                              model=str(d.get("model", "")), frame=str(d.get("frame", "view")),
+                              epoch_unix=float(d.get("epoch_unix", 0.0)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ProtocolError("bad_info", str(e)) from e
+    pose = None
+    off = 0
+    if flags & FLAG_POSE:
+        if len(body) < POSE_BYTES:
+            raise ProtocolError("truncated", "pose cut short")
+        v = np.array(_POSE.unpack_from(body, 0), np.float64)
+        pose = np.eye(4)
+        pose[:3, :3] = _matrix_from_quat(v[:4])
+        pose[:3, 3] = v[4:]
+        off = POSE_BYTES
+    payload = body[off:]
+    if len(payload) != (n_bits + 7) // 8:
+        raise ProtocolError("bad_length", f"{len(payload)} payload bytes for a {n_bits}-bit code")
+    return CodeMessage(stream=stream, object_id=obj, seq=seq, t_ms=t_ms, fingerprint=fp32, n_bits=n_bits,
+                       payload=payload, pose=pose)
