@@ -13,6 +13,8 @@ app = typer.Typer(help="voxlink: image compression made for 3D reconstruction.",
                   add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Make and inspect multi-view datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+export_app = typer.Typer(help="Export the edge encoder: PyTorch -> ONNX -> TensorRT.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 log = logging.getLogger("voxlink")
 
@@ -172,6 +174,108 @@ def eval_cmd(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))
         typer.echo(f"wrote {out}")
+
+
+@export_app.command("onnx")
+def export_onnx_cmd(
+    model: str = typer.Argument("implicit-k1024", help="Model file or shipped name."),
+    out: Path = typer.Option(Path("encoder.onnx"), "--out", help="ONNX file to write."),
+    check_meshes: Optional[list[Path]] = typer.Option(None, "--check-meshes",
+                                                      help="Meshes whose rendered views check parity (default: shipped)."),
+) -> None:
+    """E_K + sign as ONNX (static 128 x 128, dynamic batch), checked against PyTorch in ONNX Runtime."""
+    import numpy as np
+    import torch
+
+    from export.onnx_export import export_onnx, onnx_parity
+    from voxlink.weights import ModelFileError, load_model
+
+    try:
+        m, _, _ = load_model(model)
+    except ModelFileError as e:
+        _fail(str(e))
+    path = export_onnx(m, out)
+    views = _parity_views(check_meshes)
+    rep = onnx_parity(m, path, views)
+    typer.echo(f"wrote {path} (K = {m.cfg.code_bits}, fingerprint {bytes.hex(m.fingerprint())}); ONNX Runtime vs "
+               f"PyTorch on {rep['views']} views: {rep['mismatched_bits']} of {rep['bits']} bits differ "
+               f"({rep['mismatched_views']} views)")
+    if rep["mismatched_bits"] > max(1, rep["bits"] // 10000):
+        _fail("ONNX Runtime codes differ from PyTorch's beyond the bound (1 bit in 10,000)", 1)
+
+
+def _parity_views(meshes):
+    """Views (float [N, 3, 128, 128]) rendered around real meshes and procedural objects, for parity checks."""
+    from voxlink.data.make import Job, MakeConfig, make_object
+    from voxlink.data.meshes import find_meshes
+    from voxlink.preprocess import to_input
+
+    files = find_meshes(meshes or [ASSET_MESHES])[:4]
+    jobs = [Job(index=i, kind="mesh", path=str(p)) for i, p in enumerate(files)]
+    jobs += [Job(index=100 + i, kind="procedural", category=c, shape_seed=i) for i, c in enumerate(("chair", "car", "lamp", "table"))]
+    rgb = [make_object(j, MakeConfig(views=4, seed=5))["arrays"]["rgb"] for j in jobs]
+    import numpy as np
+
+    return to_input(np.concatenate(rgb))
+
+
+@export_app.command("trt")
+def export_trt_cmd(
+    onnx_file: Path = typer.Argument(..., help="Encoder ONNX from `voxlink export onnx`."),
+    out: Path = typer.Option(Path("encoder.engine"), "--out", help="Engine file (metadata beside it as .json)."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 (TensorRT 10: builder flag; 11: ModelOpt AutoCast)."),
+    int8: bool = typer.Option(False, "--int8", help="INT8 (TensorRT 10: entropy calibrator; 11: Q/DQ)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images folder or voxlink dataset."),
+) -> None:
+    """Build a TensorRT engine for the edge encoder (needs TensorRT and an NVIDIA GPU)."""
+    from export.trt import TrtUnavailable, build_engine
+
+    if not onnx_file.is_file():
+        _fail(f"no ONNX file at {onnx_file}")
+    try:
+        meta = build_engine(onnx_file, out, fp16=fp16, int8=int8, calib=calib)
+    except TrtUnavailable as e:
+        _fail(str(e), 3)
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e), 1)
+    typer.echo(f"wrote {out} ({meta['precision']}, TensorRT {meta['tensorrt']}, K = {meta['code_bits']}) and {out}.json")
+
+
+@app.command("edge")
+def edge_cmd(
+    source: Optional[str] = typer.Option(None, "--source", help="Camera index, video, RTSP URL, GStreamer pipeline, image folder, or orbit:MESH."),
+    connect: Optional[list[str]] = typer.Option(None, "--connect", help="ZeroMQ endpoint(s) of the ground, e.g. tcp://HOST:5555."),
+    bind: Optional[list[str]] = typer.Option(None, "--bind", help="Bind instead (the ground connects)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default implicit-k1024)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="auto, tensorrt, onnxruntime or torch."),
+    onnx: Optional[str] = typer.Option(None, "--onnx", help="Encoder ONNX for ONNX Runtime."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="TensorRT engine."),
+    object_id: Optional[int] = typer.Option(None, "--object-id", help="Object id sent with the codes."),
+    stream_id: Optional[int] = typer.Option(None, "--stream-id", help="This drone's stream id (0..255)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate cap."),
+    socket: Optional[str] = typer.Option(None, "--socket", help="pub (default) or push."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames."),
+    log_dir: Optional[str] = typer.Option(None, "--log-dir", help="Local code log folder."),
+    config: Optional[Path] = typer.Option(None, "--config", help="edge.toml (command-line options win)."),
+) -> None:
+    """The drone daemon: capture, encode each frame to K bits, stream over ZeroMQ, log locally."""
+    from edge.daemon import EdgeConfig, EdgeDaemon
+    from edge.sources import SourceError
+    from voxlink.backends import BackendUnavailable
+    from voxlink.weights import ModelFileError
+
+    over = dict(source=source, connect=connect or None, bind=bind or None, model=model, backend=backend, onnx=onnx,
+                engine=engine, object_id=object_id, stream_id=stream_id, fps=fps, socket=socket, max_frames=max_frames,
+                log_dir=log_dir)
+    try:
+        if config:
+            cfg = EdgeConfig.from_toml(config, **over)
+        else:
+            cfg = EdgeConfig(**{k: v for k, v in over.items() if v is not None})
+        daemon = EdgeDaemon(cfg)
+    except (OSError, ValueError, SourceError, BackendUnavailable, ModelFileError) as e:
+        _fail(str(e))
+    raise typer.Exit(daemon.run())
 
 
 ASSET_MESHES = Path(__file__).resolve().parent / "assets" / "meshes"

@@ -1,5 +1,6 @@
 """The wire protocol between drone and ground: one compact binary message per view, plus a
-stream-info message at start and every few seconds. No pickle; every message is checked.
+stream-info message at start and every few seconds. Plain structs and JSON only (never Python
+object serialisation); every message is checked.
 
 View-code message (little-endian), 24 bytes of header at any K, then the optional pose and the code::
 

@@ -211,6 +211,8 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
                                          drop_last=True, persistent_workers=tcfg.workers > 0)
 
     model = ImplicitModel(mcfg).to(device)
+    prior = mean_grid(MultiViewDataset(data, "train", 1, train=False, frame=mcfg.frame))
+    model.decoder.init_prior(prior.to(device))
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
@@ -290,8 +292,7 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
     save_ckpt()
     final = out / "model.safetensors"
     if rank == 0:
-        baseline_ds = MultiViewDataset(data, "train", 1, train=False, frame=mcfg.frame)
-        mg = mean_grid(baseline_ds)
+        mg = prior
         val_t = torch.stack([val_ds[i]["occupancy"] for i in range(min(len(val_ds), 256))])
         thr, base_miou = best_threshold(mg, val_t)
         meta = {"command": command, "data": str(data), "data_manifest": manifest_hash(data), "git_commit": git_commit(),

@@ -76,7 +76,7 @@ def save_model(model: ImplicitModel, path: str | Path, meta: dict | None = None,
     for k, v in (extra or {}).items():
         tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
     md = {"voxlink.format": FORMAT, "voxlink.config": json.dumps(model.cfg.to_dict()),
-          "voxlink.meta": json.dumps(meta or {}), "voxlink.fingerprint": model.fingerprint().hex()}
+          "voxlink.meta": json.dumps(meta or {}), "voxlink.fingerprint": bytes.hex(model.fingerprint())}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=md)
@@ -126,6 +126,6 @@ def load_model(name_or_path: str | Path | None = None, code_bits: int | None = N
         raise ModelFileError(f"{path}: weights do not match its config: {e}") from e
     model.to(device).eval()
     stored = md.get("voxlink.fingerprint")
-    if stored and stored != model.fingerprint().hex():
+    if stored and stored != bytes.hex(model.fingerprint()):
         raise ModelFileError(f"{path}: weights do not match the fingerprint recorded in the file (corrupt?)")
     return model, meta, extra

@@ -208,7 +208,7 @@ def make_dataset(out: str | Path, jobs: list[Job], cfg: MakeConfig, workers: int
     objects, pending, failed, n_shard = [], [], [], 0
     timing = {"load": 0.0, "render": 0.0, "voxelize": 0.0}
 
-    def flush():
+    def _flush():
         nonlocal n_shard, pending
         if not pending:
             return
@@ -236,8 +236,8 @@ def make_dataset(out: str | Path, jobs: list[Job], cfg: MakeConfig, workers: int
                 timing[k] += res["timing"][k]
             pending.append(res)
             if len(pending) >= cfg.shard_size:
-                flush()
-        flush()
+                _flush()
+        _flush()
     finally:
         if pool is not None:
             pool.close()

@@ -59,7 +59,8 @@ class Binarizer(nn.Module):
         input float [..., K] in [-1, 1] -> output float [..., K] in {-1, +1}.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Binarize ``x`` (float [..., K] in [-1, 1]) to {-1, +1}: stochastic if training, else sign."""
         return binarize(x, stochastic=self.training)
 
 

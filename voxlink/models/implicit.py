@@ -44,7 +44,7 @@ class ImplicitModel(nn.Module):
         self.encoder = Encoder2D(cfg.code_bits, cfg.enc_channels, cfg.enc_first_kernel, cfg.image_size)
         self.binarizer = Binarizer() if cfg.binarize else nn.Identity()
         self.lstm = LSTM3DGrid(cfg.code_bits, cfg.hidden, cfg.grid, cfg.gate_rank)
-        self.decoder = Decoder3D(cfg.hidden, cfg.dec_channels)
+        self.decoder = Decoder3D(cfg.hidden, cfg.dec_channels, cfg.resolution)
         self.depth = DepthDecoder(cfg.code_bits, cfg.depth_channels, cfg.image_size)
 
     # -- edge -------------------------------------------------------------------------------------

@@ -1,0 +1,324 @@
+"""The on-drone daemon: capture -> preprocess -> encoder backend -> K bits -> ZeroMQ, and a local log.
+
+One thread captures into a small bounded queue (the oldest frame is dropped when the encoder falls
+behind, and counted); the main thread encodes, sends and logs. PUB never blocks the loop (a full
+high-water mark drops, counted); PUSH is an option. A stream-info message goes out at start and
+every ``info_interval_s``. SIGINT / SIGTERM stop the loop, flush the log, close the socket, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+import tomllib
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.sources import Frame, SourceEnded, SourceError, open_source
+from voxlink import camera
+from voxlink.models.binarizer import pack_bits
+from voxlink.preprocess import to_input
+from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
+
+log = logging.getLogger("voxlink.edge")
+
+
+@dataclass
+class EdgeConfig:
+    """Daemon settings (``edge.toml`` maps onto these, see ``deploy/edge.toml``).
+
+    Attributes:
+        source: frame source spec. connect: ZeroMQ endpoints to connect to. bind: endpoints to bind.
+        socket: ``pub`` (default, never blocks) or ``push``. model: model name or file.
+        backend: ``auto``, ``tensorrt``, ``onnxruntime``, ``torch``. onnx, engine: files for those.
+        stream_id: drone id 0..255. object_id: object id 0..65535. fps: frame rate cap (0 = as fast as
+        the source). send_pose: include the pose where the source knows it. hwm: ZeroMQ send
+        high-water mark (messages). info_interval_s: stream-info period. metrics_interval_s: metrics
+        period. log_dir: local code log folder. log_max_bytes, log_backups: its rotation.
+        max_frames: stop after this many frames (0 = never). intrinsics: fx, fy, cx, cy of the camera
+        frame (pixels), for sources that do not know them. curve_server_key, curve_secret_file: CURVE
+        (``zmq.auth``) keys: the ground's public key (z85) and this drone's secret key file.
+        heartbeat_ms: ZeroMQ heartbeat interval. orbit_views, orbits: ``orbit:`` source settings.
+    """
+
+    source: str = "0"
+    connect: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:5555"])
+    bind: list[str] = field(default_factory=list)
+    socket: str = "pub"
+    model: str | None = None
+    backend: str = "auto"
+    onnx: str | None = None
+    engine: str | None = None
+    stream_id: int = 0
+    object_id: int = 0
+    fps: float = 0.0
+    send_pose: bool = True
+    hwm: int = 1000
+    info_interval_s: float = 2.0
+    metrics_interval_s: float = 5.0
+    log_dir: str = "edge-log"
+    log_max_bytes: int = 16 << 20
+    log_backups: int = 4
+    max_frames: int = 0
+    intrinsics: list[float] | None = None
+    curve_server_key: str | None = None
+    curve_secret_file: str | None = None
+    heartbeat_ms: int = 1000
+    orbit_views: int = 24
+    orbits: int = 1
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides) -> "EdgeConfig":
+        """Read ``[edge]`` (or the top level) of a TOML file; ``overrides`` (not None) win.
+
+        Raises:
+            ValueError: unknown keys. FileNotFoundError: no file.
+        """
+        d = tomllib.loads(Path(path).read_text())
+        d = d.get("edge", d)
+        names = set(cls.__dataclass_fields__)
+        if set(d) - names:
+            raise ValueError(f"unknown keys in {path}: {sorted(set(d) - names)}")
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**d)
+
+
+class CodeLog:
+    """Append-only local log of every message sent: ``[uint32 length][message]`` records, rotated
+    at ``max_bytes`` into ``codes.log.1 .. codes.log.N`` (oldest dropped), so a view lost on the link is
+    not lost for ever."""
+
+    def __init__(self, folder: str | Path, max_bytes: int = 16 << 20, backups: int = 4):
+        self.dir = Path(folder)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "codes.log"
+        self.max_bytes, self.backups = max_bytes, backups
+        self.f = self.path.open("ab")
+
+    def append(self, msg: bytes) -> None:
+        """Write one message record; rotates first if the file would grow past ``max_bytes``."""
+        if self.f.tell() + 4 + len(msg) > self.max_bytes:
+            self._rotate()
+        self.f.write(len(msg).to_bytes(4, "little") + msg)
+
+    def _rotate(self) -> None:
+        self.f.close()
+        for i in range(self.backups - 1, 0, -1):
+            src = self.dir / f"codes.log.{i}"
+            if src.exists():
+                src.replace(self.dir / f"codes.log.{i + 1}")
+        self.path.replace(self.dir / "codes.log.1")
+        self.f = self.path.open("ab")
+
+    def close(self) -> None:
+        """Flush and close."""
+        self.f.flush()
+        self.f.close()
+
+    @staticmethod
+    def read(path: str | Path) -> list[bytes]:
+        """All message records of one log file (a torn last record is ignored)."""
+        data, out, i = Path(path).read_bytes(), [], 0
+        while i + 4 <= len(data):
+            n = int.from_bytes(data[i:i + 4], "little")
+            if i + 4 + n > len(data):
+                break
+            out.append(data[i + 4:i + 4 + n])
+            i += 4 + n
+        return out
+
+
+def make_socket(ctx, cfg: EdgeConfig):
+    """The ZeroMQ socket: PUB (or PUSH), high-water mark, heartbeats, optional CURVE; connected/bound.
+
+    Raises:
+        ValueError: unknown socket type or bad CURVE key files.
+    """
+    import zmq
+
+    kinds = {"pub": zmq.PUB, "push": zmq.PUSH}
+    if cfg.socket not in kinds:
+        raise ValueError(f"socket must be pub or push, got {cfg.socket!r}")
+    s = ctx.socket(kinds[cfg.socket])
+    s.setsockopt(zmq.SNDHWM, cfg.hwm)
+    s.setsockopt(zmq.LINGER, 2000)
+    s.setsockopt(zmq.HEARTBEAT_IVL, cfg.heartbeat_ms)
+    s.setsockopt(zmq.HEARTBEAT_TIMEOUT, cfg.heartbeat_ms * 3)
+    if cfg.curve_server_key:
+        import zmq.auth
+
+        if not cfg.curve_secret_file:
+            raise ValueError("CURVE needs curve_secret_file (this drone's key pair, from zmq.auth.create_certificates)")
+        pub, sec = zmq.auth.load_certificate(cfg.curve_secret_file)
+        if sec is None:
+            raise ValueError(f"{cfg.curve_secret_file} holds no secret key")
+        s.curve_publickey, s.curve_secretkey = pub, sec
+        s.curve_serverkey = cfg.curve_server_key.encode()
+    for ep in cfg.bind:
+        s.bind(ep)
+    for ep in cfg.connect:
+        s.connect(ep)
+    return s
+
+
+class EdgeDaemon:
+    """Runs the capture -> encode -> send loop (see the module docstring).
+
+    Raises:
+        voxlink.backends.BackendUnavailable: no backend. edge.sources.SourceError: bad source.
+        ValueError: bad config (socket kind, an engine of another K than the model).
+    """
+
+    def __init__(self, cfg: EdgeConfig):
+        from voxlink.backends import probe
+        from voxlink.weights import load_model
+
+        self.cfg = cfg
+        self.backend = probe(cfg.backend, model=cfg.model, onnx_path=cfg.onnx, engine_path=cfg.engine)
+        model, meta, _ = load_model(cfg.model)
+        if self.backend.code_bits != model.cfg.code_bits:
+            raise ValueError(f"backend {self.backend.name} produces {self.backend.code_bits}-bit codes, model "
+                             f"{model.cfg.name} expects {model.cfg.code_bits}")
+        if self.backend.fingerprint not in (b"", b"\0" * 8) and self.backend.fingerprint != model.fingerprint():
+            raise ValueError(f"backend {self.backend.name} was built from another model (fingerprint "
+                             f"{bytes.hex(self.backend.fingerprint)} != {bytes.hex(model.fingerprint())})")
+        self.model_name, self.frame_kind = model.cfg.name, model.cfg.frame
+        self.fp = model.fingerprint()
+        K_frame = None
+        if cfg.intrinsics:
+            fx, fy, cx, cy = cfg.intrinsics
+            K_frame = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+        self.source = open_source(cfg.source, K_frame, cfg.orbit_views, cfg.orbits)
+        self.stats = Counter()
+        self.encode_ms: deque[float] = deque(maxlen=1000)
+        self.stop = threading.Event()
+        self.q: queue.Queue[Frame] = queue.Queue(maxsize=4)
+        self.epoch = time.time()
+        self.seq = 0
+        self.info_seq = 0
+
+    def _capture(self) -> None:
+        period = 1.0 / self.cfg.fps if self.cfg.fps > 0 else 0.0
+        failures = 0
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            try:
+                f = self.source.read()
+                failures = 0
+            except SourceEnded as e:
+                log.info("%s", e)
+                self.stats["source_ended"] += 1
+                break
+            except SourceError as e:
+                failures += 1
+                self.stats["capture_errors"] += 1
+                log.warning("capture failed (%d in a row): %s", failures, e)
+                if failures >= 50:
+                    log.error("source stopped delivering frames: giving up")
+                    break
+                time.sleep(min(0.1 * failures, 2.0))
+                continue
+            if f.resized_from != (128, 128):
+                self.stats["frames_resized"] += 1
+            try:
+                self.q.put_nowait(f)
+            except queue.Full:  # the encoder is behind: drop the oldest, keep the newest
+                try:
+                    self.q.get_nowait()
+                    self.stats["frames_dropped_queue"] += 1
+                except queue.Empty:
+                    pass
+                self.q.put_nowait(f)
+            self.stats["frames_captured"] += 1
+            if self.cfg.max_frames and self.stats["frames_captured"] >= self.cfg.max_frames:
+                break
+            if period:
+                time.sleep(max(0.0, period - (time.monotonic() - t0)))
+        self.q.put(None)  # end marker
+
+    def _info(self) -> bytes:
+        K = self.source.K if self.source.K is not None else camera.intrinsics(128)
+        info = StreamInfo(stream=self.cfg.stream_id, seq=self.info_seq, fingerprint=bytes.hex(self.fp),
+                          code_bits=self.backend.code_bits, K=K, model=self.model_name, frame=self.frame_kind,
+                          epoch_unix=self.epoch, extra={"backend": self.backend.name})
+        self.info_seq += 1
+        return encode_info(info)
+
+    def _send(self, sock, buf: bytes) -> bool:
+        import zmq
+
+        try:
+            sock.send(buf, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            self.stats["send_dropped_hwm"] += 1
+            return False
+
+    def run(self) -> int:
+        """Run until the source ends, ``max_frames``, or SIGINT / SIGTERM; returns the exit code (0)."""
+        import zmq
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, lambda *_: self.stop.set())
+            except ValueError:  # not the main thread (tests): the caller sets self.stop
+                pass
+        ctx = zmq.Context.instance()
+        sock = make_socket(ctx, self.cfg)
+        codelog = CodeLog(self.cfg.log_dir, self.cfg.log_max_bytes, self.cfg.log_backups)
+        log.info("edge: source %s, backend %s, K = %d, %s %s", self.cfg.source, self.backend.name,
+                 self.backend.code_bits, self.cfg.socket.upper(), ", ".join(self.cfg.connect + self.cfg.bind))
+        self.backend.warmup()
+        cap = threading.Thread(target=self._capture, name="capture", daemon=True)
+        cap.start()
+        last_info = last_metrics = time.monotonic()
+        self._send(sock, self._info())
+        sent_bytes_window, frames_window = 0, 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    f = self.q.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if f is None:
+                    break
+                t0 = time.perf_counter()
+                codes = self.backend.encode(to_input(f.view[None]).numpy())
+                self.encode_ms.append((time.perf_counter() - t0) * 1e3)
+                msg = CodeMessage(stream=self.cfg.stream_id, object_id=self.cfg.object_id, seq=self.seq,
+                                  t_ms=int((f.t - self.epoch) * 1000) & 0xFFFFFFFF, fingerprint=fingerprint32(self.fp),
+                                  n_bits=codes.shape[1], payload=pack_bits(codes[0]),
+                                  pose=f.pose if self.cfg.send_pose else None)
+                buf = encode_code(msg)
+                self.seq += 1
+                codelog.append(buf)
+                if self._send(sock, buf):
+                    self.stats["codes_sent"] += 1
+                    self.stats["bytes_sent"] += len(buf)
+                    sent_bytes_window += len(buf)
+                frames_window += 1
+                now = time.monotonic()
+                if now - last_info >= self.cfg.info_interval_s:
+                    self._send(sock, self._info())
+                    last_info = now
+                if now - last_metrics >= self.cfg.metrics_interval_s:
+                    dt = now - last_metrics
+                    ms = np.array(self.encode_ms) if self.encode_ms else np.zeros(1)
+                    log.info("%.1f frames/s  encode p50 %.1f ms p99 %.1f ms  %.0f bytes/s  queue %d  dropped %d",
+                             frames_window / dt, np.percentile(ms, 50), np.percentile(ms, 99), sent_bytes_window / dt,
+                             self.q.qsize(), self.stats["frames_dropped_queue"] + self.stats["send_dropped_hwm"])
+                    last_metrics, sent_bytes_window, frames_window = now, 0, 0
+        finally:
+            self.stop.set()
+            self._send(sock, self._info())
+            codelog.close()
+            sock.close()
+            self.source.close()
+            log.info("edge stopped: %s", dict(self.stats))
+        return 0
