@@ -226,15 +226,23 @@ class EdgeDaemon:
                 continue
             if f.resized_from != (128, 128):
                 self.stats["frames_resized"] += 1
-            try:
-                self.q.put_nowait(f)
-            except queue.Full:  # the encoder is behind: drop the oldest, keep the newest
+            if not self.source.live:  # files, folders, simulations: nothing is lost, the source waits
+                while not self.stop.is_set():
+                    try:
+                        self.q.put(f, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+            else:
                 try:
-                    self.q.get_nowait()
-                    self.stats["frames_dropped_queue"] += 1
-                except queue.Empty:
-                    pass
-                self.q.put_nowait(f)
+                    self.q.put_nowait(f)
+                except queue.Full:  # a live camera is behind: drop the oldest frame, keep the newest
+                    try:
+                        self.q.get_nowait()
+                        self.stats["frames_dropped_queue"] += 1
+                    except queue.Empty:
+                        pass
+                    self.q.put_nowait(f)
             self.stats["frames_captured"] += 1
             if self.cfg.max_frames and self.stats["frames_captured"] >= self.cfg.max_frames:
                 break

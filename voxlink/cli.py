@@ -281,60 +281,66 @@ def edge_cmd(
 ASSET_MESHES = Path(__file__).resolve().parent / "assets" / "meshes"
 
 
+@app.command("ground")
+def ground_cmd(
+    bind: Optional[list[str]] = typer.Option(None, "--bind", help="Endpoint(s) to bind, e.g. tcp://*:5555 (drones connect)."),
+    connect: Optional[list[str]] = typer.Option(None, "--connect", help="Drone endpoint(s) to connect to instead."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default implicit-k1024)."),
+    out: Path = typer.Option(Path("ground-out"), "--out", help="Output folder (one subfolder per object)."),
+    socket: str = typer.Option("sub", "--socket", help="sub (default, for PUB drones) or pull (for PUSH drones)."),
+    idle_timeout: float = typer.Option(30.0, "--idle-timeout", help="Seconds without views before an object is written."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
+) -> None:
+    """The ground station: codes in; occupancy grids, depth maps, point clouds and meshes out."""
+    from ground.station import GroundConfig, GroundStation
+    from voxlink.weights import ModelFileError
+
+    if not bind and not connect:
+        bind = ["tcp://*:5555"]
+    try:
+        st = GroundStation(GroundConfig(bind=bind or [], connect=connect or [], model=model, out=str(out),
+                                        socket=socket, idle_timeout_s=idle_timeout))
+    except (ModelFileError, ValueError) as e:
+        _fail(str(e))
+    raise typer.Exit(st.run(duration_s=duration))
+
+
+
+
 @app.command("demo")
 def demo_cmd(
     mesh: Optional[list[Path]] = typer.Option(None, "--mesh", help="Mesh files or folders (default: the shipped real meshes)."),
-    views: int = typer.Option(5, "--views", min=1, max=24, help="Views fused per object."),
-    model: str = typer.Option("implicit-k1024", "--model", help="Model file or shipped name."),
+    views: int = typer.Option(24, "--views", min=1, max=360, help="Views per drone orbit."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model file or shipped name (default implicit-k1024)."),
     out: Path = typer.Option(Path("out/demo"), "--out", help="Output folder."),
-    seed: int = typer.Option(7, "--seed", help="Seed of the drone orbits."),
 ) -> None:
-    """Main job on real input: orbit each real mesh, encode every view to K bits, reconstruct, score.
-
-    Renders a drone orbit of each mesh (default: the shipped CC0 meshes), runs the shipped model
-    on the views (E_K + sign, then the 3D-LSTM over the codes), and prints per object the bytes
-    sent, the compression ratio and the IoU against the mesh's true occupancy; writes
-    ``report.json`` and a contact sheet.
-    """
+    """Main job: edge + ground on loopback over real meshes; prints IoU, depth, Chamfer, bytes, latency."""
     import json
 
-    from voxlink.data.make import MakeConfig, make_dataset, plan_jobs
+    from ground.demo import run_demo
     from voxlink.data.meshes import find_meshes
-    from voxlink.evaluate import evaluate, format_report
     from voxlink.weights import ModelFileError, load_model
 
     try:
-        m, meta, extra = load_model(model)
+        load_model(model)
         files = find_meshes(mesh or [ASSET_MESHES])
     except (ModelFileError, FileNotFoundError) as e:
         _fail(str(e))
     if not files:
         _fail("no mesh files found")
-    data = out / "views"
-    import shutil
-
-    if (data / "manifest.json").is_file():
-        shutil.rmtree(data)
-    typer.echo(f"rendering a drone orbit of {len(files)} real mesh(es) ...")
-    stats = make_dataset(data, plan_jobs(0, files, seed), MakeConfig(views=24, seed=seed, mesh_split="test"),
-                         workers=1, progress=False)
-    for msg in stats["failed"]:
-        typer.secho(f"skipped: {msg}", fg=typer.colors.YELLOW, err=True)
-    if not stats["objects"]:
-        _fail("no mesh could be used")
-    baseline = (extra["mean_grid"], float(extra["baseline_threshold"][0])) if "mean_grid" in extra else None
-    report = evaluate(m, data, split="all", views=views, baseline=baseline)
-    typer.echo(f"\n{'object':<16} {'category':<10} {'views':>5} {'bytes sent':>10} {'ratio':>7} {'IoU':>6}")
-    for o in report["per_object"]:
-        typer.echo(f"{o['name'][:16]:<16} {o['category']:<10} {views:>5} {views * report['bytes_per_view']:>10} "
-                   f"{report['compression_ratio']:>6.0f}:1 {o['iou'][-1]:>6.3f}")
-    typer.echo("\n" + format_report(report))
+    typer.echo(f"streaming a {views}-view drone orbit of {len(files)} real mesh(es): edge -> ZeroMQ -> ground ...")
+    rows = run_demo(files, views=views, model=model, out=out)
+    if not rows:
+        _fail("no object could be reconstructed", 1)
+    hdr = f"{'object':<16} {'views':>5} {'bytes':>7} {'ratio':>7} {'IoU':>6} {'AbsRel':>7} {'Chamfer':>8} {'lat p50':>8} {'p99 ms':>7}"
+    typer.echo(hdr)
+    for r in rows:
+        typer.echo(f"{r['object'][:16]:<16} {r['views']:>5} {r['bytes']:>7} {r['ratio']:>6.0f}:1 {r['iou']:>6.3f} "
+                   f"{r['depth_absrel']:>7.3f} {r['chamfer']:>8.4f} {r['latency_p50_ms']:>8.1f} {r['latency_p99_ms']:>7.1f}")
+    miou = sum(r["iou"] for r in rows) / len(rows)
+    typer.echo(f"mean IoU {miou:.3f} over {len(rows)} objects; files in {out / 'ground'}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    from voxlink.data.sheet import contact_sheet
-
-    contact_sheet(data, out / "sheet.png", n_objects=min(8, stats["objects"]))
-    typer.echo(f"wrote {out / 'report.json'} and {out / 'sheet.png'}")
+    (out / "demo.json").write_text(json.dumps(rows, indent=1))
 
 
 def main() -> None:
