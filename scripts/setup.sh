@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # System libraries: OSMesa (headless OpenGL for the renderer), OpenJPEG (JPEG 2000 via glymur),
-# libGL, and venv support for Debian's own python3.
-PKGS="libosmesa6 libopenjp2-7 libgl1 libglib2.0-0"
+# libGL, Chromium and its driver (the viewer's browser test), and venv support for Debian's python3.
+PKGS="libosmesa6 libopenjp2-7 libgl1 libglib2.0-0 chromium chromium-driver"
 if ! python3 -m venv --help >/dev/null 2>&1; then PKGS="$PKGS python3-venv"; fi
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

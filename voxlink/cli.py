@@ -290,6 +290,7 @@ def ground_cmd(
     socket: str = typer.Option("sub", "--socket", help="sub (default, for PUB drones) or pull (for PUSH drones)."),
     idle_timeout: float = typer.Option(30.0, "--idle-timeout", help="Seconds without views before an object is written."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
+    viewer: Optional[str] = typer.Option(None, "--viewer", help="Serve the browser viewer on [HOST:]PORT."),
 ) -> None:
     """The ground station: codes in; occupancy grids, depth maps, point clouds and meshes out."""
     from ground.station import GroundConfig, GroundStation
@@ -302,7 +303,20 @@ def ground_cmd(
                                         socket=socket, idle_timeout_s=idle_timeout))
     except (ModelFileError, ValueError) as e:
         _fail(str(e))
-    raise typer.Exit(st.run(duration_s=duration))
+    server = None
+    if viewer:
+        from ground.viewer import ViewerServer
+
+        host, _, port = viewer.rpartition(":")
+        try:
+            server = ViewerServer(st, host or "127.0.0.1", int(port)).start()
+        except (ValueError, OSError) as e:
+            _fail(f"cannot serve the viewer on {viewer!r}: {e}")
+        typer.echo(f"viewer: http://{host or '127.0.0.1'}:{server.port}/")
+    code = st.run(duration_s=duration)
+    if server:
+        server.close()
+    raise typer.Exit(code)
 
 
 

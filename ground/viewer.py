@@ -1,0 +1,123 @@
+"""Browser viewer of the ground station: a three.js page (vendored from the npm package ``three``)
+served with the station's live state as JSON.
+
+``GET /`` the page; ``GET /api/state`` per stream the views, gaps, bytes/s and compression ratio, and
+per object the occupied voxel centres (p > 0.4, world frame), the fused point cloud (at most 20,000
+points) and the latest depth map as a PNG data URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("voxlink.viewer")
+ASSETS = Path(__file__).resolve().parents[1] / "voxlink" / "assets" / "viewer"
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+def _depth_png(depth: np.ndarray) -> str:
+    import cv2
+
+    valid = depth > 0
+    img = np.zeros(depth.shape + (3,), np.uint8)
+    if valid.any():
+        lo, hi = depth[valid].min(), depth[valid].max()
+        g = ((depth - lo) / max(hi - lo, 1e-6) * 255).clip(0, 255).astype(np.uint8)
+        img = cv2.applyColorMap(255 - g, cv2.COLORMAP_VIRIDIS)
+        img[~valid] = 0
+    ok, buf = cv2.imencode(".png", img)
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+class ViewerServer:
+    """HTTP server of the viewer page and the station's state.
+
+    Args:
+        station: a running :class:`ground.station.GroundStation`.
+        host, port: where to listen (port 0 picks a free one; see ``.port``).
+    """
+
+    def __init__(self, station, host: str = "127.0.0.1", port: int = 8080):
+        self.station = station
+        self.t0 = time.time()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, fmt, *args):  # quiet: one line per request is noise
+                log.debug(fmt, *args)
+
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                path = self.path.split("?")[0]
+                if path == "/api/state":
+                    body, ctype = json.dumps(server.state()).encode(), "application/json"
+                else:
+                    name = "index.html" if path in ("/", "") else path.lstrip("/")
+                    f = (ASSETS / name).resolve()
+                    if f.parent != ASSETS or not f.is_file():
+                        self.send_error(404)
+                        return
+                    body, ctype = f.read_bytes(), _TYPES.get(f.suffix, "application/octet-stream")
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="viewer")
+
+    def start(self) -> "ViewerServer":
+        """Serve in a background thread."""
+        self.thread.start()
+        log.info("viewer on http://%s:%d/", self.httpd.server_address[0], self.port)
+        return self
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def state(self) -> dict:
+        """The JSON state the page polls (see the module docstring)."""
+        st = self.station
+        dt = max(time.time() - self.t0, 1e-6)
+        with st.lock:
+            per_stream: dict[int, dict] = {}
+            for s in list(st.sessions.values()):
+                d = per_stream.setdefault(s.stream, {"views": 0, "gaps": 0, "bytes": 0})
+                d["views"] += s.views
+                d["gaps"] += len(s.gaps)
+                d["bytes"] += s.bytes
+            for f in st.finished:
+                d = per_stream.setdefault(f["stream"], {"views": 0, "gaps": 0, "bytes": 0})
+                d["views"] += f["views"]
+                d["gaps"] += len(f["gaps"])
+                d["bytes"] += f["bytes"]
+            streams = [{"stream": k, "model": st.streams[k].model if k in st.streams else "?",
+                        "views": v["views"], "gaps": v["gaps"], "bytes_per_s": v["bytes"] / dt,
+                        "ratio": 393216 / st.K_bits} for k, v in sorted(per_stream.items())]
+            objects = []
+            for s in list(st.sessions.values()):
+                if s.occupancy is None:
+                    continue
+                idx = np.argwhere(s.occupancy > 0.4).astype(np.float64)
+                vox = idx @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]
+                pts = st.fused_points(s)
+                if len(pts) > 20000:
+                    pts = pts[np.linspace(0, len(pts) - 1, 20000).astype(int)]
+                objects.append({"key": f"s{s.stream}_o{s.object_id}", "views": s.views,
+                                "voxel_size": float(np.linalg.norm(s.grid_to_world[:3, 0])),
+                                "voxels": np.round(vox, 4).reshape(-1).tolist(),
+                                "points": np.round(pts, 4).reshape(-1).tolist(), "point_source": s.point_source,
+                                "depth_png": _depth_png(s.depths[-1]) if s.depths else ""})
+        return {"streams": streams, "objects": objects, "rejected": dict(st.rejected)}
