@@ -23,12 +23,7 @@ MODEL = "implicit-k1024" if "implicit-k1024" in shipped_models() else None
 needs_model = pytest.mark.skipif(MODEL is None, reason="no shipped implicit-k1024 weights")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ground.demo import _free_port  # noqa: E402
 
 
 @needs_model

@@ -103,7 +103,7 @@ def test_loopback_edge_to_ground_to_files(tmp_path, real_mesh_files):
     from voxlink.data.meshes import load_mesh
     from voxlink.data.voxelize import voxelize
 
-    mesh = next((p for p in real_mesh_files if p.stem in ("chair2", "oakChair", "chair")), real_mesh_files[0])
+    mesh = next(p for p in real_mesh_files if p.stem == "drawersCabinet")
     port = _free_port()
     st = GroundStation(GroundConfig(bind=[f"tcp://127.0.0.1:{port}"], model=MODEL, out=str(tmp_path / "g"),
                                     idle_timeout_s=3600))
@@ -124,8 +124,9 @@ def test_loopback_edge_to_ground_to_files(tmp_path, real_mesh_files):
     st.stop.set()
     t.join(timeout=30)
     assert summary["views"] == n and summary["missing_views"] == 0
-    # the shipped model's card reports real-mesh IoU; 12 views of one chair must at least beat this bound
-    assert iou > 0.15, f"IoU {iou:.3f}"
+    # the model card reports IoU@5 0.787 for this cabinet (docs/reports/implicit-k1024-real.json); a
+    # 12-view orbit at another elevation must stay well above the mean-grid baseline (0.20 on real meshes)
+    assert iou > 0.4, f"IoU {iou:.3f}"
     d = tmp_path / "g" / f"s{s.stream}_o{s.object_id}"
     js = json.loads((d / "session.json").read_text())
     assert js["views"] == n and js["point_source"] == "depth" and js["bytes"] == n * (24 + 128)

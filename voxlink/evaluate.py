@@ -56,7 +56,7 @@ def evaluate(model: ImplicitModel, data: str | Path, split: str = "test", views:
     cats, per_object = [], []
     d_abs, d_sq, d_delta, d_n = 0.0, 0.0, 0.0, 0
     payload_bytes = []
-    for i in tqdm(range(n), desc="eval", unit="obj", disable=not progress):
+    for i in tqdm(range(n), desc="eval", unit="obj", disable=None if progress else True):
         it = ds[i]
         imgs = it["images"]
         codes = model.encode(imgs)
