@@ -62,7 +62,7 @@ def iou_in_grid_frame(prob: np.ndarray, grid_to_world: np.ndarray, true_occ: np.
 
 
 def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out: str | Path = "out/demo",
-             fps: float = 0.0) -> list[dict]:
+             fps: float = 10.0) -> list[dict]:
     """Stream a drone orbit of each mesh through edge -> ground on loopback and score the results.
 
     Returns:
@@ -111,7 +111,7 @@ def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out:
             iou = iou_in_grid_frame(s.occupancy, s.grid_to_world, true_occ)
             poses = np.stack([p for p in s.poses if p is not None])
             _, true_depth = renderer.render(lm.parts, K, poses, np.zeros((len(poses), 3), np.uint8))
-            pred = np.stack(s.depths)[: len(poses)]
+            pred = np.stack(s.raw_depths)[: len(poses)]  # as voxlink eval: decoded depth on true mask pixels
             m = true_depth > 0
             absrel = float(np.mean(np.abs(pred[m] - true_depth[m]) / true_depth[m])) if m.any() else float("nan")
             from voxlink.data.voxelize import surface_points

@@ -80,6 +80,7 @@ class ObjectSession:
     gaps: list = field(default_factory=list)
     points: list = field(default_factory=list)
     depths: list = field(default_factory=list)
+    raw_depths: list = field(default_factory=list)
     poses: list = field(default_factory=list)
     latency_ms: list = field(default_factory=list)
     occupancy: np.ndarray | None = None
@@ -192,6 +193,7 @@ class GroundStation:
         depth, mask = self.model.decode_depth(code)
         d = np.where(mask[0].numpy() > 0.5, depth[0].numpy(), 0.0).astype(np.float32)
         s.depths.append(d)
+        s.raw_depths.append(depth[0].numpy())
         s.poses.append(msg.pose)
         if msg.pose is not None:
             s.points.append(camera.backproject(d, info.K, msg.pose).astype(np.float32))

@@ -327,6 +327,7 @@ def demo_cmd(
     views: int = typer.Option(24, "--views", min=1, max=360, help="Views per drone orbit."),
     model: Optional[str] = typer.Option(None, "--model", help="Model file or shipped name (default implicit-k1024)."),
     out: Path = typer.Option(Path("out/demo"), "--out", help="Output folder."),
+    fps: float = typer.Option(10.0, "--fps", help="The simulated drone's frame rate (0 = as fast as it renders)."),
 ) -> None:
     """Main job: edge + ground on loopback over real meshes; prints IoU, depth, Chamfer, bytes, latency."""
     import json
@@ -343,7 +344,7 @@ def demo_cmd(
     if not files:
         _fail("no mesh files found")
     typer.echo(f"streaming a {views}-view drone orbit of {len(files)} real mesh(es): edge -> ZeroMQ -> ground ...")
-    rows = run_demo(files, views=views, model=model, out=out)
+    rows = run_demo(files, views=views, model=model, out=out, fps=fps)
     if not rows:
         _fail("no object could be reconstructed", 1)
     hdr = f"{'object':<16} {'views':>5} {'bytes':>7} {'ratio':>7} {'IoU':>6} {'AbsRel':>7} {'Chamfer':>8} {'lat p50':>8} {'p99 ms':>7}"
