@@ -52,6 +52,8 @@ class GroundConfig:
         long without views. metrics_interval_s: metrics period. queue_size: decode queue length
         (messages beyond it are dropped and counted). rcvhwm: ZeroMQ receive high-water mark.
         point_voxel: voxel size of the point-cloud downsampling, metres. socket: ``sub`` or ``pull``.
+        backend: decoder backend: ``torch``, ``onnxruntime`` (graphs from ``export/ground_onnx.py``,
+        exported on start into ``<out>/onnx``) or ``auto`` (ONNX Runtime where it loads, else torch).
     """
 
     bind: list[str] = field(default_factory=lambda: ["tcp://*:5555"])
@@ -64,6 +66,7 @@ class GroundConfig:
     rcvhwm: int = 100000
     point_voxel: float = 1.0 / 128
     socket: str = "sub"
+    backend: str = "torch"
 
 
 @dataclass
@@ -102,6 +105,7 @@ class GroundStation:
         self.model, self.meta, _ = load_model(cfg.model)
         self.K_bits = self.model.cfg.code_bits
         self.fp = self.model.fingerprint()
+        self.net = self._decoder_backend(cfg.backend)
         self.streams: dict[int, StreamInfo] = {}
         self.sessions: dict[tuple[int, int], ObjectSession] = {}
         self.finished: list[dict] = []
@@ -112,6 +116,27 @@ class GroundStation:
         self.lock = threading.Lock()
         self.listeners: list = []  # callables(session) after every update (the viewer)
         self.out = Path(cfg.out)
+
+    def _decoder_backend(self, kind: str):
+        """The object whose init_state / step / occupancy / decode_depth the station calls."""
+        if kind not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(f"ground backend must be auto, torch or onnxruntime, got {kind!r}")
+        if kind == "torch":
+            log.info("decoder backend: torch")
+            return self.model
+        from export.ground_onnx import OnnxGroundDecoder, export_ground
+        from voxlink.backends import BackendUnavailable
+
+        try:
+            folder = export_ground(self.model, Path(self.cfg.out) / "onnx")
+            dec = OnnxGroundDecoder(folder)
+        except (BackendUnavailable, OSError, RuntimeError) as e:
+            if kind == "onnxruntime":
+                raise BackendUnavailable(f"ONNX Runtime decoder unavailable: {e}") from e
+            log.info("decoder backend onnxruntime skipped (%s): torch", e)
+            return self.model
+        log.info("decoder backend: %s", dec.name)
+        return dec
 
     # -- receiving ---------------------------------------------------------------------------------
     def _socket(self, ctx):
@@ -181,16 +206,16 @@ class GroundStation:
             g2w = _g2w(self.model.cfg.resolution)
             if self.model.cfg.frame == "view" and msg.pose is not None:
                 g2w = yaw_matrix(camera.azimuth_of(msg.pose)) @ g2w
-            s = ObjectSession(msg.stream, msg.object_id, self.model.init_state(1), g2w)
+            s = ObjectSession(msg.stream, msg.object_id, self.net.init_state(1), g2w)
             self.sessions[key] = s
             log.info("new object: stream %d, object %d", *key)
         if s.last_seq is not None and msg.seq != (s.last_seq + 1) & 0xFFFFFFFF:
             s.gaps.append([s.last_seq, msg.seq])
         s.last_seq = msg.seq
         code = unpack_bits(msg.payload, self.K_bits)[None]
-        s.state = self.model.step(code, s.state)
-        s.occupancy = self.model.occupancy(s.state)[0].numpy()
-        depth, mask = self.model.decode_depth(code)
+        s.state = self.net.step(code, s.state)
+        s.occupancy = self.net.occupancy(s.state)[0].numpy()
+        depth, mask = self.net.decode_depth(code)
         d = np.where(mask[0].numpy() > 0.5, depth[0].numpy(), 0.0).astype(np.float32)
         s.depths.append(d)
         s.raw_depths.append(depth[0].numpy())

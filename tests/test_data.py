@@ -253,3 +253,17 @@ def test_contact_sheet(small_dataset, tmp_path):
     out = contact_sheet(small_dataset, tmp_path / "sheet.png", n_objects=3)
     im = np.asarray(Image.open(out))
     assert im.shape[0] > 200 and im.shape[1] > 600 and im.std() > 10
+
+
+@pytest.mark.parametrize("suffix", [".glb", ".off", ".ply", ".obj"])
+def test_mesh_formats_load(tmp_path, suffix):
+    import trimesh
+
+    mesh = trimesh.creation.cylinder(radius=0.3, height=2.0, sections=12)
+    mesh.visual.face_colors = [200, 30, 30, 255]
+    path = tmp_path / f"thing{suffix}"
+    mesh.export(path)
+    m = load_mesh(path)
+    assert len(m.mesh.faces) >= len(mesh.faces) - 2
+    assert abs((m.mesh.bounds[1] - m.mesh.bounds[0]).max() - 1.0) < 1e-6
+    assert voxelize(m.mesh).sum() > 0

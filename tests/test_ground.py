@@ -132,3 +132,33 @@ def test_loopback_edge_to_ground_to_files(tmp_path, real_mesh_files):
     assert js["views"] == n and js["point_source"] == "depth" and js["bytes"] == n * (24 + 128)
     pts = trimesh.load(d / "points.ply").vertices
     assert len(pts) > 100 and np.abs(pts).max() < 1.0, "points back-projected with K and the poses stay near the object"
+
+
+def test_onnx_ground_decoder_matches_pytorch(tmp_path, tiny_model_file):
+    from export.ground_onnx import OnnxGroundDecoder, export_ground
+
+    path, m = tiny_model_file
+    dec = OnnxGroundDecoder(export_ground(m, tmp_path / "onnx"))
+    codes = m.encode(torch.rand(4, 3, 128, 128))
+    st_t, st_o = m.init_state(1), dec.init_state(1)
+    with torch.no_grad():
+        for i in range(4):
+            st_t = m.step(codes[i:i + 1], st_t)
+            st_o = dec.step(codes[i:i + 1], st_o)
+            torch.testing.assert_close(st_o[0], st_t[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(dec.occupancy(st_o), m.occupancy(st_t), atol=1e-4, rtol=1e-4)
+        dt, mt = m.decode_depth(codes)
+        do, mo = dec.decode_depth(codes)
+        torch.testing.assert_close(do, dt, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mo, mt, atol=1e-4, rtol=1e-4)
+
+
+def test_ground_cli_serves_and_exits_cleanly(tmp_path, tiny_model_file):
+    from ground.demo import _free_port
+
+    path, _ = tiny_model_file
+    r = subprocess.run([sys.executable, "-m", "voxlink.cli", "ground", "--bind", f"tcp://127.0.0.1:{_free_port()}",
+                        "--model", str(path), "--out", str(tmp_path / "o"), "--duration", "2", "--backend", "onnxruntime"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "decoder backend: onnxruntime" in r.stderr and "ground stopped" in r.stderr

@@ -291,6 +291,7 @@ def ground_cmd(
     idle_timeout: float = typer.Option(30.0, "--idle-timeout", help="Seconds without views before an object is written."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
     viewer: Optional[str] = typer.Option(None, "--viewer", help="Serve the browser viewer on [HOST:]PORT."),
+    backend: str = typer.Option("auto", "--backend", help="Decoder backend: auto, torch or onnxruntime."),
 ) -> None:
     """The ground station: codes in; occupancy grids, depth maps, point clouds and meshes out."""
     from ground.station import GroundConfig, GroundStation
@@ -300,8 +301,8 @@ def ground_cmd(
         bind = ["tcp://*:5555"]
     try:
         st = GroundStation(GroundConfig(bind=bind or [], connect=connect or [], model=model, out=str(out),
-                                        socket=socket, idle_timeout_s=idle_timeout))
-    except (ModelFileError, ValueError) as e:
+                                        socket=socket, idle_timeout_s=idle_timeout, backend=backend))
+    except (ModelFileError, ValueError, RuntimeError) as e:
         _fail(str(e))
     server = None
     if viewer:
