@@ -181,3 +181,29 @@ def test_trt_export_without_tensorrt_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "voxlink.cli", "export", "trt", str(onnx_file), "--out",
                         str(tmp_path / "x.engine")], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and ("TensorRT" in r.stderr or "CUDA" in r.stderr) and "Traceback" not in r.stderr
+
+
+def test_curve_encrypted_socket_from_config(tmp_path):
+    """CURVE keys from the config (zmq.auth certificates): the ground decrypts what the edge sends."""
+    import zmq.auth
+
+    from edge.daemon import EdgeConfig, make_socket
+
+    if not zmq.has("curve"):
+        pytest.skip("libzmq built without CURVE")
+    srv_pub, srv_sec = zmq.auth.create_certificates(tmp_path, "ground")
+    cli_pub, cli_sec = zmq.auth.create_certificates(tmp_path, "drone")
+    server_public, server_secret = zmq.auth.load_certificate(srv_sec)
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.curve_secretkey, pull.curve_publickey, pull.curve_server = server_secret, server_public, True
+    port = _free_port()
+    pull.bind(f"tcp://127.0.0.1:{port}")
+    cfg = EdgeConfig(connect=[f"tcp://127.0.0.1:{port}"], socket="push", curve_server_key=server_public.decode(),
+                     curve_secret_file=str(cli_sec))
+    push = make_socket(ctx, cfg)
+    push.send(b"hello over CURVE")
+    assert pull.poll(5000) and pull.recv() == b"hello over CURVE"
+    push.close(0)
+    pull.close(0)
+    ctx.term()
