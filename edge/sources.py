@@ -103,6 +103,7 @@ class OrbitSource(Source):
         self.bg = self.rng.integers(0, 256, size=3, dtype=np.uint8)
 
     def read(self) -> Frame:  # noqa: D102
+        """The next frame (see :class:`Source`); raises SourceEnded or SourceError."""
         if self.orbits and self.i >= self.n * self.orbits:
             raise SourceEnded(f"orbit of {self.mesh.name} complete ({self.i} views)")
         az = 2 * math.pi * self.i / self.n
@@ -113,6 +114,7 @@ class OrbitSource(Source):
         return Frame(view=rgb[0], t=time.time(), pose=pose)
 
     def close(self) -> None:  # noqa: D102
+        """Release the device, file or renderer."""
         self.renderer.close()
 
 
@@ -126,6 +128,7 @@ class FolderSource(Source):
         self.i, self.K_frame = 0, K_frame
 
     def read(self) -> Frame:  # noqa: D102
+        """The next frame (see :class:`Source`); raises SourceEnded or SourceError."""
         import cv2
 
         while self.i < len(self.files):
@@ -163,6 +166,7 @@ class OpenCVSource(Source):
             raise SourceError(f"cannot open video source {spec!r}")
 
     def read(self) -> Frame:  # noqa: D102
+        """The next frame (see :class:`Source`); raises SourceEnded or SourceError."""
         ok, img = self.cap.read()
         if not ok or img is None:
             if self.live:
@@ -173,6 +177,7 @@ class OpenCVSource(Source):
         return Frame(view=frame_to_view(img), t=time.time(), resized_from=img.shape[:2])
 
     def close(self) -> None:  # noqa: D102
+        """Release the device, file or renderer."""
         self.cap.release()
 
 

@@ -25,6 +25,7 @@ class _Step(nn.Module):
         self.lstm = m.lstm
 
     def forward(self, code, h, s):
+        """The exported computation (see the module docstring for shapes)."""
         return self.lstm(code, (h, s))
 
 
@@ -34,6 +35,7 @@ class _Occ(nn.Module):
         self.decoder = m.decoder
 
     def forward(self, h):
+        """The exported computation (see the module docstring for shapes)."""
         return torch.softmax(self.decoder(h), dim=1)[:, 1]
 
 
@@ -43,6 +45,7 @@ class _Depth(nn.Module):
         self.depth = m.depth
 
     def forward(self, code):
+        """The exported computation (see the module docstring for shapes)."""
         d, logit = self.depth(code)
         return d, torch.sigmoid(logit)
 

@@ -94,6 +94,7 @@ def _make_calibrator(trt, calib_dir, cache: Path):
     batches = list(_calibration_batches(calib_dir))
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
+        """INT8 entropy calibrator over the calibration views (TensorRT 10)."""
         def __init__(self):
             super().__init__()
             self.i = 0
@@ -101,9 +102,11 @@ def _make_calibrator(trt, calib_dir, cache: Path):
             self.dev = _malloc(cudart, api, self.nbytes)
 
         def get_batch_size(self):
+            """TensorRT calibrator callback."""
             return batches[0].shape[0]
 
         def get_batch(self, names):
+            """TensorRT calibrator callback."""
             if self.i >= len(batches) or batches[self.i].shape[0] != batches[0].shape[0]:
                 return None
             _h2d(cudart, api, self.dev, batches[self.i])
@@ -111,9 +114,11 @@ def _make_calibrator(trt, calib_dir, cache: Path):
             return [int(self.dev)]
 
         def read_calibration_cache(self):
+            """TensorRT calibrator callback."""
             return cache.read_bytes() if cache.is_file() else None
 
         def write_calibration_cache(self, data):
+            """TensorRT calibrator callback."""
             cache.write_bytes(bytes(data))
 
     return Calibrator()

@@ -51,10 +51,13 @@ class ViewerServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            """Serves the page, its scripts and /api/state."""
             def log_message(self, fmt, *args):  # quiet: one line per request is noise
+                """http.server hook (see the class docstring)."""
                 log.debug(fmt, *args)
 
             def do_GET(self):  # noqa: N802 (http.server's name)
+                """http.server hook (see the class docstring)."""
                 path = self.path.split("?")[0]
                 if path == "/api/state":
                     body, ctype = json.dumps(server.state()).encode(), "application/json"

@@ -75,6 +75,7 @@ class TorchBackend(EncoderBackend):
         self._torch = torch
 
     def encode(self, images: np.ndarray) -> np.ndarray:  # noqa: D102 (interface docstring)
+        """Codes float32 [N, K] (+1/-1) of views float32 [N, 3, 128, 128] in [0, 1]."""
         with self._torch.no_grad():
             x = self._torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(self.device)
             return self.model.encode(x).cpu().numpy()
@@ -112,6 +113,7 @@ class OnnxBackend(EncoderBackend):
         self.name = f"onnxruntime[{self.session.get_providers()[0]}]"
 
     def encode(self, images: np.ndarray) -> np.ndarray:  # noqa: D102
+        """Codes float32 [N, K] (+1/-1) of views float32 [N, 3, 128, 128] in [0, 1]."""
         return self.session.run(["codes"], {"images": np.ascontiguousarray(images, np.float32)})[0]
 
 
@@ -135,6 +137,7 @@ class TensorRTBackend(EncoderBackend):
         self.name = f"tensorrt[{meta.get('precision', '?')}]"
 
     def encode(self, images: np.ndarray) -> np.ndarray:  # noqa: D102
+        """Codes float32 [N, K] (+1/-1) of views float32 [N, 3, 128, 128] in [0, 1]."""
         return self._runner.run(np.ascontiguousarray(images, np.float32))
 
 

@@ -263,7 +263,7 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
         log.info("resumed from %s at step %d", ckpt, step)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    def save_ckpt():
+    def _save_ckpt():
         if rank == 0:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
                         "torch_rng": torch.get_rng_state(), "np_rng": np.random.get_state(),
@@ -321,11 +321,11 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
             if time.time() - last_ckpt > 60 * tcfg.checkpoint_minutes:
-                save_ckpt()
+                _save_ckpt()
                 last_ckpt = time.time()
         epoch += 1
     bar.close()
-    save_ckpt()
+    _save_ckpt()
     final = out / "model.safetensors"
     if rank == 0:
         recalibrate_bn(model, bn_ds, batches=100, device=device)

@@ -79,6 +79,7 @@ class DepthDecoder(nn.Module):
         self.depth_offset = depth_offset
 
     def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        """Depth (metres) and mask logits, each float32 [N, H, W], from codes [N, K]."""
         x = torch.nn.functional.leaky_relu(self.fc(code), 0.01).view(-1, self.c0, self.side, self.side)
         out = self.net(x)
         if out.shape[-1] != self.image_size:
