@@ -248,7 +248,10 @@ class EdgeDaemon:
                 break
             if period:
                 time.sleep(max(0.0, period - (time.monotonic() - t0)))
-        self.q.put(None)  # end marker
+        try:
+            self.q.put(None, timeout=1.0)  # end marker
+        except queue.Full:
+            pass
 
     def _info(self) -> bytes:
         K = self.source.K if self.source.K is not None else camera.intrinsics(128)
@@ -324,6 +327,9 @@ class EdgeDaemon:
                     last_metrics, sent_bytes_window, frames_window = now, 0, 0
         finally:
             self.stop.set()
+            # the capture thread may be inside the source (an OSMesa render): closing the source
+            # under it crashed the process on SIGTERM, so wait for it first
+            cap.join(timeout=10)
             self._send(sock, self._info())
             codelog.close()
             sock.close()
