@@ -15,6 +15,12 @@ data_app = typer.Typer(help="Make and inspect multi-view datasets.", no_args_is_
 app.add_typer(data_app, name="data")
 export_app = typer.Typer(help="Export the edge encoder: PyTorch -> ONNX -> TensorRT.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+bench_app = typer.Typer(help="Reproduce the paper's comparison: accuracy (Fig. 8) and speed (Tab. III).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+codec_app = typer.Typer(help="N_small image codes of the sequential and direct models: compress views, decode PNGs.",
+                        no_args_is_help=True)
+app.add_typer(codec_app, name="codec")
 
 log = logging.getLogger("voxlink")
 
@@ -148,6 +154,8 @@ def eval_cmd(
     split: str = typer.Option("test", "--split", help="train, val, test or all."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write report.json here."),
     max_objects: Optional[int] = typer.Option(None, "--max-objects", help="Cap the number of objects."),
+    heading: str = typer.Option("canonical", "--heading",
+                                help="canonical (as authored) or random (a seeded yaw per object, as in the field)."),
 ) -> None:
     """mIoU per number of views and per category, depth metrics, compression; beside the trivial baseline."""
     import json
@@ -164,7 +172,8 @@ def eval_cmd(
     if "mean_grid" in extra:
         baseline = (extra["mean_grid"], float(extra["baseline_threshold"][0]))
     try:
-        report = evaluate(m, data, split=split, views=views, baseline=baseline, max_objects=max_objects, progress=True)
+        report = evaluate(m, data, split=split, views=views, baseline=baseline, max_objects=max_objects,
+                          progress=True, heading=heading)
     except (DatasetError, ValueError) as e:
         _fail(str(e))
     report["model_file"] = str(model)
@@ -357,6 +366,121 @@ def demo_cmd(
     typer.echo(f"mean IoU {miou:.3f} over {len(rows)} objects; files in {out / 'ground'}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(rows, indent=1))
+
+
+@bench_app.command("accuracy")
+def bench_accuracy_cmd(
+    data: Path = typer.Option(..., "--data", help="Dataset with train and test splits (voxlink data make)."),
+    out: Path = typer.Option(Path("bench"), "--out", help="Output folder (models/ inside keeps trained models)."),
+    profile: str = typer.Option("quick", "--profile", help="quick (2-core CPU, < 45 min), full (paper size, GPU) or tiny (tests)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated subset of implicit,sequential,"
+                                          "direct,jpeg2000,uncompressed,mean-grid."),
+    seed: int = typer.Option(0, "--seed", help="Seed of training and evaluation."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train every model again, ignoring saved ones."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """Fig. 8: mIoU vs compression ratio for every method; writes accuracy.csv, .png, .md (trains what is missing)."""
+    from voxlink.bench.accuracy import METHODS, run
+    from voxlink.bench.profiles import get_profile
+    from voxlink.data.store import DatasetError
+
+    try:
+        prof = get_profile(profile)
+        ms = tuple(m.strip() for m in methods.split(",")) if methods else METHODS
+        if device != "cpu":
+            _fail("bench accuracy trains on the CPU in this version; use voxlink train --device cuda for single models")
+        run(data, out, prof, methods=ms, seed=seed, retrain=retrain)
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    typer.echo((out / "accuracy.md").read_text())
+    typer.echo(f"wrote {out / 'accuracy.csv'}, {out / 'accuracy.png'}, {out / 'accuracy.md'}")
+
+
+@bench_app.command("speed")
+def bench_speed_cmd(
+    out: Path = typer.Option(Path("bench"), "--out", help="Output folder."),
+    size: str = typer.Option("paper", "--size", help="Network sizes: paper (Tab. III), cpu, quick or tiny."),
+    backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated subset of torch-cpu,torch-cuda,"
+                                           "onnxruntime-cpu,onnxruntime-cuda,tensorrt."),
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Comma-separated subset of the blocks."),
+    seconds: float = typer.Option(1.0, "--seconds", help="Minimum timing time per block and backend."),
+) -> None:
+    """Tab. III: forward time per block and backend, with ratios to the sequential model; writes speed.csv, .md."""
+    from voxlink.bench.speed import run
+
+    try:
+        run(out, size=size, backends=backends.split(",") if backends else None,
+            only=blocks.split(",") if blocks else None, min_seconds=seconds)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo((out / "speed.md").read_text())
+    typer.echo(f"wrote {out / 'speed.csv'}, {out / 'speed.md'}")
+
+
+@codec_app.command("compress")
+def codec_compress_cmd(
+    model: Path = typer.Argument(..., help="A sequential or direct model file (from voxlink bench accuracy)."),
+    images: list[Path] = typer.Argument(..., help="Image files (centre-cropped and resized to the model's size)."),
+    iterations: int = typer.Option(1, "--iterations", "-n", help="N_small iterations N: ratio 384/N at 128 x 128."),
+    out: Path = typer.Option(Path("codes"), "--out", help="Folder for the .vxc code files (N x 128 bytes each)."),
+) -> None:
+    """Compress views to N_small codes (packed bits, N m / 8 bytes per view)."""
+    import numpy as np
+    from PIL import Image
+
+    from voxlink.bench.accuracy import open_bench_model
+    from voxlink.preprocess import frame_to_view, to_input
+
+    comp = _codec_model(model, open_bench_model)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in images:
+        try:
+            rgb = np.asarray(Image.open(f).convert("RGB"))
+        except OSError as e:
+            _fail(f"cannot read {f}: {e}")
+        view = frame_to_view(rgb, comp.cfg.image_size, bgr=False)
+        try:
+            payload = comp.compress(to_input(view[None].copy()), iterations)[0]
+        except ValueError as e:
+            _fail(str(e))
+        dst = out / (f.stem + ".vxc")
+        dst.write_bytes(payload)
+        typer.echo(f"{f} -> {dst}: {len(payload)} bytes ({comp.compression_ratio(iterations):.0f}:1)")
+
+
+@codec_app.command("decompress")
+def codec_decompress_cmd(
+    model: Path = typer.Argument(..., help="The sequential or direct model file that made the codes."),
+    codes: list[Path] = typer.Argument(..., help=".vxc code files."),
+    out: Path = typer.Option(Path("decoded"), "--out", help="Folder for the decoded PNG images."),
+) -> None:
+    """Decode N_small codes to viewable PNG images (the ground's image view of the sequential/direct models)."""
+    import numpy as np
+    from PIL import Image
+
+    from voxlink.bench.accuracy import open_bench_model
+
+    comp = _codec_model(model, open_bench_model)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in codes:
+        try:
+            c = comp.decompress([f.read_bytes()])
+        except (OSError, ValueError) as e:
+            _fail(f"{f}: {e}")
+        img = comp.decode(c)[0, -1].permute(1, 2, 0).mul(255).round().byte().numpy()
+        dst = out / (f.stem + ".png")
+        Image.fromarray(np.ascontiguousarray(img)).save(dst)
+        typer.echo(f"{f} ({c.shape[1]} iterations) -> {dst}")
+
+
+def _codec_model(path: Path, opener):
+    try:
+        model, meta = opener(path)
+    except ValueError as e:
+        _fail(str(e))
+    if meta.get("method") not in ("sequential", "direct"):
+        _fail(f"{path} is a {meta.get('method')} model; image codes need a sequential or direct model")
+    return model.compressor
 
 
 def main() -> None:

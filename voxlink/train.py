@@ -134,8 +134,8 @@ def best_threshold(grid: torch.Tensor, targets: torch.Tensor) -> tuple[float, fl
 
 
 @torch.no_grad()
-def recalibrate_bn(model: ImplicitModel, ds: MultiViewDataset, batches: int = 40, batch_size: int = 16,
-                   device="cpu", seed: int = 0) -> None:
+def recalibrate_bn(model: torch.nn.Module, ds: MultiViewDataset, batches: int = 40, batch_size: int = 16,
+                   device="cpu", seed: int = 0, forward=None) -> None:
     """Recompute the BatchNorm running statistics of the encoder as a plain average over training views.
 
     During training the pre-activations drift faster than BatchNorm's running averages follow, so
@@ -146,6 +146,8 @@ def recalibrate_bn(model: ImplicitModel, ds: MultiViewDataset, batches: int = 40
     Args:
         ds: training dataset (items with ``images`` [V, 3, H, W]).
         batches, batch_size: objects seen = batches * batch_size (all their views).
+        forward: what to run on each batch of views float32 [N, 3, H, W] (default ``model.encoder``;
+            models whose normalised layers see something else pass their own).
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -161,7 +163,7 @@ def recalibrate_bn(model: ImplicitModel, ds: MultiViewDataset, batches: int = 40
     idx = rng.permutation(len(ds))[: batches * batch_size]
     for i in range(0, len(idx), batch_size):
         imgs = torch.cat([ds[int(j)]["images"] for j in idx[i:i + batch_size]]).to(device)
-        model.encoder(imgs)
+        (forward or model.encoder)(imgs)
     for m, mom in zip(norms, saved):
         m.momentum = mom
     model.train(was)

@@ -1,0 +1,251 @@
+"""The paper's comparison: N_small, the sequential and direct models, JPEG 2000, ``voxlink bench``."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from voxlink.bench.profiles import RATIOS, get_profile, implicit_bits
+from voxlink.data.store import manifest_hash
+from voxlink.models.joint import JointConfig, JointModel
+from voxlink.models.rnn_compress import COMPRESSION_CONFIGS, CompressionConfig, RNNCompressor
+
+
+# -- N_small ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["paper", "cpu", "quick", "tiny"])
+def test_nsmall_bits_per_iteration_and_ratio(name):
+    """m = (H/16)(W/16) 16 = 1024 bits per iteration at 128 x 128, and N iterations give 384/N : 1."""
+    cfg = COMPRESSION_CONFIGS[name]
+    assert cfg.bits_per_iteration == 1024
+    model = RNNCompressor(cfg)
+    for n in range(1, cfg.max_iterations + 1):
+        assert model.compression_ratio(n) == pytest.approx(384.0 / n)
+
+
+def test_nsmall_codes_are_exactly_n_m_bits_and_round_trip():
+    torch.manual_seed(0)
+    model = RNNCompressor(COMPRESSION_CONFIGS["tiny"]).eval()
+    images = torch.rand(2, 3, 128, 128)
+    for n in (1, 3):
+        codes = model.encode(images, n)
+        assert codes.shape == (2, n, 1024)
+        assert set(codes.unique().tolist()) <= {-1.0, 1.0}
+        payloads = model.compress(images, n)
+        assert [len(p) for p in payloads] == [n * 128, n * 128]
+        back = model.decompress(payloads)
+        assert torch.equal(back, codes)
+        # the ground decodes viewable images from the bytes alone, identical to the edge's reconstruction
+        assert torch.allclose(model.decode(back), model(images, n)["recon"].clamp(0, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="whole number"):
+        model.decompress([b"\x00" * 100])
+    with pytest.raises(ValueError, match="iterations"):
+        model.encode(images, 9)
+    with pytest.raises(ValueError, match="128"):
+        model.encode(torch.rand(1, 3, 64, 64), 1)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        CompressionConfig(dec_channels=(30, 32, 16, 16))
+
+
+def test_nsmall_additive_reconstruction_improves_with_iterations(small_dataset):
+    """A small N_small trained for seconds: the L1 error (Eq. 14) falls with every iteration.
+
+    Trained at a fixed N = 4 (Toderici's protocol; Eq. 14 trains every iteration), on 32 x 32 views
+    so that it takes seconds; deterministic from its seed.
+    """
+    import torch.nn.functional as F
+
+    from voxlink.data.store import DatasetStore
+    from voxlink.preprocess import to_input
+
+    st = DatasetStore(small_dataset)
+    imgs = torch.cat([to_input(st.read(i, "rgb")[:4]) for i in range(8)])
+    imgs = F.interpolate(imgs, size=32, mode="area")  # 32 x 32 keeps this test to seconds
+    torch.manual_seed(0)
+    model = RNNCompressor(dataclasses.replace(COMPRESSION_CONFIGS["quick"], image_size=32, max_iterations=4))
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    rng = np.random.default_rng(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same arithmetic, so the same trajectory, on any machine
+    for _ in range(TRAIN_STEPS):
+        idx = rng.choice(len(imgs), 8, replace=False)
+        loss = model(imgs[idx], 4)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    model.eval()
+    with torch.no_grad():
+        recon = model(imgs, 4)["recon"]
+    l1 = [float((recon[:, t] - imgs).abs().mean()) for t in range(4)]
+    assert all(b < a for a, b in zip(l1, l1[1:])), l1
+
+
+TRAIN_STEPS = 300
+
+
+# -- sequential and direct --------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sequential", "direct"])
+def test_joint_models_split_edge_and_ground(kind):
+    """The ground's half (codes -> grid and images) gives exactly the training forward's output."""
+    prof = get_profile("tiny")
+    torch.manual_seed(0)
+    model = JointModel(JointConfig(kind, prof.compression, dataclasses.replace(prof.recon, binarize=False))).eval()
+    images = torch.rand(1, 3, 3, 128, 128)
+    with torch.no_grad():
+        out = model(images, 2)
+        assert out["codes"].shape == (1, 3, 2, 1024)
+        assert out["logits"].shape == (1, 2, 32, 32, 32)
+        logits, decoded = model.reconstruct_from_codes(out["codes"])
+    assert torch.allclose(logits, out["logits"], atol=1e-5)
+    assert decoded.shape == (1, 3, 3, 128, 128) and float(decoded.min()) >= 0 and float(decoded.max()) <= 1
+    assert model.compression_ratio(2) == pytest.approx(192.0)
+    loss = model.loss(model.train()(images, 1), torch.zeros(1, 32, 32, 32))
+    loss.backward()  # Eq. 16 trains N_small and the 3D part jointly
+    assert model.compressor.encoder.conv.weight.grad is not None
+    assert model.recon.lstm.gate_h.weight.grad is not None
+
+
+def test_implicit_bits_for_the_papers_ratios():
+    assert [implicit_bits(r) for r in RATIOS] == [8192, 4096, 2048, 1024, 819, 393]
+
+
+# -- JPEG 2000 --------------------------------------------------------------------------------------
+def _view(small_dataset) -> np.ndarray:
+    from voxlink.data.store import DatasetStore
+
+    return DatasetStore(small_dataset).read(0, "rgb")[0]
+
+
+def test_jpeg2000_meets_each_reachable_ratio_and_flags_the_rest(small_dataset, tmp_path):
+    import glymur
+
+    from voxlink.jpeg2000 import encode_at_ratio, main_header_length
+
+    img = _view(small_dataset)
+    for target in (12, 48, 96, 192):
+        f = tmp_path / f"r{target}.j2k"
+        r = encode_at_ratio(img, target, keep=f)
+        assert r.reachable
+        assert r.bytes == f.stat().st_size  # the reported bytes are the codestream file's size
+        assert r.bytes <= img.size / target  # never larger than the target allows
+        assert r.ratio == pytest.approx(img.size / r.bytes)
+        assert r.bytes_no_header == r.bytes - main_header_length(f.read_bytes())
+        decoded = glymur.Jp2k(str(f))[:]
+        assert np.array_equal(decoded, r.image)
+    hi = encode_at_ratio(img, 1000, keep=tmp_path / "r1000.j2k")
+    assert not hi.reachable  # OpenJPEG's floor is about 180 bytes at 128 x 128
+    assert hi.ratio < 1000 and hi.bytes == (tmp_path / "r1000.j2k").stat().st_size
+    # quality falls with the ratio
+    err = [np.abs(encode_at_ratio(img, t).image.astype(float) - img).mean() for t in (12, 96)]
+    assert err[0] < err[1]
+
+
+def test_jpeg2000_rejects_bad_input():
+    from voxlink.jpeg2000 import Jpeg2000Error, encode, main_header_length
+
+    with pytest.raises(ValueError, match="uint8"):
+        encode(np.zeros((8, 8), np.float32), 10)
+    with pytest.raises(ValueError, match="ratio"):
+        encode(np.zeros((16, 16, 3), np.uint8), 0.5)
+    with pytest.raises(Jpeg2000Error, match="SOC"):
+        main_header_length(b"not a codestream")
+
+
+# -- voxlink bench ----------------------------------------------------------------------------------
+def test_bench_accuracy_tiny_writes_every_method_and_ratio(small_dataset, tmp_path):
+    from voxlink.cli import app
+
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(app, ["bench", "accuracy", "--data", str(small_dataset), "--profile", "tiny",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for f in ("accuracy.csv", "accuracy.png", "accuracy.md"):
+        assert (out / f).stat().st_size > 0
+    rows = list(csv.DictReader((out / "accuracy.csv").open()))
+    keys = [(r["method"], r["target_ratio"]) for r in rows]
+    for m in ("implicit", "sequential", "direct", "jpeg2000"):
+        assert [float(t) for mm, t in keys if mm == m] == list(RATIOS)
+    assert [m for m, _ in keys].count("uncompressed") == 1 and [m for m, _ in keys].count("mean-grid") == 1
+    assert len(rows) == 4 * len(RATIOS) + 2
+    manifest = manifest_hash(small_dataset)
+    for r in rows:
+        assert r["data_manifest"] == manifest and r["git_commit"]
+        if r["method"] != "mean-grid":
+            assert Path(r["model_file"]).is_file()
+        if r["miou"]:
+            assert 0.0 <= float(r["miou"]) <= 1.0
+    by = {(r["method"], float(r["target_ratio"]) if r["target_ratio"] else None): r for r in rows}
+    # N_small cannot go past 384:1; OpenJPEG cannot reach 384:1 at 128 x 128
+    assert by[("sequential", 480.0)]["reachable"] == "False" and by[("sequential", 480.0)]["miou"] == ""
+    assert by[("sequential", 384.0)]["iterations"] == "1" and by[("sequential", 48.0)]["iterations"] == "8"
+    assert by[("jpeg2000", 1000.0)]["reachable"] == "False" and float(by[("jpeg2000", 1000.0)]["ratio"]) < 1000
+    assert by[("jpeg2000", 48.0)]["reachable"] == "True"
+    assert int(by[("implicit", 1000.0)]["code_bits"]) == 393
+    assert float(by[("uncompressed", 12.0)]["ratio"]) == pytest.approx(12.0)
+    assert "not reachable" in (out / "accuracy.md").read_text()
+    # a second run reuses the trained models
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
+    res = CliRunner().invoke(app, ["bench", "accuracy", "--data", str(small_dataset), "--profile", "tiny",
+                                   "--out", str(out), "--methods", "implicit,direct"])
+    assert res.exit_code == 0, res.output
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
+
+
+def test_bench_accuracy_rejects_unknown_profile_and_method(small_dataset, tmp_path):
+    from voxlink.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "accuracy", "--data", str(small_dataset), "--profile", "huge",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown profile" in res.output
+    res = CliRunner().invoke(app, ["bench", "accuracy", "--data", str(small_dataset), "--profile", "tiny",
+                                   "--out", str(tmp_path), "--methods", "implicit,magic"])
+    assert res.exit_code == 2 and "unknown methods" in res.output
+
+
+def test_codec_compress_and_decode_png(small_dataset, tmp_path):
+    """Sequential-model codes to bytes (N x 128) and back to a viewable PNG."""
+    from PIL import Image
+
+    from voxlink.bench.accuracy import build, save_bench_model
+    from voxlink.cli import app
+
+    prof = get_profile("tiny")
+    model = build("sequential", prof)
+    path = tmp_path / "sequential.safetensors"
+    save_bench_model(model, path, {"method": "sequential", "config": model.cfg.to_dict()})
+    Image.fromarray(_view(small_dataset)).save(tmp_path / "v.png")
+    r = CliRunner().invoke(app, ["codec", "compress", str(path), str(tmp_path / "v.png"), "-n", "3",
+                                 "--out", str(tmp_path / "codes")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "codes" / "v.vxc").stat().st_size == 3 * 128
+    r = CliRunner().invoke(app, ["codec", "decompress", str(path), str(tmp_path / "codes" / "v.vxc"),
+                                 "--out", str(tmp_path / "dec")])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "dec" / "v.png").size == (128, 128)
+    (tmp_path / "bad.vxc").write_bytes(b"\x01" * 77)
+    r = CliRunner().invoke(app, ["codec", "decompress", str(path), str(tmp_path / "bad.vxc")])
+    assert r.exit_code == 2 and "whole number" in r.output
+
+
+def test_bench_speed_times_every_block_and_says_why_a_backend_cannot_run(tmp_path):
+    from voxlink.bench.speed import BLOCK_NAMES, run
+
+    rows = run(tmp_path, size="tiny", min_seconds=0.0, min_reps=2)
+    backends = {r["backend"] for r in rows}
+    assert {"torch-cpu", "onnxruntime-cpu", "tensorrt"} <= backends
+    assert {r["block"] for r in rows} == set(BLOCK_NAMES)
+    for r in rows:
+        assert (r["median_ms"] != "") != bool(r["note"]), r  # a time, or the reason there is none
+    cpu = {r["block"]: r for r in rows if r["backend"] == "torch-cpu"}
+    assert all(r["median_ms"] > 0 for r in cpu.values())
+    assert cpu["sequential"]["ratio_to_sequential"] == 1.0
+    assert len(list(csv.DictReader((tmp_path / "speed.csv").open()))) == len(rows)
+    assert "sequential model" in (tmp_path / "speed.md").read_text()
+    if not torch.cuda.is_available():
+        assert next(r for r in rows if r["backend"] == "torch-cuda")["note"] == "no CUDA GPU"

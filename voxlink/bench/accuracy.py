@@ -1,0 +1,516 @@
+"""``voxlink bench accuracy``: Golts & Schechner's Fig. 8 on voxlink's data.
+
+mIoU (Eq. 17, tau = 0.4, 5 views) against compression ratio (Eq. 12) for:
+
+* ``implicit``: one implicit model (Sec. III-C) per ratio, K = raw bits / ratio;
+* ``sequential`` and ``direct`` (Secs. III-A, III-B): one model each for every rate, N_small at
+  N = 384 / ratio iterations (ratios 48, 96, 192, 384 are reachable; 480 and 1000 are not);
+* ``jpeg2000``: 3D-R2N2 trained on views compressed by OpenJPEG at a random ratio per batch, scored at
+  each target ratio on codestreams no larger than the target (:mod:`voxlink.jpeg2000`);
+* ``uncompressed``: the implicit network without the binarizer (float32 code, 12:1), the ceiling;
+* ``mean-grid``: the trivial baseline (mean training grid at its best validation threshold).
+
+Every trained model has the profile's widths, steps, batch size, data and seed
+(:mod:`voxlink.bench.profiles`). Models are saved in ``OUT/models/`` and reused by later runs when
+their profile, configuration and data manifest match. Outputs: ``accuracy.csv`` (one row per method
+and target ratio, naming model file, data manifest and git commit), ``accuracy.json`` (plus the
+per-object IoUs), ``accuracy.png`` and ``accuracy.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from voxlink.bench.profiles import Profile, implicit_bits
+from voxlink.data.dataset import MultiViewDataset
+from voxlink.data.store import manifest_hash
+from voxlink.models.binarizer import RAW_BITS_128
+from voxlink.models.implicit import ImplicitModel, iou, occupancy_loss
+from voxlink.models.joint import JointConfig, JointModel, Reconstructor3D
+
+log = logging.getLogger(__name__)
+
+METHODS = ("implicit", "sequential", "direct", "jpeg2000", "uncompressed", "mean-grid")
+CSV_FIELDS = ("method", "target_ratio", "ratio", "reachable", "bits_per_view", "bytes_per_view",
+              "bytes_per_view_no_header", "iterations", "code_bits", "miou", "miou_std", "miou_sem", "objects",
+              "views", "model_file", "data_manifest", "git_commit", "train_seconds", "profile")
+
+
+# -- models -----------------------------------------------------------------------------------------
+def build(method: str, prof: Profile, code_bits: int | None = None) -> torch.nn.Module:
+    """The untrained network of a method under a profile.
+
+    Raises:
+        ValueError: unknown method.
+    """
+    import dataclasses
+
+    r = dataclasses.replace(prof.recon, frame=prof.frame)
+    if method == "implicit":
+        return ImplicitModel(dataclasses.replace(r, name=f"implicit-k{code_bits}", code_bits=code_bits, binarize=True))
+    if method == "uncompressed":
+        return ImplicitModel(dataclasses.replace(r, name="uncompressed", code_bits=1024, binarize=False))
+    if method in ("sequential", "direct"):
+        return JointModel(JointConfig(kind=method, compression=prof.compression,
+                                      recon=dataclasses.replace(r, name=method, code_bits=1024, binarize=False)))
+    if method == "jpeg2000":
+        return Reconstructor3D(dataclasses.replace(r, name="jpeg2000", code_bits=1024, binarize=False))
+    raise ValueError(f"unknown method {method!r}")
+
+
+def _config_of(model: torch.nn.Module) -> dict:
+    return model.cfg.to_dict()
+
+
+def save_bench_model(model: torch.nn.Module, path: Path, meta: dict) -> None:
+    """Weights + ``voxlink.bench`` metadata (method, config, profile, data manifest, commit) as safetensors."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={"voxlink.bench": json.dumps(meta)})
+
+
+def load_bench_model(path: Path, model: torch.nn.Module, expect: dict) -> dict | None:
+    """Load weights into ``model`` if ``path`` was trained with the same ``expect`` keys; else ``None``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("voxlink.bench", "{}"))
+        if any(meta.get(k) != v for k, v in expect.items()):
+            log.info("%s was trained differently (%s): retraining", path,
+                     [k for k, v in expect.items() if meta.get(k) != v])
+            return None
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        log.warning("cannot reuse %s (%s): retraining", path, e)
+        return None
+    return meta
+
+
+def open_bench_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild and load a model file written by the benchmark (any method), in eval mode.
+
+    Returns:
+        ``(model, meta)``; ``meta["method"]`` names the method.
+
+    Raises:
+        ValueError: not a benchmark model file, or corrupt.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    from voxlink.models.config import ModelConfig
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("voxlink.bench", "null"))
+        if not meta:
+            raise ValueError(f"{path} is not a voxlink benchmark model (no voxlink.bench metadata)")
+        method, cfg = meta["method"], meta["config"]
+        if method in ("implicit", "uncompressed"):
+            model = ImplicitModel(ModelConfig.from_dict(cfg))
+        elif method in ("sequential", "direct"):
+            model = JointModel(JointConfig.from_dict(cfg))
+        elif method == "jpeg2000":
+            model = Reconstructor3D(ModelConfig.from_dict(cfg))
+        else:
+            raise ValueError(f"{path}: unknown method {method!r}")
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except (SafetensorError, OSError, KeyError, RuntimeError) as e:
+        raise ValueError(f"cannot load benchmark model {path}: {e}") from e
+    return model.eval(), meta
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float [N, 3, H, W] in [0, 1] -> uint8 [N, H, W, 3]."""
+    return (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def _from_uint8(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _jpeg_roundtrip(images: torch.Tensor, ratio: float, pool: ThreadPoolExecutor) -> torch.Tensor:
+    """Views float [N, 3, H, W] through OpenJPEG at a requested ratio and back (training)."""
+    from voxlink.jpeg2000 import encode
+
+    u8 = _to_uint8(images)
+    dec = list(pool.map(lambda im: encode(im, ratio)[1], u8))
+    return _from_uint8(np.stack(dec))
+
+
+_MEAN_GRIDS: dict = {}
+
+
+def _mean_grid(data: Path, frame: str) -> torch.Tensor:
+    """The mean training grid (cached per dataset and frame): float32 [R, R, R]."""
+    from voxlink.train import mean_grid
+
+    key = (str(Path(data).resolve()), manifest_hash(data), frame)
+    if key not in _MEAN_GRIDS:
+        _MEAN_GRIDS[key] = mean_grid(MultiViewDataset(data, "train", 1, train=False, frame=frame))
+    return _MEAN_GRIDS[key]
+
+
+def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path, seed: int = 0,
+                 progress: bool = True) -> float:
+    """Train one benchmark model for ``prof.steps`` steps; returns the wall-clock seconds.
+
+    The 3D-R2N2 protocol of ``voxlink train``: 1..max_views random views per batch, Adam, random
+    plain backgrounds, a per-voxel prior bias from the mean training grid, learning rate x0.2 after
+    75 % of the steps, BatchNorm statistics recomputed at the end. Losses: Eq. 15 (implicit,
+    uncompressed, jpeg2000) or Eq. 16 (sequential, direct; N drawn in 1..N_max per batch).
+    """
+    from tqdm import tqdm
+
+    from voxlink.train import _collate, recalibrate_bn
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    np.random.seed(seed)
+    train_ds = MultiViewDataset(data, "train", prof.max_views, train=True, frame=prof.frame)
+    decoder = model.recon.decoder if isinstance(model, JointModel) else model.decoder
+    decoder.init_prior(_mean_grid(data, prof.frame))
+    bs = max(1, min(prof.batch_size, len(train_ds)))
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=_collate, drop_last=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.Adam(model.parameters(), lr=prof.lr)
+    pool = ThreadPoolExecutor(2) if method == "jpeg2000" else None
+    nmax = prof.compression.max_iterations
+    lo, hi = (math.log(r) for r in prof.jpeg_train_ratios)
+    t0, step = time.time(), 0
+    bar = tqdm(total=prof.steps, desc=f"train {method}", unit="step", disable=None if progress else True, leave=False)
+    model.train()
+    while step < prof.steps:
+        for batch in loader:
+            if step >= prof.steps:
+                break
+            for g in opt.param_groups:
+                g["lr"] = prof.lr * (0.2 if step >= 0.75 * prof.steps else 1.0)
+            v = int(rng.integers(1, prof.max_views + 1))
+            images, target = batch["images"][:, :v], batch["occupancy"]
+            if method in ("implicit", "uncompressed"):
+                loss = occupancy_loss(model(images)["logits"], target)
+            elif method in ("sequential", "direct"):
+                loss = model.loss(model(images, int(rng.integers(1, nmax + 1))), target)
+            else:
+                ratio = math.exp(rng.uniform(lo, hi))
+                dec = _jpeg_roundtrip(images.flatten(0, 1), ratio, pool).view_as(images)
+                loss = occupancy_loss(model(dec), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    bn_ds = MultiViewDataset(data, "train", prof.max_views, train=False, frame=prof.frame)
+    n_bn = max(1, min(10, len(bn_ds) // max(1, bs)))
+    if method in ("implicit", "uncompressed", "jpeg2000"):
+        fwd = None
+        if method == "jpeg2000":
+            def fwd(imgs):  # noqa: E306 - BN sees JPEG 2000 views, as in training
+                return model.encoder(_jpeg_roundtrip(imgs, math.exp(rng.uniform(lo, hi)), pool))
+        recalibrate_bn(model, bn_ds, batches=n_bn, batch_size=bs, seed=seed, forward=fwd)
+    elif method == "sequential":
+        def fwd(imgs):  # noqa: E306 - BN sees decoded images, as in training
+            n = int(rng.integers(1, nmax + 1))
+            return model.recon.encoder(model.compressor(imgs, n)["recon"][:, -1].clamp(0, 1))
+        recalibrate_bn(model, bn_ds, batches=n_bn, batch_size=bs, seed=seed, forward=fwd)
+    if pool:
+        pool.shutdown()
+    model.eval()
+    return time.time() - t0
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+@torch.no_grad()
+def score(method: str, model, ds: MultiViewDataset, n: int, ratio: float | None = None, iterations: int | None = None,
+          batch: int = 8, jpeg_pool: ThreadPoolExecutor | None = None) -> dict:
+    """Per-object IoU@V of one model at one ratio on the first ``n`` objects of ``ds``.
+
+    ``iterations`` is N for the sequential and direct models; ``ratio`` the target of JPEG 2000.
+
+    Returns:
+        ``{"iou": float64 [n], "bytes": mean bytes per view, "bytes_no_header", "ratio": achieved
+        ratio, "reachable": bool, "iterations", "code_bits"}`` (keys that do not apply are None).
+    """
+    from voxlink.jpeg2000 import encode_at_ratio
+
+    if model is not None:
+        model.eval()
+    ious, nbytes, nbytes_nh, reachable = [], [], [], True
+    info: dict = {"iterations": None, "code_bits": None, "bytes_no_header": None}
+    for s in range(0, n, batch):
+        items = [ds[i] for i in range(s, min(n, s + batch))]
+        images = torch.stack([it["images"] for it in items])
+        target = torch.stack([it["occupancy"] for it in items])
+        if method in ("implicit", "uncompressed"):
+            logits = model(images)["logits"]
+        elif method in ("sequential", "direct"):
+            logits = model(images, iterations)["logits"]
+            info["iterations"] = iterations
+        elif method == "jpeg2000":
+            flat = _to_uint8(images.flatten(0, 1))
+            res = list(jpeg_pool.map(lambda im: encode_at_ratio(im, ratio, steps=4), flat))
+            reachable &= all(r.reachable for r in res)
+            nbytes += [r.bytes for r in res]
+            nbytes_nh += [r.bytes_no_header for r in res]
+            logits = model(_from_uint8(np.stack([r.image for r in res])).view_as(images))
+        else:
+            raise ValueError(method)
+        ious.append(iou(torch.softmax(logits, 1)[:, 1], target).double().numpy())
+    out = {"iou": np.concatenate(ious), "reachable": bool(reachable), **info}
+    if method == "jpeg2000":
+        out["bytes"] = float(np.mean(nbytes))
+        out["bytes_no_header"] = float(np.mean(nbytes_nh))
+        out["ratio"] = images.shape[-1] * images.shape[-2] * 3 / out["bytes"]
+    return out
+
+
+def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ...] = METHODS, seed: int = 0,
+        retrain: bool = False, progress: bool = True) -> list[dict]:
+    """Train what is missing, score every method at every ratio, write the CSV, JSON, plot and table.
+
+    Args:
+        data: a voxlink dataset with train and test splits (``voxlink data make``).
+        out: output folder (``models/`` inside it keeps the trained models).
+        prof: the profile.
+        methods: subset of :data:`METHODS`.
+        seed: seed of training and evaluation.
+        retrain: ignore saved models.
+        progress: progress bars.
+
+    Returns:
+        the CSV rows as dicts.
+
+    Raises:
+        voxlink.data.store.DatasetError: bad dataset. ValueError: unknown method, or an empty split.
+    """
+    from voxlink.train import best_threshold, git_commit
+
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    data, out = Path(data), Path(out)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    if prof.threads:
+        torch.set_num_threads(prof.threads)
+    manifest, commit = manifest_hash(data), git_commit()
+    try:
+        test_ds = MultiViewDataset(data, "test", 5, train=False, frame=prof.frame, seed=seed)
+    except ValueError:
+        test_ds = MultiViewDataset(data, "all", 5, train=False, frame=prof.frame, seed=seed)
+    n = len(test_ds) if prof.eval_objects is None else min(len(test_ds), prof.eval_objects)
+    t_start = time.time()
+    rows, per_object = [], {}
+    pool = ThreadPoolExecutor(2)
+
+    def add(method, target, res, model_file="", train_s=None, bits=None):
+        x = res["iou"]
+        ratio = res.get("ratio") or target
+        row = {"method": method, "target_ratio": target, "ratio": round(ratio, 2) if ratio else "",
+               "reachable": res["reachable"], "bits_per_view": bits if bits is not None else "",
+               "bytes_per_view": round(res["bytes"], 1) if res.get("bytes") else (bits / 8 if bits else ""),
+               "bytes_per_view_no_header": round(res["bytes_no_header"], 1) if res.get("bytes_no_header") else "",
+               "iterations": res.get("iterations") or "", "code_bits": res.get("code_bits") or "",
+               "miou": round(float(x.mean()), 4) if len(x) else "", "miou_std": round(float(x.std()), 4) if len(x) else "",
+               "miou_sem": round(float(x.std() / math.sqrt(len(x))), 4) if len(x) else "", "objects": len(x), "views": 5,
+               "model_file": model_file, "data_manifest": manifest, "git_commit": commit,
+               "train_seconds": round(train_s, 1) if train_s is not None else "", "profile": prof.name}
+        rows.append(row)
+        if len(x):
+            per_object[f"{method}@{target}"] = [round(float(v), 4) for v in x]
+        log.info("%s @ %s:1 -> mIoU %s (%s)", method, target, row["miou"], "reachable" if row["reachable"] else "NOT reachable")
+
+    def get(method, code_bits=None):
+        model = build(method, prof, code_bits)
+        name = method if code_bits is None else f"{method}-k{code_bits}"
+        path = out / "models" / f"{name}.safetensors"
+        expect = {"method": method, "profile": prof.name, "config": _config_of(model), "data_manifest": manifest,
+                  "steps": prof.steps, "batch_size": prof.batch_size, "seed": seed}
+        meta = None if retrain else load_bench_model(path, model, expect)
+        if meta is None:
+            secs = train_method(method, model, prof, data, seed=seed, progress=progress)
+            meta = {**expect, "train_seconds": round(secs, 1), "git_commit": commit}
+            save_bench_model(model, path, meta)
+        model.eval()
+        return model, str(path), meta.get("train_seconds")
+
+    for method in methods:
+        if method == "mean-grid":
+            mg = _mean_grid(data, prof.frame)
+            try:
+                val = MultiViewDataset(data, "val", 1, train=False, frame=prof.frame)
+            except ValueError:
+                val = MultiViewDataset(data, "train", 1, train=False, frame=prof.frame)
+            thr, _ = best_threshold(mg, torch.stack([val[i]["occupancy"] for i in range(min(len(val), 256))]))
+            x = np.array([float(iou(mg[None], test_ds[i]["occupancy"][None], thr)[0]) for i in range(n)])
+            add("mean-grid", "", {"iou": x, "reachable": True, "ratio": None}, bits=0)
+            rows[-1]["ratio"] = ""
+            continue
+        if method == "uncompressed":
+            model, path, secs = get("uncompressed")
+            res = score("uncompressed", model, test_ds, n)
+            res["ratio"] = model.compression_ratio
+            add("uncompressed", round(model.compression_ratio, 2), res, path, secs, bits=1024 * 32)
+            continue
+        if method == "implicit":
+            for r in prof.ratios:
+                k = implicit_bits(r)
+                model, path, secs = get("implicit", k)
+                res = score("implicit", model, test_ds, n)
+                res["code_bits"], res["ratio"] = k, model.compression_ratio
+                add("implicit", r, res, path, secs, bits=k)
+            continue
+        model, path, secs = get(method)
+        for r in prof.ratios:
+            if method in ("sequential", "direct"):
+                m = model.compressor.bits_per_iteration
+                n_it = RAW_BITS_128 / (m * r)
+                if abs(n_it - round(n_it)) > 1e-6 or not 1 <= round(n_it) <= prof.compression.max_iterations:
+                    add(method, r, {"iou": np.array([]), "reachable": False, "ratio": None,
+                                    "iterations": None}, path, secs)
+                    continue
+                res = score(method, model, test_ds, n, iterations=round(n_it))
+                res["ratio"] = model.compression_ratio(round(n_it))
+                add(method, r, res, path, secs, bits=m * round(n_it))
+            else:
+                res = score(method, model, test_ds, n, ratio=r, jpeg_pool=pool)
+                add(method, r, res, path, secs, bits=int(round(res["bytes"] * 8)))
+    pool.shutdown()
+    elapsed = time.time() - t_start
+    info = {"profile": prof.to_dict(), "data": str(data), "data_manifest": manifest, "git_commit": commit,
+            "objects": n, "seconds": round(elapsed, 1), "machine": machine_description()}
+    write_outputs(out, rows, per_object, info)
+    return rows
+
+
+def machine_description() -> str:
+    """CPU model, core count, torch version and GPU (if any), in words."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {gpu}"
+
+
+def write_outputs(out: Path, rows: list[dict], per_object: dict, info: dict) -> None:
+    """``accuracy.csv``, ``accuracy.json``, ``accuracy.png`` and ``accuracy.md`` in ``out``."""
+    with (out / "accuracy.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "accuracy.json").write_text(json.dumps({"info": info, "rows": rows, "per_object": per_object}, indent=1))
+    plot(rows, out / "accuracy.png", title=f"voxlink bench accuracy ({info['profile']['name']} profile, "
+                                             f"{info['objects']} test objects, 5 views)")
+    (out / "accuracy.md").write_text(markdown_table(rows, info))
+
+
+LABELS = {"implicit": "implicit (Sec. III-C)", "sequential": "sequential (Sec. III-A)", "direct": "direct (Sec. III-B)",
+          "jpeg2000": "3D-R2N2 on JPEG 2000"}
+COLOURS = {"implicit": "tab:red", "sequential": "tab:blue", "direct": "tab:green", "jpeg2000": "tab:orange"}
+
+
+def plot(rows: list[dict], path: Path, title: str = "") -> None:
+    """mIoU vs compression ratio (log x), one line per method, error bars = 1 s.e.m. over objects."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for method in ("implicit", "sequential", "direct", "jpeg2000"):
+        pts = [r for r in rows if r["method"] == method and r["miou"] != ""]
+        ok = [r for r in pts if r["reachable"]]
+        if ok:
+            ok.sort(key=lambda r: float(r["ratio"]))
+            ax.errorbar([float(r["ratio"]) for r in ok], [r["miou"] for r in ok], yerr=[r["miou_sem"] for r in ok],
+                        marker="o", capsize=3, label=LABELS[method], color=COLOURS[method])
+        bad = [r for r in pts if not r["reachable"]]
+        if bad:  # JPEG 2000's floor: plotted at the ratio it really reached, hollow
+            r = bad[0]
+            ax.errorbar([float(r["ratio"])], [r["miou"]], yerr=[r["miou_sem"]], marker="o", mfc="none", capsize=3,
+                        color=COLOURS[method], linestyle="none",
+                        label=f"JPEG 2000 floor ({float(r['ratio']):.0f}:1); "
+                              f"{', '.join(str(int(float(b['target_ratio']))) for b in bad)}:1 not reachable")
+    unc = [r for r in rows if r["method"] == "uncompressed"]
+    if unc:
+        ax.plot([float(unc[0]["ratio"])], [unc[0]["miou"]], "s", color="magenta", ms=9,
+                label=f"uncompressed ceiling ({float(unc[0]['ratio']):.0f}:1, float32 code)")
+        ax.axhline(unc[0]["miou"], color="magenta", lw=0.8, ls=":")
+    base = [r for r in rows if r["method"] == "mean-grid"]
+    if base:
+        ax.axhline(base[0]["miou"], color="grey", lw=1, ls="--", label="trivial baseline (mean training grid)")
+    ax.set_xscale("log")
+    ax.set_xlabel("compression ratio (Eq. 12), log scale")
+    ax.set_ylabel("mIoU, 5 views (Eq. 17, tau = 0.4)")
+    ax.set_xlim(8, 1500)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown_table(rows: list[dict], info: dict) -> str:
+    """The results as Markdown: mIoU per method (rows) and target ratio (columns), then the details."""
+    ratios = sorted({float(r["target_ratio"]) for r in rows if r["method"] in LABELS and r["target_ratio"] != ""})
+    lines = [f"# voxlink bench accuracy ({info['profile']['name']} profile)", "",
+             f"mIoU at 5 views (Eq. 17, tau = 0.4) on {info['objects']} test objects of `{info['data']}` "
+             f"(manifest `{info['data_manifest']}`), git `{info['git_commit'][:10]}`, "
+             f"{info['seconds'] / 60:.1f} minutes on {info['machine']}.", "",
+             "| method | " + " | ".join(f"{r:g}:1" for r in ratios) + " |",
+             "|---|" + "---|" * len(ratios)]
+    for method in ("implicit", "sequential", "direct", "jpeg2000"):
+        cells = []
+        for t in ratios:
+            r = next((x for x in rows if x["method"] == method and x["target_ratio"] != "" and
+                      float(x["target_ratio"]) == t), None)
+            if r is None:
+                cells.append("")
+            elif r["miou"] == "":
+                cells.append("not reachable")
+            elif not r["reachable"]:
+                cells.append(f"not reachable (floor {float(r['ratio']):.0f}:1: {r['miou']:.3f})")
+            else:
+                cells.append(f"{r['miou']:.3f} ± {r['miou_sem']:.3f}")
+        if any(cells):
+            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    for r in rows:
+        if r["method"] == "uncompressed":
+            lines += ["", f"Uncompressed ceiling ({float(r['ratio']):.0f}:1, float32 code): **{r['miou']:.3f}** "
+                          f"± {r['miou_sem']:.3f}."]
+        if r["method"] == "mean-grid":
+            lines += ["", f"Trivial baseline (mean training grid at its best threshold): **{r['miou']:.3f}**."]
+    jp = [r for r in rows if r["method"] == "jpeg2000" and r["miou"] != ""]
+    if jp:
+        lines += ["", "JPEG 2000 bytes per view (codestream / without the main header): " + ", ".join(
+            f"{float(r['target_ratio']):g}:1 -> {r['bytes_per_view']} / {r['bytes_per_view_no_header']} B "
+            f"({float(r['ratio']):.0f}:1 reached)" for r in jp) + "."]
+    lines += ["", "± is one standard error of the mean over objects. Each row of `accuracy.csv` names its model file.",
+              ""]
+    return "\n".join(lines)

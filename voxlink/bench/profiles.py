@@ -1,0 +1,97 @@
+"""Benchmark profiles: the widths and training budget of every model in ``voxlink bench accuracy``.
+
+Every method gets the same network widths for its 3D part, the same number of training steps and
+batch size, the same data and seed, so the comparison is of methods, not of budgets. Profiles scale
+widths and steps, never the structure:
+
+* ``full``: the paper's sizes (3D-R2N2 "3D-LSTM-3": 96-128-256-256-256-256, N_h = 128; N_small
+  64-256-512-16 / 512-512-256-128) and a paper-like budget. For a GPU.
+* ``quick``: narrow networks and a few hundred steps: the whole benchmark on 2 CPU cores in under
+  45 minutes (measured: docs/results.md).
+* ``tiny``: seconds, for tests only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from voxlink.models.binarizer import RAW_BITS_128
+from voxlink.models.config import CONFIGS, ModelConfig
+from voxlink.models.rnn_compress import COMPRESSION_CONFIGS, CompressionConfig
+
+#: Target compression ratios of Fig. 8 (at 128 x 128 RGB, 8 bits per channel).
+RATIOS: tuple[float, ...] = (48.0, 96.0, 192.0, 384.0, 480.0, 1000.0)
+
+
+def implicit_bits(ratio: float, raw_bits: int = RAW_BITS_128) -> int:
+    """K for the implicit model at a compression ratio: ``round(raw_bits / ratio)`` (Eq. 12 with N = 1).
+
+    >>> [implicit_bits(r) for r in RATIOS]
+    [8192, 4096, 2048, 1024, 819, 393]
+    """
+    return max(1, round(raw_bits / ratio))
+
+
+@dataclass
+class Profile:
+    """Sizes and budget of one benchmark profile.
+
+    Attributes:
+        name: profile name.
+        recon: 3D part (E^3D, 3D-LSTM, D^3D) of every model; ``code_bits`` is replaced per model.
+        compression: N_small of the sequential and direct models.
+        steps: optimiser steps per model. batch_size: objects per step. lr: Adam learning rate
+            (x0.2 after 75 % of the steps, as ``voxlink train``).
+        max_views: views per training object drawn in 1..max_views (3D-R2N2).
+        eval_objects: test objects scored per model and ratio (None = all).
+        ratios: target compression ratios.
+        jpeg_train_ratios: (low, high) of the log-uniform ratio drawn per JPEG 2000 training batch.
+        frame: reconstruction frame of every model.
+        threads: torch threads (0 = default).
+    """
+
+    name: str
+    recon: ModelConfig
+    compression: CompressionConfig
+    steps: int
+    batch_size: int
+    lr: float = 5e-4
+    max_views: int = 5
+    eval_objects: int | None = None
+    ratios: tuple[float, ...] = RATIOS
+    jpeg_train_ratios: tuple[float, float] = (24.0, 300.0)
+    frame: str = "object"
+    threads: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict."""
+        d = dataclasses.asdict(self)
+        d["recon"], d["compression"] = self.recon.to_dict(), self.compression.to_dict()
+        return d
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile("full", recon=dataclasses.replace(CONFIGS["paper"], frame="object"),
+                    compression=COMPRESSION_CONFIGS["paper"], steps=20000, batch_size=16, lr=1e-4,
+                    eval_objects=None),
+    "quick": Profile("quick", recon=ModelConfig(name="quick", enc_channels=(16, 24, 32, 32, 64, 64), enc_first_kernel=5,
+                                                hidden=16, gate_rank=64, dec_channels=(16, 16, 12, 8),
+                                                depth_channels=(16, 8, 8), frame="object"),
+                     compression=COMPRESSION_CONFIGS["quick"], steps=240, batch_size=8, eval_objects=100),
+    "tiny": Profile("tiny", recon=dataclasses.replace(CONFIGS["tiny"], frame="object"),
+                    compression=COMPRESSION_CONFIGS["tiny"], steps=2, batch_size=2, eval_objects=2,
+                    max_views=2),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """A named profile (``full``, ``quick``, ``tiny``).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return dataclasses.replace(PROFILES[name])

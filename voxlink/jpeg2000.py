@@ -1,0 +1,157 @@
+"""JPEG 2000 baseline codec: glymur (OpenJPEG), irreversible 9/7 wavelet, one quality layer.
+
+Byte counts are honest: ``bytes`` is the size of the ``.j2k`` codestream file glymur wrote, and
+``bytes_no_header`` is that size less the main header (SOC up to the first SOT marker: 141 bytes for a
+128 x 128 RGB image with OpenJPEG's defaults), which a streaming system could send once.
+
+OpenJPEG's rate control aims near the requested ratio but can overshoot it by a few per cent, and
+it has a floor (the main header plus a minimal tile: about 182 bytes at 128 x 128 RGB, i.e. 270:1).
+:func:`encode_at_ratio` therefore searches for the best quality whose codestream is *at most* the
+target byte count, and reports ``reachable = False`` (with the floor's real ratio) when even the
+floor is larger.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class Jpeg2000Error(RuntimeError):
+    """glymur or OpenJPEG is missing or failed."""
+
+
+@dataclass
+class J2kResult:
+    """One encoded image.
+
+    Attributes:
+        image: uint8 [H, W, 3], the decoded image.
+        bytes: codestream (.j2k file) size in bytes.
+        bytes_no_header: ``bytes`` less the main header.
+        ratio: achieved compression ratio, raw bytes / ``bytes``.
+        target_ratio: the ratio asked for.
+        reachable: whether ``bytes <= raw / target_ratio``.
+    """
+
+    image: np.ndarray
+    bytes: int
+    bytes_no_header: int
+    ratio: float
+    target_ratio: float
+    reachable: bool
+
+
+def _tmpdir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def main_header_length(codestream: bytes) -> int:
+    """Bytes from SOC to the first SOT marker (0xFF90) of a J2K codestream.
+
+    Raises:
+        Jpeg2000Error: not a codestream (no SOC) or no tile.
+    """
+    if codestream[:2] != b"\xff\x4f":
+        raise Jpeg2000Error("not a JPEG 2000 codestream (no SOC marker)")
+    i = codestream.find(b"\xff\x90")
+    if i < 0:
+        raise Jpeg2000Error("JPEG 2000 codestream has no tile (no SOT marker)")
+    return i
+
+
+def encode(image: np.ndarray, ratio: float, keep: str | Path | None = None) -> tuple[bytes, np.ndarray]:
+    """Encode with OpenJPEG at a requested ratio (``cratios=[ratio]``, irreversible) and decode back.
+
+    Args:
+        image: uint8 [H, W, 3].
+        ratio: requested compression ratio (raw bytes / codestream bytes), > 1.
+        keep: also keep the codestream as this ``.j2k`` file.
+
+    Returns:
+        ``(codestream, decoded uint8 [H, W, 3])``.
+
+    Raises:
+        Jpeg2000Error: glymur missing or failing. ValueError: a bad image or ratio.
+    """
+    try:
+        import glymur
+    except ImportError as e:  # pragma: no cover - glymur is a dependency
+        raise Jpeg2000Error("glymur is not installed (pip install glymur; apt install libopenjp2-7)") from e
+    img = np.ascontiguousarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected uint8 [H, W, 3], got {img.dtype} {img.shape}")
+    if ratio <= 1:
+        raise ValueError(f"ratio must be > 1, got {ratio}")
+    # glymur must create the file itself (it parses an existing one): a fresh name, not mkstemp
+    path = os.path.join(_tmpdir(), f"voxlink-{os.getpid()}-{uuid.uuid4().hex}.j2k")
+    try:
+        glymur.Jp2k(path, data=img, cratios=[float(ratio)], irreversible=True)
+        data = Path(path).read_bytes()
+        dec = glymur.Jp2k(path)[:]
+        if keep is not None:
+            Path(keep).write_bytes(data)
+    except Exception as e:  # glymur raises OSError/RuntimeError/IOError variants
+        raise Jpeg2000Error(f"OpenJPEG failed at ratio {ratio}: {e}") from e
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    return data, np.asarray(dec, np.uint8)
+
+
+def encode_at_ratio(image: np.ndarray, target_ratio: float, steps: int = 6, keep: str | Path | None = None) -> J2kResult:
+    """Best-quality encoding whose codestream is at most ``raw / target_ratio`` bytes.
+
+    The request starts at the target; while OpenJPEG overshoots it is raised by geometric bisection
+    between the target and 1.25x the target (or the floor, when 1.25x still overshoots), ``steps``
+    encodes at most. If the floor (a request of 10,000:1) is still larger than the target,
+    the result is that floor with ``reachable = False``.
+
+    Args:
+        image: uint8 [H, W, 3].
+        target_ratio: wanted compression ratio.
+        steps: encodes spent on the search.
+        keep: write the chosen codestream to this ``.j2k`` file.
+
+    Raises:
+        Jpeg2000Error, ValueError: see :func:`encode`.
+    """
+    raw = image.size
+    budget = raw / target_ratio
+    data, dec = encode(image, target_ratio)
+    if len(data) > budget:  # OpenJPEG overshot: search upward for the best request that fits
+        lo, hi = target_ratio, target_ratio * 1.25
+        d, x = encode(image, hi)
+        if len(d) > budget:
+            hi = 10000.0
+            d, x = encode(image, hi)
+        if len(d) > budget:  # even the floor is larger: not reachable, report the floor
+            data, dec = d, x
+        else:
+            data, dec = d, x
+            for _ in range(steps):
+                mid = float(np.sqrt(lo * hi))
+                d, x = encode(image, mid)
+                if len(d) <= budget:
+                    hi, data, dec = mid, d, x
+                else:
+                    lo = mid
+    hdr = main_header_length(data)
+    if keep is not None:
+        Path(keep).write_bytes(data)
+    return J2kResult(image=dec, bytes=len(data), bytes_no_header=len(data) - hdr, ratio=raw / len(data),
+                     target_ratio=float(target_ratio), reachable=len(data) <= budget)
+
+
+def roundtrip_batch(images: np.ndarray, ratio: float) -> np.ndarray:
+    """Compress and decompress a batch at one requested ratio (training; no search).
+
+    Shape:
+        images uint8 [N, H, W, 3] -> uint8 [N, H, W, 3].
+    """
+    return np.stack([encode(im, ratio)[1] for im in images])

@@ -1,0 +1,170 @@
+"""The paper's other two unified models and the plain 3D-R2N2 network they build on.
+
+* :class:`Reconstructor3D`: 3D-R2N2 (Choy et al. 2016; Golts & Schechner Sec. II-C, Fig. 4): E^3D (a
+  float K-vector, no binarizer), the 3D-LSTM grid and D^3D. Alone, it is the network trained on
+  JPEG 2000 images (the paper's baseline).
+* :class:`SequentialModel` (Sec. III-A, Fig. 5): N_small compresses each view, its decoder
+  reconstructs the image, and 3D-R2N2 reads the reconstruction.
+* :class:`DirectModel` (Sec. III-B, Fig. 6): the N_small codes feed the 3D-LSTM directly (no E^3D);
+  the codes of ``N < N_max`` iterations are zero-padded to ``N_max m`` inputs, so one model serves
+  every rate (zero = "no bits received").
+
+Both unified models minimise Eq. 16 jointly: the compression loss (Eq. 14) of every view plus the 3D
+loss (Eq. 15) of the final view; no part is pre-trained or frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from voxlink.models.config import ModelConfig
+from voxlink.models.decoder import Decoder3D
+from voxlink.models.encoder import Encoder2D
+from voxlink.models.implicit import occupancy_loss
+from voxlink.models.lstm3d import LSTM3DGrid
+from voxlink.models.rnn_compress import CompressionConfig, RNNCompressor
+
+
+class Reconstructor3D(nn.Module):
+    """3D-R2N2: views -> float K-vectors (E^3D) -> 3D-LSTM -> D^3D logits.
+
+    Args:
+        cfg: the 3D part of a :class:`~voxlink.models.config.ModelConfig` (``binarize`` is ignored:
+            the code is a float vector).
+        code_inputs: input length of the 3D-LSTM when it is fed codes directly (the direct model);
+            ``None`` builds E^3D and feeds it images.
+
+    Shape:
+        images float32 [B, V, 3, H, W] in [0, 1] (or codes float32 [B, V, K]) -> logits float32
+        [B, 2, R, R, R].
+    """
+
+    def __init__(self, cfg: ModelConfig, code_inputs: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        k = code_inputs or cfg.code_bits
+        self.encoder = None if code_inputs else Encoder2D(cfg.code_bits, cfg.enc_channels, cfg.enc_first_kernel,
+                                                            cfg.image_size)
+        self.lstm = LSTM3DGrid(k, cfg.hidden, cfg.grid, cfg.gate_rank)
+        self.decoder = Decoder3D(cfg.hidden, cfg.dec_channels, cfg.resolution)
+
+    def fuse(self, vectors: torch.Tensor) -> torch.Tensor:
+        """3D-LSTM over the views in order, then D^3D: vectors [B, V, K] -> logits [B, 2, R, R, R]."""
+        state = self.lstm.init_state(vectors.shape[0], vectors.device)
+        for i in range(vectors.shape[1]):
+            state = self.lstm(vectors[:, i], state)
+        return self.decoder(state[0])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, V, 3, H, W] -> logits [B, 2, R, R, R]."""
+        b, v = images.shape[:2]
+        return self.fuse(self.encoder(images.flatten(0, 1)).view(b, v, -1))
+
+
+@dataclass
+class JointConfig:
+    """A unified model: N_small plus the 3D part.
+
+    Attributes:
+        kind: ``sequential`` or ``direct``.
+        compression: N_small's architecture.
+        recon: the 3D part (E^3D widths, N_h, decoder); ``code_bits`` is E^3D's K (sequential).
+        comp_weight: weight of the compression loss in Eq. 16 (1 in the paper).
+    """
+
+    kind: str = "sequential"
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    recon: ModelConfig = field(default_factory=lambda: ModelConfig(binarize=False))
+    comp_weight: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.compression, dict):
+            self.compression = CompressionConfig.from_dict(self.compression)
+        if isinstance(self.recon, dict):
+            self.recon = ModelConfig.from_dict(self.recon)
+        if self.kind not in ("sequential", "direct"):
+            raise ValueError(f"kind must be sequential or direct, got {self.kind!r}")
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON-serialisable)."""
+        return {"kind": self.kind, "compression": self.compression.to_dict(), "recon": self.recon.to_dict(),
+                "comp_weight": self.comp_weight}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JointConfig":
+        """Inverse of :meth:`to_dict`."""
+        return cls(**d)
+
+
+class JointModel(nn.Module):
+    """The sequential or the direct model (module docstring), one model for every rate.
+
+    Args:
+        cfg: :class:`JointConfig`.
+
+    Shapes (B objects, V views, N iterations, m bits per iteration):
+        images float32 [B, V, 3, H, W] in [0, 1]; codes float32 [B, V, N, m] in {-1, +1};
+        logits float32 [B, 2, R, R, R].
+    """
+
+    def __init__(self, cfg: JointConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.compressor = RNNCompressor(cfg.compression)
+        m, n = cfg.compression.bits_per_iteration, cfg.compression.max_iterations
+        self.recon = Reconstructor3D(cfg.recon, code_inputs=m * n if cfg.kind == "direct" else None)
+
+    def compression_ratio(self, iterations: int) -> float:
+        """Eq. 12 for ``iterations`` N_small iterations (384 / N at 128 x 128)."""
+        return self.compressor.compression_ratio(iterations)
+
+    def reconstruct_from_codes(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ground's half: codes -> occupancy logits, and the decoded images.
+
+        Shape:
+            codes [B, V, N, m] -> logits [B, 2, R, R, R], images float32 [B, V, 3, H, W] in [0, 1].
+
+        Raises:
+            ValueError: codes of another length per iteration or more than ``max_iterations``.
+        """
+        b, v, n, m = codes.shape
+        if n > self.cfg.compression.max_iterations:
+            raise ValueError(f"at most {self.cfg.compression.max_iterations} iterations, got {n}")
+        images = self.compressor.decode(codes.flatten(0, 1))[:, -1]
+        s = images.shape[-1]
+        images = images.view(b, v, 3, s, s)
+        if self.cfg.kind == "direct":
+            return self.recon.fuse(self._pad(codes)), images
+        return self.recon(images), images
+
+    def _pad(self, codes: torch.Tensor) -> torch.Tensor:
+        b, v, n, m = codes.shape
+        pad = self.cfg.compression.max_iterations - n
+        if pad:
+            codes = torch.cat([codes, codes.new_zeros(b, v, pad, m)], 2)
+        return codes.flatten(2)
+
+    def forward(self, images: torch.Tensor, iterations: int) -> dict[str, torch.Tensor]:
+        """Compress every view with ``iterations`` iterations and reconstruct the grid (training).
+
+        Shape:
+            images [B, V, 3, H, W] -> ``logits`` [B, 2, R, R, R], ``codes`` [B, V, N, m],
+            ``loss_comp`` scalar (Eq. 14, mean over views: Eq. 16's first term).
+        """
+        b, v = images.shape[:2]
+        out = self.compressor(images.flatten(0, 1), iterations)
+        codes = out["codes"].view(b, v, iterations, -1)
+        if self.cfg.kind == "direct":
+            logits = self.recon.fuse(self._pad(codes))
+        else:
+            s = images.shape[-1]
+            logits = self.recon(out["recon"][:, -1].clamp(0, 1).view(b, v, 3, s, s))
+        return {"logits": logits, "codes": codes, "loss_comp": out["loss"]}
+
+    def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """Eq. 16: ``comp_weight * L_comp + L_3D`` (target float [B, R, R, R] 0/1)."""
+        return self.cfg.comp_weight * out["loss_comp"] + occupancy_loss(out["logits"], target)
+
