@@ -24,7 +24,7 @@ from voxlink.models.implicit import ImplicitModel, iou
 @torch.no_grad()
 def evaluate(model: ImplicitModel, data: str | Path, split: str = "test", views: int = 5,
              baseline: tuple[torch.Tensor, float] | None = None, max_objects: int | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, heading: str = "canonical") -> dict:
     """Score a model on a dataset split.
 
     Args:
@@ -36,6 +36,7 @@ def evaluate(model: ImplicitModel, data: str | Path, split: str = "test", views:
         baseline: ``(mean_grid [R, R, R], threshold)`` of the trivial baseline, scored on the same objects.
         max_objects: cap on the number of objects.
         progress: show a progress bar.
+        heading: ``canonical`` or ``random`` (a seeded yaw per object; see :mod:`voxlink.data.dataset`).
 
     Returns:
         the report dict: ``miou`` {"1": .., ..}, ``miou_std`` {..}, ``miou_by_category`` {cat: miou@views},
@@ -46,9 +47,12 @@ def evaluate(model: ImplicitModel, data: str | Path, split: str = "test", views:
 
     model.eval()
     try:
-        ds = MultiViewDataset(data, split, views, train=False, frame=model.cfg.frame, with_depth=True)
+        ds = MultiViewDataset(data, split, views, train=False, frame=model.cfg.frame, with_depth=True,
+                              heading=heading)
     except ValueError:
-        ds = MultiViewDataset(data, "all", views, train=False, frame=model.cfg.frame, with_depth=True)
+        if heading not in ("canonical", "random"):
+            raise
+        ds = MultiViewDataset(data, "all", views, train=False, frame=model.cfg.frame, with_depth=True, heading=heading)
         split = "all"
     n = len(ds) if max_objects is None else min(len(ds), max_objects)
     ious = np.zeros((n, views))
@@ -89,7 +93,7 @@ def evaluate(model: ImplicitModel, data: str | Path, split: str = "test", views:
         by_cat[c].append(x)
     bits = model.cfg.code_bits * (1 if model.cfg.binarize else 32)
     report = {
-        "model": model.cfg.name, "frame": model.cfg.frame, "split": split, "objects": n, "views": views,
+        "model": model.cfg.name, "frame": model.cfg.frame, "heading": heading, "split": split, "objects": n, "views": views,
         "miou": {str(v + 1): round(float(ious[:, v].mean()), 4) for v in range(views)},
         "miou_std": {str(v + 1): round(float(ious[:, v].std()), 4) for v in range(views)},
         "miou_by_category": {c: round(float(np.mean(x)), 4) for c, x in sorted(by_cat.items())},
@@ -110,7 +114,7 @@ def evaluate(model: ImplicitModel, data: str | Path, split: str = "test", views:
 
 def format_report(r: dict) -> str:
     """The report as a plain-text table (what ``voxlink eval`` prints)."""
-    lines = [f"model {r['model']} (frame: {r['frame']}) on {r['objects']} objects ({r['split']})",
+    lines = [f"model {r['model']} (frame: {r['frame']}, heading: {r.get('heading', 'canonical')}) on {r['objects']} objects ({r['split']})",
              f"compression {r['compression_ratio']}:1, {r['bits_per_view']} bits = {r['bytes_per_view']} bytes per view",
              "views  " + "  ".join(f"{k:>6}" for k in r["miou"]),
              "mIoU   " + "  ".join(f"{v:6.3f}" for v in r["miou"].values())]

@@ -9,6 +9,11 @@ Reconstruction frame (Golts & Schechner predict in ShapeNet's canonical frame):
 * ``object``: the occupancy target is the object's own (canonical) grid.
 * ``view``: Y up (gravity) and the heading of the first view: the grid is rotated about Y by minus
   the first camera's azimuth, so the model never needs the object's canonical heading.
+
+Heading (``heading="random"``, evaluation only): each object gets a deterministic random yaw about
+gravity, as a drone meets it in the field. The views are unchanged (turning the object is turning
+the cameras the other way); in the ``object`` frame the target turns with the object, which a model
+cannot see from the images, while the ``view`` frame does not change at all.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class MultiViewDataset(Dataset):
         frame: ``object`` or ``view`` (module docstring).
         seed: seed of the fixed evaluation views.
         with_depth: also return depth maps and masks.
+        heading: ``canonical`` (as authored) or ``random`` (a seeded yaw per object; module docstring).
 
     Items are dicts: ``images`` float32 [V, 3, H, W] in [0, 1]; ``occupancy`` float32 [R, R, R]
     (0/1, in the chosen frame, ``[x, y, z]``); ``grid_to_world`` float32 [4, 4] (maps voxel
@@ -79,9 +85,12 @@ class MultiViewDataset(Dataset):
     """
 
     def __init__(self, root, split: str = "train", max_views: int = 5, train: bool = True, frame: str = "object",
-                 seed: int = 0, with_depth: bool = False):
+                 seed: int = 0, with_depth: bool = False, heading: str = "canonical"):
         if frame not in FRAMES:
             raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
+        if heading not in ("canonical", "random"):
+            raise ValueError(f"heading must be canonical or random, got {heading!r}")
+        self.heading = heading
         self.store = DatasetStore(root)
         self.indices = self.store.split(split)
         if not self.indices:
@@ -119,6 +128,10 @@ class MultiViewDataset(Dataset):
         pose = self.store.read(idx, "pose")[ids]
         occ = torch.from_numpy(self.store.read(idx, "occupancy").astype(np.float32))
         g2w = torch.from_numpy(_grid_to_world(self.resolution))
+        if self.frame == "object" and self.heading == "random":
+            psi = float(np.random.default_rng([self.seed, idx, 7]).uniform(0, 2 * math.pi))
+            occ = (rotate_grid_y(occ, psi) > 0.5).float()
+            g2w = torch.from_numpy(yaw_matrix(-psi).astype(np.float32)) @ g2w
         if self.frame == "view":
             az = camera.azimuth_of(pose[0])
             occ = (rotate_grid_y(occ, -az) > 0.5).float()
