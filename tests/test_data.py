@@ -267,3 +267,24 @@ def test_mesh_formats_load(tmp_path, suffix):
     assert len(m.mesh.faces) >= len(mesh.faces) - 2
     assert abs((m.mesh.bounds[1] - m.mesh.bounds[0]).max() - 1.0) < 1e-6
     assert voxelize(m.mesh).sum() > 0
+
+
+def test_random_heading_turns_the_object_frame_target_only(small_dataset):
+    """``heading="random"``: the views stay, the object-frame target turns; the view frame is unchanged."""
+    from voxlink.data.dataset import MultiViewDataset
+
+    kw = dict(split="all", max_views=3, train=False)
+    for frame in ("view", "object"):
+        a = MultiViewDataset(small_dataset, frame=frame, **kw)
+        b = MultiViewDataset(small_dataset, frame=frame, heading="random", **kw)
+        changed = 0
+        for i in range(6):
+            x, y = a[i], b[i]
+            assert torch.equal(x["images"], y["images"])
+            assert x["occupancy"].sum() > 0 and y["occupancy"].sum() > 0
+            changed += not torch.equal(x["occupancy"], y["occupancy"])
+            if frame == "view":
+                assert torch.equal(x["grid_to_world"], y["grid_to_world"])
+        assert (changed == 0) if frame == "view" else (changed >= 4), (frame, changed)
+    with pytest.raises(ValueError, match="heading"):
+        MultiViewDataset(small_dataset, frame="object", heading="north", **kw)

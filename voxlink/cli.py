@@ -387,9 +387,7 @@ def bench_accuracy_cmd(
     try:
         prof = get_profile(profile)
         ms = tuple(m.strip() for m in methods.split(",")) if methods else METHODS
-        if device != "cpu":
-            _fail("bench accuracy trains on the CPU in this version; use voxlink train --device cuda for single models")
-        run(data, out, prof, methods=ms, seed=seed, retrain=retrain)
+        run(data, out, prof, methods=ms, seed=seed, retrain=retrain, device=device)
     except (DatasetError, ValueError) as e:
         _fail(str(e))
     typer.echo((out / "accuracy.md").read_text())

@@ -149,9 +149,9 @@ def _jpeg_roundtrip(images: torch.Tensor, ratio: float, pool: ThreadPoolExecutor
     """Views float [N, 3, H, W] through OpenJPEG at a requested ratio and back (training)."""
     from voxlink.jpeg2000 import encode
 
-    u8 = _to_uint8(images)
+    u8 = _to_uint8(images.cpu())
     dec = list(pool.map(lambda im: encode(im, ratio)[1], u8))
-    return _from_uint8(np.stack(dec))
+    return _from_uint8(np.stack(dec)).to(images.device)
 
 
 _MEAN_GRIDS: dict = {}
@@ -168,7 +168,7 @@ def _mean_grid(data: Path, frame: str) -> torch.Tensor:
 
 
 def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path, seed: int = 0,
-                 progress: bool = True) -> float:
+                 progress: bool = True, device: str = "cpu") -> float:
     """Train one benchmark model for ``prof.steps`` steps; returns the wall-clock seconds.
 
     The 3D-R2N2 protocol of ``voxlink train``: 1..max_views random views per batch, Adam, random
@@ -185,7 +185,8 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     np.random.seed(seed)
     train_ds = MultiViewDataset(data, "train", prof.max_views, train=True, frame=prof.frame)
     decoder = model.recon.decoder if isinstance(model, JointModel) else model.decoder
-    decoder.init_prior(_mean_grid(data, prof.frame))
+    model.to(device)
+    decoder.init_prior(_mean_grid(data, prof.frame).to(device))
     bs = max(1, min(prof.batch_size, len(train_ds)))
     loader = torch.utils.data.DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=_collate, drop_last=True,
                                          generator=torch.Generator().manual_seed(seed))
@@ -203,7 +204,7 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
             for g in opt.param_groups:
                 g["lr"] = prof.lr * (0.2 if step >= 0.75 * prof.steps else 1.0)
             v = int(rng.integers(1, prof.max_views + 1))
-            images, target = batch["images"][:, :v], batch["occupancy"]
+            images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
             if method in ("implicit", "uncompressed"):
                 loss = occupancy_loss(model(images)["logits"], target)
             elif method in ("sequential", "direct"):
@@ -226,12 +227,12 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
         if method == "jpeg2000":
             def fwd(imgs):  # noqa: E306 - BN sees JPEG 2000 views, as in training
                 return model.encoder(_jpeg_roundtrip(imgs, math.exp(rng.uniform(lo, hi)), pool))
-        recalibrate_bn(model, bn_ds, batches=n_bn, batch_size=bs, seed=seed, forward=fwd)
+        recalibrate_bn(model, bn_ds, batches=n_bn, batch_size=bs, seed=seed, forward=fwd, device=device)
     elif method == "sequential":
         def fwd(imgs):  # noqa: E306 - BN sees decoded images, as in training
             n = int(rng.integers(1, nmax + 1))
             return model.recon.encoder(model.compressor(imgs, n)["recon"][:, -1].clamp(0, 1))
-        recalibrate_bn(model, bn_ds, batches=n_bn, batch_size=bs, seed=seed, forward=fwd)
+        recalibrate_bn(model, bn_ds, batches=n_bn, batch_size=bs, seed=seed, forward=fwd, device=device)
     if pool:
         pool.shutdown()
     model.eval()
@@ -241,7 +242,7 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
 # -- evaluation -------------------------------------------------------------------------------------
 @torch.no_grad()
 def score(method: str, model, ds: MultiViewDataset, n: int, ratio: float | None = None, iterations: int | None = None,
-          batch: int = 8, jpeg_pool: ThreadPoolExecutor | None = None) -> dict:
+          batch: int = 8, jpeg_pool: ThreadPoolExecutor | None = None, device: str = "cpu") -> dict:
     """Per-object IoU@V of one model at one ratio on the first ``n`` objects of ``ds``.
 
     ``iterations`` is N for the sequential and direct models; ``ratio`` the target of JPEG 2000.
@@ -258,23 +259,23 @@ def score(method: str, model, ds: MultiViewDataset, n: int, ratio: float | None 
     info: dict = {"iterations": None, "code_bits": None, "bytes_no_header": None}
     for s in range(0, n, batch):
         items = [ds[i] for i in range(s, min(n, s + batch))]
-        images = torch.stack([it["images"] for it in items])
-        target = torch.stack([it["occupancy"] for it in items])
+        images = torch.stack([it["images"] for it in items]).to(device)
+        target = torch.stack([it["occupancy"] for it in items]).to(device)
         if method in ("implicit", "uncompressed"):
             logits = model(images)["logits"]
         elif method in ("sequential", "direct"):
             logits = model(images, iterations)["logits"]
             info["iterations"] = iterations
         elif method == "jpeg2000":
-            flat = _to_uint8(images.flatten(0, 1))
+            flat = _to_uint8(images.flatten(0, 1).cpu())
             res = list(jpeg_pool.map(lambda im: encode_at_ratio(im, ratio, steps=4), flat))
             reachable &= all(r.reachable for r in res)
             nbytes += [r.bytes for r in res]
             nbytes_nh += [r.bytes_no_header for r in res]
-            logits = model(_from_uint8(np.stack([r.image for r in res])).view_as(images))
+            logits = model(_from_uint8(np.stack([r.image for r in res])).to(device).view_as(images))
         else:
             raise ValueError(method)
-        ious.append(iou(torch.softmax(logits, 1)[:, 1], target).double().numpy())
+        ious.append(iou(torch.softmax(logits, 1)[:, 1], target).double().cpu().numpy())
     out = {"iou": np.concatenate(ious), "reachable": bool(reachable), **info}
     if method == "jpeg2000":
         out["bytes"] = float(np.mean(nbytes))
@@ -284,7 +285,7 @@ def score(method: str, model, ds: MultiViewDataset, n: int, ratio: float | None 
 
 
 def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ...] = METHODS, seed: int = 0,
-        retrain: bool = False, progress: bool = True) -> list[dict]:
+        retrain: bool = False, progress: bool = True, device: str = "cpu") -> list[dict]:
     """Train what is missing, score every method at every ratio, write the CSV, JSON, plot and table.
 
     Args:
@@ -295,6 +296,7 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
         seed: seed of training and evaluation.
         retrain: ignore saved models.
         progress: progress bars.
+        device: ``cpu`` or ``cuda`` (training and evaluation; OpenJPEG runs on the CPU).
 
     Returns:
         the CSV rows as dicts.
@@ -346,10 +348,10 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
                   "steps": prof.steps, "batch_size": prof.batch_size, "seed": seed}
         meta = None if retrain else load_bench_model(path, model, expect)
         if meta is None:
-            secs = train_method(method, model, prof, data, seed=seed, progress=progress)
+            secs = train_method(method, model, prof, data, seed=seed, progress=progress, device=device)
             meta = {**expect, "train_seconds": round(secs, 1), "git_commit": commit}
             save_bench_model(model, path, meta)
-        model.eval()
+        model.to(device).eval()
         return model, str(path), meta.get("train_seconds")
 
     for method in methods:
@@ -366,7 +368,7 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
             continue
         if method == "uncompressed":
             model, path, secs = get("uncompressed")
-            res = score("uncompressed", model, test_ds, n)
+            res = score("uncompressed", model, test_ds, n, device=device)
             res["ratio"] = model.compression_ratio
             add("uncompressed", round(model.compression_ratio, 2), res, path, secs, bits=1024 * 32)
             continue
@@ -374,7 +376,7 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
             for r in prof.ratios:
                 k = implicit_bits(r)
                 model, path, secs = get("implicit", k)
-                res = score("implicit", model, test_ds, n)
+                res = score("implicit", model, test_ds, n, device=device)
                 res["code_bits"], res["ratio"] = k, model.compression_ratio
                 add("implicit", r, res, path, secs, bits=k)
             continue
@@ -387,11 +389,11 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
                     add(method, r, {"iou": np.array([]), "reachable": False, "ratio": None,
                                     "iterations": None}, path, secs)
                     continue
-                res = score(method, model, test_ds, n, iterations=round(n_it))
+                res = score(method, model, test_ds, n, iterations=round(n_it), device=device)
                 res["ratio"] = model.compression_ratio(round(n_it))
                 add(method, r, res, path, secs, bits=m * round(n_it))
             else:
-                res = score(method, model, test_ds, n, ratio=r, jpeg_pool=pool)
+                res = score(method, model, test_ds, n, ratio=r, jpeg_pool=pool, device=device)
                 add(method, r, res, path, secs, bits=int(round(res["bytes"] * 8)))
     pool.shutdown()
     elapsed = time.time() - t_start
