@@ -433,7 +433,7 @@ def write_outputs(out: Path, rows: list[dict], per_object: dict, info: dict) -> 
 
 LABELS = {"implicit": "implicit (Sec. III-C)", "sequential": "sequential (Sec. III-A)", "direct": "direct (Sec. III-B)",
           "jpeg2000": "3D-R2N2 on JPEG 2000"}
-COLOURS = {"implicit": "tab:red", "sequential": "tab:blue", "direct": "tab:green", "jpeg2000": "tab:orange"}
+COLOURS = {"implicit": "black", "sequential": "tab:green", "direct": "tab:red", "jpeg2000": "tab:blue"}  # as Fig. 8
 
 
 def plot(rows: list[dict], path: Path, title: str = "") -> None:
