@@ -124,7 +124,7 @@ def test_loopback_edge_to_ground_to_files(tmp_path, real_mesh_files):
     st.stop.set()
     t.join(timeout=30)
     assert summary["views"] == n and summary["missing_views"] == 0
-    # the model card reports IoU@5 0.787 for this cabinet (docs/reports/implicit-k1024-real.json); a
+    # the model card reports IoU@5 0.798 for this cabinet (docs/reports/implicit-k1024-real.json); a
     # 12-view orbit at another elevation must stay well above the mean-grid baseline (0.20 on real meshes)
     assert iou > 0.4, f"IoU {iou:.3f}"
     d = tmp_path / "g" / f"s{s.stream}_o{s.object_id}"

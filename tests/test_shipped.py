@@ -7,11 +7,12 @@ import torch
 
 from voxlink.weights import WEIGHTS_DIR, load_model, shipped_models
 
-# voxlink/weights/MODEL_CARD.md reports mIoU@5 = 0.297 on the procedural test split (244 objects)
-# for implicit-k1024, against 0.182 for the mean-grid baseline; this test re-measures it on 32
-# held-out procedural objects (a seed the training data never used) and checks it stays above this
-# bound, under the card's figure to allow for the smaller sample.
-MIOU5_BOUND = 0.22
+# voxlink/weights/MODEL_CARD.md reports mIoU@5 = 0.425 on the procedural test split (244 objects)
+# for implicit-k1024, against 0.190 for the mean-grid baseline (IoU spread about 0.2 per object);
+# this test re-measures it on 32 held-out procedural objects (a seed the training data never used;
+# 0.455 when the card was written) and checks it stays above this bound: the card's figure less
+# three standard errors of a 32-object mean.
+MIOU5_BOUND = 0.32
 
 
 def test_weights_stay_under_budget():
