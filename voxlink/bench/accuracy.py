@@ -168,8 +168,12 @@ def _mean_grid(data: Path, frame: str) -> torch.Tensor:
 
 
 def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path, seed: int = 0,
-                 progress: bool = True, device: str = "cpu") -> float:
-    """Train one benchmark model for ``prof.steps`` steps; returns the wall-clock seconds.
+                 progress: bool = True, device: str = "cpu") -> tuple[float, dict]:
+    """Train one benchmark model for ``prof.steps`` steps.
+
+    Returns:
+        ``(wall-clock seconds, final losses)``: running means (EMA 0.95) of ``loss_3d`` (Eq. 15) and,
+        for the sequential and direct models, ``loss_comp`` (Eq. 14).
 
     The 3D-R2N2 protocol of ``voxlink train``: 1..max_views random views per batch, Adam, random
     plain backgrounds, a per-voxel prior bias from the mean training grid, learning rate x0.2 after
@@ -194,7 +198,7 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     pool = ThreadPoolExecutor(2) if method == "jpeg2000" else None
     nmax = prof.compression.max_iterations
     lo, hi = (math.log(r) for r in prof.jpeg_train_ratios)
-    t0, step = time.time(), 0
+    t0, step, ema = time.time(), 0, {}
     bar = tqdm(total=prof.steps, desc=f"train {method}", unit="step", disable=None if progress else True, leave=False)
     model.train()
     while step < prof.steps:
@@ -205,20 +209,25 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
                 g["lr"] = prof.lr * (0.2 if step >= 0.75 * prof.steps else 1.0)
             v = int(rng.integers(1, prof.max_views + 1))
             images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
+            parts = {}
             if method in ("implicit", "uncompressed"):
-                loss = occupancy_loss(model(images)["logits"], target)
+                loss = parts["loss_3d"] = occupancy_loss(model(images)["logits"], target)
             elif method in ("sequential", "direct"):
-                loss = model.loss(model(images, int(rng.integers(1, nmax + 1))), target)
+                o = model(images, int(rng.integers(1, nmax + 1)))
+                parts["loss_3d"], parts["loss_comp"] = occupancy_loss(o["logits"], target), o["loss_comp"]
+                loss = model.loss(o, target)
             else:
                 ratio = math.exp(rng.uniform(lo, hi))
                 dec = _jpeg_roundtrip(images.flatten(0, 1), ratio, pool).view_as(images)
-                loss = occupancy_loss(model(dec), target)
+                loss = parts["loss_3d"] = occupancy_loss(model(dec), target)
+            for k, x in parts.items():
+                ema[k] = float(x) if k not in ema else 0.95 * ema[k] + 0.05 * float(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix({k: f"{x:.3f}" for k, x in ema.items()})
     bar.close()
     bn_ds = MultiViewDataset(data, "train", prof.max_views, train=False, frame=prof.frame)
     n_bn = max(1, min(10, len(bn_ds) // max(1, bs)))
@@ -236,7 +245,7 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     if pool:
         pool.shutdown()
     model.eval()
-    return time.time() - t0
+    return time.time() - t0, {k: round(x, 4) for k, x in ema.items()}
 
 
 # -- evaluation -------------------------------------------------------------------------------------
@@ -348,8 +357,10 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
                   "steps": prof.steps, "batch_size": prof.batch_size, "seed": seed}
         meta = None if retrain else load_bench_model(path, model, expect)
         if meta is None:
-            secs = train_method(method, model, prof, data, seed=seed, progress=progress, device=device)
-            meta = {**expect, "train_seconds": round(secs, 1), "git_commit": commit}
+            log.info("training %s: %d steps of %d objects (%s profile)", name, prof.steps, prof.batch_size, prof.name)
+            secs, losses = train_method(method, model, prof, data, seed=seed, progress=progress, device=device)
+            log.info("trained %s in %.1f min (final %s) -> %s", name, secs / 60, losses, path)
+            meta = {**expect, "train_seconds": round(secs, 1), "git_commit": commit, "final_losses": losses}
             save_bench_model(model, path, meta)
         model.to(device).eval()
         return model, str(path), meta.get("train_seconds")
@@ -443,7 +454,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     for method in ("implicit", "sequential", "direct", "jpeg2000"):
         pts = [r for r in rows if r["method"] == method and r["miou"] != ""]
         ok = [r for r in pts if r["reachable"]]
@@ -471,7 +482,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
     ax.set_ylabel("mIoU, 5 views (Eq. 17, tau = 0.4)")
     ax.set_xlim(8, 1500)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -79,7 +79,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", recon=ModelConfig(name="quick", enc_channels=(16, 24, 32, 32, 64, 64), enc_first_kernel=5,
                                                 hidden=16, gate_rank=64, dec_channels=(16, 16, 12, 8),
                                                 depth_channels=(16, 8, 8), frame="object"),
-                     compression=COMPRESSION_CONFIGS["quick"], steps=240, batch_size=8, eval_objects=100),
+                     compression=COMPRESSION_CONFIGS["quick"], steps=360, batch_size=8, eval_objects=100),
     "tiny": Profile("tiny", recon=dataclasses.replace(CONFIGS["tiny"], frame="object"),
                     compression=COMPRESSION_CONFIGS["tiny"], steps=2, batch_size=2, eval_objects=2,
                     max_views=2),
