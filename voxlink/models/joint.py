@@ -35,7 +35,8 @@ class Reconstructor3D(nn.Module):
         cfg: the 3D part of a :class:`~voxlink.models.config.ModelConfig` (``binarize`` is ignored:
             the code is a float vector).
         code_inputs: input length of the 3D-LSTM when it is fed codes directly (the direct model);
-            ``None`` builds E^3D and feeds it images.
+            ``None`` builds E^3D and feeds it images. With codes and a full-matrix config
+            (``gate_rank = 0``), the gate input is factored through ``code_bits`` (rank K).
 
     Shape:
         images float32 [B, V, 3, H, W] in [0, 1] (or codes float32 [B, V, K]) -> logits float32
@@ -48,7 +49,10 @@ class Reconstructor3D(nn.Module):
         k = code_inputs or cfg.code_bits
         self.encoder = None if code_inputs else Encoder2D(cfg.code_bits, cfg.enc_channels, cfg.enc_first_kernel,
                                                             cfg.image_size)
-        self.lstm = LSTM3DGrid(k, cfg.hidden, cfg.grid, cfg.gate_rank)
+        # Fed codes directly, the 3D-LSTM's input is N_max m wide (8192): a full gate matrix would be
+        # 8192 x 3 N_h G^3 (201 M parameters at paper size), so it is factored through K (low-rank T).
+        rank = cfg.gate_rank or (cfg.code_bits if code_inputs else 0)
+        self.lstm = LSTM3DGrid(k, cfg.hidden, cfg.grid, rank)
         self.decoder = Decoder3D(cfg.hidden, cfg.dec_channels, cfg.resolution)
 
     def fuse(self, vectors: torch.Tensor) -> torch.Tensor:
