@@ -194,7 +194,15 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     bs = max(1, min(prof.batch_size, len(train_ds)))
     loader = torch.utils.data.DataLoader(train_ds, batch_size=bs, shuffle=True, collate_fn=_collate, drop_last=True,
                                          generator=torch.Generator().manual_seed(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=prof.lr)
+    if isinstance(model, JointModel) and prof.comp_lr:
+        comp = set(id(q) for q in model.compressor.parameters())
+        groups = [{"params": list(model.compressor.parameters()), "base_lr": prof.comp_lr},
+                  {"params": [q for q in model.parameters() if id(q) not in comp], "base_lr": prof.lr}]
+    else:
+        groups = [{"params": list(model.parameters()), "base_lr": prof.lr}]
+    opt = torch.optim.Adam([{"params": g["params"], "lr": g["base_lr"]} for g in groups])
+    for g, src in zip(opt.param_groups, groups):
+        g["base_lr"] = src["base_lr"]
     pool = ThreadPoolExecutor(2) if method == "jpeg2000" else None
     nmax = prof.compression.max_iterations
     lo, hi = (math.log(r) for r in prof.jpeg_train_ratios)
@@ -206,7 +214,7 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
             if step >= prof.steps:
                 break
             for g in opt.param_groups:
-                g["lr"] = prof.lr * (0.2 if step >= 0.75 * prof.steps else 1.0)
+                g["lr"] = g["base_lr"] * (0.2 if step >= 0.75 * prof.steps else 1.0)
             v = int(rng.integers(1, prof.max_views + 1))
             images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
             parts = {}
@@ -355,6 +363,8 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
         path = out / "models" / f"{name}.safetensors"
         expect = {"method": method, "profile": prof.name, "config": _config_of(model), "data_manifest": manifest,
                   "steps": prof.steps, "batch_size": prof.batch_size, "seed": seed}
+        if isinstance(model, JointModel) and prof.comp_lr:
+            expect["comp_lr"] = prof.comp_lr
         meta = None if retrain else load_bench_model(path, model, expect)
         if meta is None:
             log.info("training %s: %d steps of %d objects (%s profile)", name, prof.steps, prof.batch_size, prof.name)

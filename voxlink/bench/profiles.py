@@ -43,6 +43,9 @@ class Profile:
         compression: N_small of the sequential and direct models.
         steps: optimiser steps per model. batch_size: objects per step. lr: Adam learning rate
             (x0.2 after 75 % of the steps, as ``voxlink train``).
+        comp_lr: learning rate of N_small inside the sequential and direct models (None: ``lr``).
+            At the quick budget N_small at ``lr`` = 5e-4 had not learned to compress (L1 0.20, a
+            flat grey image's), so it gets its own, as a small N_small needed in the tests.
         max_views: views per training object drawn in 1..max_views (3D-R2N2).
         eval_objects: test objects scored per model and ratio (None = all).
         ratios: target compression ratios.
@@ -57,6 +60,7 @@ class Profile:
     steps: int
     batch_size: int
     lr: float = 5e-4
+    comp_lr: float | None = None
     max_views: int = 5
     eval_objects: int | None = None
     ratios: tuple[float, ...] = RATIOS
@@ -79,7 +83,8 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", recon=ModelConfig(name="quick", enc_channels=(16, 24, 32, 32, 64, 64), enc_first_kernel=5,
                                                 hidden=16, gate_rank=64, dec_channels=(16, 16, 12, 8),
                                                 depth_channels=(16, 8, 8), frame="object"),
-                     compression=COMPRESSION_CONFIGS["quick"], steps=360, batch_size=8, eval_objects=100),
+                     compression=COMPRESSION_CONFIGS["quick"], steps=360, batch_size=8, eval_objects=100,
+                     comp_lr=3e-3),
     "tiny": Profile("tiny", recon=dataclasses.replace(CONFIGS["tiny"], frame="object"),
                     compression=COMPRESSION_CONFIGS["tiny"], steps=2, batch_size=2, eval_objects=2,
                     max_views=2),
