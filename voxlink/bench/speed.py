@@ -69,7 +69,8 @@ class _Block(nn.Module):
         self.mods = nn.ModuleList(modules)
         self.fn = fn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped call on its one input tensor."""
         return self.fn(x)
 
 
@@ -104,6 +105,7 @@ def blocks(size: str = "paper") -> dict[str, tuple[nn.Module, torch.Tensor]]:
     comp_codes = torch.where(torch.rand(VIEWS, ITERATIONS, m) < 0.5, -1.0, 1.0)
 
     def lstm_dec(c):
+        """3D-LSTM over codes float [V, K] in order, then D^3D: logits [1, 2, R, R, R]."""
         state = implicit.init_state(1)
         for i in range(c.shape[0]):
             state = implicit.step(c[i:i + 1], state)

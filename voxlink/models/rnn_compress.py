@@ -144,7 +144,8 @@ class CompressionEncoder(nn.Module):
         self.rnn = nn.ModuleList([ConvLSTMCell(e0, e1, stride=2), ConvLSTMCell(e1, e2, stride=2),
                                   ConvLSTMCell(e2, cfg.code_channels, stride=2)])
 
-    def forward(self, x: torch.Tensor, state: list | None):  # noqa: D102
+    def forward(self, x: torch.Tensor, state: list | None):
+        """One iteration: residual [B, 3, H, W] -> (values in (-1, 1) [B, 16, H/16, W/16], new state)."""
         y = self.conv(x)
         new = []
         for i, cell in enumerate(self.rnn):
@@ -173,7 +174,8 @@ class CompressionDecoder(nn.Module):
             self.conv_out.weight.mul_(0.1)
             self.conv_out.bias.zero_()
 
-    def forward(self, b: torch.Tensor, state: list | None):  # noqa: D102
+    def forward(self, b: torch.Tensor, state: list | None):
+        """One iteration: bits [B, 16, H/16, W/16] -> (RGB residual [B, 3, H, W], new state)."""
         y = self.shuffle(self.conv_in(b))
         new = []
         for i, cell in enumerate(self.rnn):
