@@ -3,11 +3,21 @@
 One thread captures into a small bounded queue (the oldest frame is dropped when the encoder falls
 behind, and counted); the main thread encodes, sends and logs. PUB never blocks the loop (a full
 high-water mark drops, counted); PUSH is an option. A stream-info message goes out at start and
-every ``info_interval_s``. SIGINT / SIGTERM stop the loop, flush the log, close the socket, exit 0.
+every ``info_interval_s`` (with ``first_seq`` and ``last_seq``, so the ground can count views lost at
+the start and end of the stream). SIGINT / SIGTERM stop the loop, flush the log, close the socket, exit 0.
+
+Sequence numbers continue across restarts: the daemon starts after the last one in its code log, so
+(stream, sequence number) names one view for ever (as long as the log folder is kept).
+
+Gap recovery: with ``backchannel`` set, a DEALER socket connects to the ground's back-channel ROUTER,
+says hello (``{"hello": stream_id}``) at start and with every stream info, and answers each request
+(``{"stream": S, "seqs": [...]}``) with the requested views from the local code log, byte for byte
+as first sent. CURVE applies to both sockets.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import signal
@@ -24,7 +34,7 @@ from edge.sources import Frame, SourceEnded, SourceError, open_source
 from voxlink import camera
 from voxlink.models.binarizer import pack_bits
 from voxlink.preprocess import to_input
-from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
+from voxlink.protocol import HEADER_BYTES, KIND_CODE, CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
 
 log = logging.getLogger("voxlink.edge")
 
@@ -43,8 +53,11 @@ class EdgeConfig:
         period. log_dir: local code log folder. log_max_bytes, log_backups: its rotation.
         max_frames: stop after this many frames (0 = never). intrinsics: fx, fy, cx, cy of the camera
         frame (pixels), for sources that do not know them. curve_server_key, curve_secret_file: CURVE
-        (``zmq.auth``) keys: the ground's public key (z85) and this drone's secret key file.
-        heartbeat_ms: ZeroMQ heartbeat interval. orbit_views, orbits: ``orbit:`` source settings.
+        (``zmq.auth``) keys: the ground's public key (z85 text, or the path of its public ``.key``
+        certificate) and this drone's certificate with its secret key (``.key_secret``, from
+        ``voxlink keys``). heartbeat_ms: ZeroMQ heartbeat interval. orbit_views, orbits: ``orbit:``
+        source settings. backchannel: the ground's back-channel endpoints (its ``--backchannel``),
+        empty for none. log_cache: views kept in memory for fast back-channel answers.
     """
 
     source: str = "0"
@@ -72,6 +85,8 @@ class EdgeConfig:
     heartbeat_ms: int = 1000
     orbit_views: int = 24
     orbits: int = 1
+    backchannel: list[str] = field(default_factory=list)
+    log_cache: int = 65536
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides) -> "EdgeConfig":
@@ -89,23 +104,73 @@ class EdgeConfig:
         return cls(**d)
 
 
+def _code_seq(rec: bytes) -> int | None:
+    """The sequence number of a logged code message (header only, no CRC check), None for other records."""
+    if len(rec) < HEADER_BYTES or rec[0] != 0xB5 or rec[1] & 0x0F != KIND_CODE:
+        return None
+    return int.from_bytes(rec[12:16], "little")
+
+
 class CodeLog:
     """Append-only local log of every message sent: ``[uint32 length][message]`` records, rotated
     at ``max_bytes`` into ``codes.log.1 .. codes.log.N`` (oldest dropped), so a view lost on the link is
-    not lost for ever."""
+    not lost for ever. The last ``cache`` code messages are also kept in memory by sequence number
+    for :meth:`find`. Thread-safe (the back channel reads while the main loop appends)."""
 
-    def __init__(self, folder: str | Path, max_bytes: int = 16 << 20, backups: int = 4):
+    def __init__(self, folder: str | Path, max_bytes: int = 16 << 20, backups: int = 4, cache: int = 65536):
+        import collections
+
         self.dir = Path(folder)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "codes.log"
         self.max_bytes, self.backups = max_bytes, backups
         self.f = self.path.open("ab")
+        self.lock = threading.Lock()
+        self.cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self.cache_size = cache
+
+    def files(self) -> list[Path]:
+        """The log files, newest first."""
+        out = [self.path] + [self.dir / f"codes.log.{i}" for i in range(1, self.backups + 1)]
+        return [p for p in out if p.exists()]
+
+    def last_seq(self) -> int | None:
+        """The sequence number of the last code message logged (newest file that has one), or None."""
+        for p in self.files():
+            seqs = [q for q in map(_code_seq, self.read(p)) if q is not None]
+            if seqs:
+                return seqs[-1]
+        return None
 
     def append(self, msg: bytes) -> None:
         """Write one message record; rotates first if the file would grow past ``max_bytes``."""
-        if self.f.tell() + 4 + len(msg) > self.max_bytes:
-            self._rotate()
-        self.f.write(len(msg).to_bytes(4, "little") + msg)
+        with self.lock:
+            if self.f.tell() + 4 + len(msg) > self.max_bytes:
+                self._rotate()
+            self.f.write(len(msg).to_bytes(4, "little") + msg)
+            seq = _code_seq(msg)
+            if seq is not None and self.cache_size:
+                self.cache[seq] = msg
+                self.cache.move_to_end(seq)
+                while len(self.cache) > self.cache_size:
+                    self.cache.popitem(last=False)
+
+    def find(self, seqs: list[int]) -> dict[int, bytes]:
+        """The logged code messages of these sequence numbers (those still in the log), as first sent."""
+        want = set(int(s) & 0xFFFFFFFF for s in seqs)
+        with self.lock:
+            found = {s: self.cache[s] for s in want if s in self.cache}
+            self.f.flush()
+        rest = want - set(found)
+        if rest:
+            for p in self.files():
+                for rec in self.read(p):
+                    s = _code_seq(rec)
+                    if s in rest and s not in found:
+                        found[s] = rec
+                if len(found) == len(want):
+                    break
+        return found
 
     def _rotate(self) -> None:
         self.f.close()
@@ -118,13 +183,17 @@ class CodeLog:
 
     def close(self) -> None:
         """Flush and close."""
-        self.f.flush()
-        self.f.close()
+        with self.lock:
+            self.f.flush()
+            self.f.close()
 
     @staticmethod
     def read(path: str | Path) -> list[bytes]:
-        """All message records of one log file (a torn last record is ignored)."""
-        data, out, i = Path(path).read_bytes(), [], 0
+        """All message records of one log file (a torn last record is ignored; a missing file has none)."""
+        try:
+            data, out, i = Path(path).read_bytes(), [], 0
+        except FileNotFoundError:
+            return []
         while i + 4 <= len(data):
             n = int.from_bytes(data[i:i + 4], "little")
             if i + 4 + n > len(data):
@@ -132,6 +201,55 @@ class CodeLog:
             out.append(data[i + 4:i + 4 + n])
             i += 4 + n
         return out
+
+
+def curve_keys(cfg: EdgeConfig) -> tuple[bytes, bytes, bytes] | None:
+    """``(this drone's public key, its secret key, the ground's public key)`` (z85 bytes), or None without CURVE.
+
+    Raises:
+        ValueError: half a configuration, unreadable certificates, a certificate without its secret
+            key, a server key that is not 40 z85 characters, or a libzmq without CURVE.
+    """
+    import zmq
+
+    if not cfg.curve_server_key and not cfg.curve_secret_file:
+        return None
+    if not cfg.curve_server_key or not cfg.curve_secret_file:
+        raise ValueError("CURVE needs both curve_server_key (the ground's public key or its .key file) and "
+                         "curve_secret_file (this drone's .key_secret, from voxlink keys)")
+    if not zmq.has("curve"):
+        raise ValueError("this libzmq has no CURVE support")
+    import zmq.auth
+
+    try:
+        pub, sec = zmq.auth.load_certificate(cfg.curve_secret_file)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the CURVE certificate {cfg.curve_secret_file}: {e}") from e
+    if sec is None:
+        raise ValueError(f"{cfg.curve_secret_file} holds no secret key (use the .key_secret file)")
+    server = cfg.curve_server_key
+    if Path(server).is_file():
+        try:
+            server_pub, _ = zmq.auth.load_certificate(server)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read the ground's certificate {server}: {e}") from e
+    else:
+        server_pub = server.strip().encode()
+    if len(server_pub) != 40:
+        raise ValueError(f"curve_server_key must be the ground's 40-character z85 public key or its .key file, "
+                         f"got {server!r}")
+    return pub, sec, server_pub
+
+
+def apply_curve(s, cfg: EdgeConfig) -> None:
+    """Make ``s`` a CURVE client of the ground (before connecting), if the config has keys.
+
+    Raises:
+        ValueError: see :func:`curve_keys`.
+    """
+    keys = curve_keys(cfg)
+    if keys is not None:
+        s.curve_publickey, s.curve_secretkey, s.curve_serverkey = keys
 
 
 def make_socket(ctx, cfg: EdgeConfig):
@@ -150,16 +268,7 @@ def make_socket(ctx, cfg: EdgeConfig):
     s.setsockopt(zmq.LINGER, 2000)
     s.setsockopt(zmq.HEARTBEAT_IVL, cfg.heartbeat_ms)
     s.setsockopt(zmq.HEARTBEAT_TIMEOUT, cfg.heartbeat_ms * 3)
-    if cfg.curve_server_key:
-        import zmq.auth
-
-        if not cfg.curve_secret_file:
-            raise ValueError("CURVE needs curve_secret_file (this drone's key pair, from zmq.auth.create_certificates)")
-        pub, sec = zmq.auth.load_certificate(cfg.curve_secret_file)
-        if sec is None:
-            raise ValueError(f"{cfg.curve_secret_file} holds no secret key")
-        s.curve_publickey, s.curve_secretkey = pub, sec
-        s.curve_serverkey = cfg.curve_server_key.encode()
+    apply_curve(s, cfg)
     for ep in cfg.bind:
         s.bind(ep)
     for ep in cfg.connect:
@@ -200,7 +309,8 @@ class EdgeDaemon:
         self.stop = threading.Event()
         self.q: queue.Queue[Frame] = queue.Queue(maxsize=4)
         self.epoch = time.time()
-        self.seq = 0
+        self.seq = 0  # set from the code log in run()
+        self.first_seq = 0
         self.info_seq = 0
 
     def _capture(self) -> None:
@@ -257,7 +367,9 @@ class EdgeDaemon:
         K = self.source.K if self.source.K is not None else camera.intrinsics(128)
         info = StreamInfo(stream=self.cfg.stream_id, seq=self.info_seq, fingerprint=bytes.hex(self.fp),
                           code_bits=self.backend.code_bits, K=K, model=self.model_name, frame=self.frame_kind,
-                          epoch_unix=self.epoch, extra={"backend": self.backend.name})
+                          epoch_unix=self.epoch, first_seq=self.first_seq,
+                          last_seq=(self.seq - 1) & 0xFFFFFFFF if self.seq != self.first_seq else None,
+                          backchannel=bool(self.cfg.backchannel), extra={"backend": self.backend.name})
         self.info_seq += 1
         return encode_info(info)
 
@@ -271,6 +383,50 @@ class EdgeDaemon:
             self.stats["send_dropped_hwm"] += 1
             return False
 
+    def _backchannel(self, ctx, codelog: CodeLog) -> None:
+        """Answer the ground's gap requests from the code log (a thread; its own DEALER socket)."""
+        import zmq
+
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 100000)
+        apply_curve(s, self.cfg)
+        for ep in self.cfg.backchannel:
+            s.connect(ep)
+        hello = json.dumps({"hello": self.cfg.stream_id}).encode()
+        last_hello = 0.0
+        try:
+            while not self.stop.is_set():
+                if time.monotonic() - last_hello >= self.cfg.info_interval_s:
+                    try:
+                        s.send(hello, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
+                    last_hello = time.monotonic()
+                if not s.poll(200):
+                    continue
+                try:
+                    req = json.loads(s.recv())
+                    seqs = [int(x) for x in req["seqs"]][:4096]
+                except (ValueError, KeyError, TypeError) as e:
+                    self.stats["backchannel_bad_requests"] += 1
+                    log.warning("bad back-channel request: %s", e)
+                    continue
+                found = codelog.find(seqs)
+                for q in seqs:
+                    buf = found.get(q & 0xFFFFFFFF)
+                    if buf is None:
+                        self.stats["backchannel_not_in_log"] += 1
+                        continue
+                    try:
+                        s.send(buf, zmq.NOBLOCK)
+                        self.stats["backchannel_resent"] += 1
+                    except zmq.Again:
+                        self.stats["backchannel_dropped_hwm"] += 1
+                log.info("back channel: the ground asked for %d views, %d resent from the log", len(seqs), len(found))
+        finally:
+            s.close(0)
+
     def run(self) -> int:
         """Run until the source ends, ``max_frames``, or SIGINT / SIGTERM; returns the exit code (0)."""
         import zmq
@@ -282,7 +438,15 @@ class EdgeDaemon:
                 pass
         ctx = zmq.Context.instance()
         sock = make_socket(ctx, self.cfg)
-        codelog = CodeLog(self.cfg.log_dir, self.cfg.log_max_bytes, self.cfg.log_backups)
+        codelog = CodeLog(self.cfg.log_dir, self.cfg.log_max_bytes, self.cfg.log_backups, self.cfg.log_cache)
+        last = codelog.last_seq()
+        self.seq = self.first_seq = 0 if last is None else (last + 1) & 0xFFFFFFFF
+        if last is not None:
+            log.info("code log %s ends at seq %d: this run starts at %d", codelog.path, last, self.seq)
+        bc = None
+        if self.cfg.backchannel:
+            bc = threading.Thread(target=self._backchannel, args=(ctx, codelog), name="backchannel", daemon=True)
+            bc.start()
         log.info("edge: source %s, backend %s, K = %d, %s %s", self.cfg.source, self.backend.name,
                  self.backend.code_bits, self.cfg.socket.upper(), ", ".join(self.cfg.connect + self.cfg.bind))
         self.backend.warmup()
@@ -307,7 +471,7 @@ class EdgeDaemon:
                                   n_bits=codes.shape[1], payload=pack_bits(codes[0]),
                                   pose=f.pose if self.cfg.send_pose else None)
                 buf = encode_code(msg)
-                self.seq += 1
+                self.seq = (self.seq + 1) & 0xFFFFFFFF
                 codelog.append(buf)
                 if self._send(sock, buf):
                     self.stats["codes_sent"] += 1
@@ -331,6 +495,8 @@ class EdgeDaemon:
             # under it crashed the process on SIGTERM, so wait for it first
             cap.join(timeout=10)
             self._send(sock, self._info())
+            if bc is not None:
+                bc.join(timeout=2)
             codelog.close()
             sock.close()
             self.source.close()

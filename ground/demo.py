@@ -77,9 +77,17 @@ def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out:
     out = Path(out)
     port = _free_port()
     ground = GroundStation(GroundConfig(bind=[f"tcp://127.0.0.1:{port}"], model=model, out=str(out / "ground"),
-                                        idle_timeout_s=3600, socket="pull", metrics_interval_s=30))
+                                        idle_timeout_s=3600, socket="pull", metrics_interval_s=30, record=False))
     keep: dict = {}
-    ground.listeners.append(lambda s: keep.__setitem__((s.stream, s.object_id), s))
+    per_view: dict = {}  # key -> (raw depth maps, poses): the station keeps no per-view arrays in memory
+
+    def listen(s):
+        keep[(s.stream, s.object_id)] = s
+        depths, poses = per_view.setdefault((s.stream, s.object_id), ([], []))
+        depths.append(s.last_raw_depth)
+        poses.append(s.last_pose)
+
+    ground.listeners.append(listen)
     gt = threading.Thread(target=ground.run, daemon=True, name="ground")
     gt.start()
     time.sleep(0.3)
@@ -108,10 +116,11 @@ def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out:
             continue
         with ground.lock:
             true_occ = voxelize(lm.mesh)
-            iou = iou_in_grid_frame(s.occupancy, s.grid_to_world, true_occ)
-            poses = np.stack([p for p in s.poses if p is not None])
+            iou = iou_in_grid_frame(ground.occupancy(s), s.grid_to_world, true_occ)
+            raw_depths, view_poses = per_view[(1, oid)]
+            poses = np.stack([p for p in view_poses if p is not None])
             _, true_depth = renderer.render(lm.parts, K, poses, np.zeros((len(poses), 3), np.uint8))
-            pred = np.stack(s.raw_depths)[: len(poses)]  # as voxlink eval: decoded depth on true mask pixels
+            pred = np.stack(raw_depths)[: len(poses)]  # as voxlink eval: decoded depth on true mask pixels
             m = true_depth > 0
             absrel = float(np.mean(np.abs(pred[m] - true_depth[m]) / true_depth[m])) if m.any() else float("nan")
             from voxlink.data.voxelize import surface_points

@@ -1,27 +1,52 @@
-"""The ground station: ZeroMQ in, per-object 3D reconstruction out.
+"""The ground station: ZeroMQ in, per-object 3D reconstruction out, nothing lost and nothing twice.
 
-A receiver thread reads messages (SUB, bound or connected to one or many drones) into a bounded
-queue; the decoder thread checks each one and updates, per (stream, object), the 3D-LSTM state, the
-occupancy grid, that view's depth map and the fused point cloud. Objects idle for
-``idle_timeout_s`` (and all at shutdown) are finalised to files:
+Threads: a receiver reads messages (SUB or PULL, bound or connected, optionally CURVE-authenticated)
+and the back channel (a ROUTER the edges connect to) into a bounded queue; the main loop takes
+batches from the queue, checks each message, applies every new view exactly once (batched across
+objects), and keeps files and counts up to date.
 
-    <out>/s<stream>_o<object>/occupancy.npz   occupancy float32 [32,32,32] p in [0,1], [x,y,z];
-                                              voxel_min, voxel_size (metres), grid_to_world [4,4]
-    <out>/s<stream>_o<object>/occupancy.binvox (p > 0.4)
-    <out>/s<stream>_o<object>/points.ply       fused point cloud (object/world frame of the poses)
-    <out>/s<stream>_o<object>/mesh.ply         marching cubes (scikit-image) of p = 0.4, world frame
-    <out>/s<stream>_o<object>/depth/NNNNNN.png 16-bit depth in millimetres (0 = invalid), per view
-    <out>/s<stream>_o<object>/session.json     views, gaps, bytes, ratio, timings, point source
+Delivery. A view is identified by (stream, sequence number): a repeat is counted as a duplicate and
+changes nothing; views out of order are applied as they come, without false gaps; missing views are
+counted per stream (also at its start and end: the stream info says ``first_seq`` / ``last_seq``) and
+asked back from the edge's code log over the back channel (see :mod:`edge.daemon`).
 
-Nothing from the wire is trusted: every rejection is counted by reason and logged; the station keeps
-serving.
+Objects outlive idle timeouts and restarts. After ``idle_timeout_s`` without views an object's
+results are written as a *snapshot*; the object stays, and a later view continues the same
+reconstruction. Each snapshot is written into a temporary folder and renamed into a fresh one::
+
+    <out>/s<stream>_o<object>/snap-NNN/occupancy.npz    occupancy float32 [32,32,32] p in [0,1], [x,y,z];
+                                                        voxel_min, voxel_size (metres), grid_to_world [4,4]
+    <out>/s<stream>_o<object>/snap-NNN/occupancy.binvox (p > 0.4)
+    <out>/s<stream>_o<object>/snap-NNN/points.ply       fused point cloud (object/world frame of the poses)
+    <out>/s<stream>_o<object>/snap-NNN/mesh.ply         marching cubes (scikit-image) of p = 0.4, world frame
+    <out>/s<stream>_o<object>/snap-NNN/depth/<seq>.png  16-bit depth in millimetres (0 = invalid), per view
+    <out>/s<stream>_o<object>/snap-NNN/views.jsonl      per view: seq, capture time, pose, latency, late
+    <out>/s<stream>_o<object>/snap-NNN/session.json     views, late views, missing views, bytes, ratio, timings
+
+``NNN`` counts up and never reuses a folder; ``<out>/ground.json`` (rewritten atomically every
+``status_interval_s`` and at exit) names each object's latest snapshot and holds every count.
+Depth maps are written to ``<out>/.work/`` as views arrive (nothing per view is kept in memory);
+the occupancy grid is decoded only when someone needs it (snapshot, viewer).
+
+Durable record: every accepted message is appended as received to ``<out>/record/*.mcap``
+(:mod:`ground.record`); a ground started again on the same ``out`` replays it first, so a restart
+loses no view and the objects continue.
+
+Nothing from the wire is trusted: every rejection is counted by reason (logged at most once per
+reason every few seconds); a stream info that does not match this ground's model is rejected without
+touching the stream already known under that id; errors writing output are counted, logged and
+retried once (into ``<out>/_fallback/``), and never end the station. SIGINT / SIGTERM snapshot
+every object and return 0.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import queue
+import shutil
 import threading
 import time
 from collections import Counter, deque
@@ -31,15 +56,45 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ground.delivery import StreamDelivery
 from voxlink import camera
 from voxlink.data.dataset import yaw_matrix
 from voxlink.data.voxelize import grid_to_world as _g2w
 from voxlink.data.voxelize import voxel_size
 from voxlink.models.binarizer import compression_ratio, unpack_bits
-from voxlink.protocol import CodeMessage, ProtocolError, StreamInfo, decode
+from voxlink.protocol import MAX_MESSAGE_BYTES, CodeMessage, ProtocolError, StreamInfo, decode
 
 log = logging.getLogger("voxlink.ground")
 TAU = 0.4
+#: A missing view is asked back once it has been missing this long (seconds): reordering on the
+#: link heals by itself faster than that.
+REORDER_GRACE_S = 0.5
+
+
+def clean_json(x):
+    """``x`` with every non-finite float replaced by None (JSON has no NaN / Infinity), numpy scalars as Python's."""
+    if isinstance(x, dict):
+        return {str(k): clean_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean_json(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.ndarray):
+        return clean_json(x.tolist())
+    return x
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as strict JSON (no NaN) to ``path`` through a temporary file and a rename.
+
+    Raises:
+        OSError: the folder is not writable.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(clean_json(obj), indent=1, allow_nan=False))
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -48,12 +103,20 @@ class GroundConfig:
 
     Attributes:
         bind: endpoints to bind (the drones connect). connect: drone endpoints to connect to.
-        model: model name or file. out: output folder. idle_timeout_s: finalise an object after this
-        long without views. metrics_interval_s: metrics period. queue_size: decode queue length
-        (messages beyond it are dropped and counted). rcvhwm: ZeroMQ receive high-water mark.
-        point_voxel: voxel size of the point-cloud downsampling, metres. socket: ``sub`` or ``pull``.
-        backend: decoder backend: ``torch``, ``onnxruntime`` (graphs from ``export/ground_onnx.py``,
-        exported on start into ``<out>/onnx``) or ``auto`` (ONNX Runtime where it loads, else torch).
+        model: model name or file. out: output folder. idle_timeout_s: snapshot an object after this
+        long without views (seconds). metrics_interval_s: metrics log period. status_interval_s:
+        ``ground.json`` period. queue_size: decode queue length (messages beyond it are dropped,
+        counted as ``queue_full``, and asked back over the back channel). rcvhwm: ZeroMQ receive
+        high-water mark. point_voxel: voxel size of the point-cloud downsampling, metres.
+        max_points: points kept per object (beyond, the cloud is thinned). socket: ``sub`` or
+        ``pull``. backend: decoder backend: ``torch``, ``onnxruntime`` (graphs from
+        ``export/ground_onnx.py``, exported on start into ``<out>/onnx``) or ``auto``.
+        batch: most views fused in one model call. record: keep the MCAP record in ``<out>/record``
+        and rebuild from it on start. backchannel: endpoints to bind the ROUTER the edges connect to
+        for gap requests (empty: none). request_interval_s: how often a missing view is asked again.
+        curve_secret_file: this ground's ``zmq.auth`` certificate with its secret key (CURVE server);
+        curve_allow_dir: folder of the drones' public certificates (``*.key``) allowed to connect.
+        max_msg_bytes: ZeroMQ's limit per message (bigger ones drop the connection).
     """
 
     bind: list[str] = field(default_factory=lambda: ["tcp://*:5555"])
@@ -62,40 +125,71 @@ class GroundConfig:
     out: str = "ground-out"
     idle_timeout_s: float = 30.0
     metrics_interval_s: float = 5.0
-    queue_size: int = 10000
+    status_interval_s: float = 2.0
+    queue_size: int = 100000
     rcvhwm: int = 100000
     point_voxel: float = 1.0 / 128
+    max_points: int = 131072
     socket: str = "sub"
     backend: str = "torch"
+    batch: int = 64
+    record: bool = True
+    backchannel: list[str] = field(default_factory=list)
+    request_interval_s: float = 2.0
+    curve_secret_file: str | None = None
+    curve_allow_dir: str | None = None
+    max_msg_bytes: int = 1 << 20
 
 
 @dataclass
 class ObjectSession:
-    """Reconstruction state of one (stream, object)."""
+    """Reconstruction state of one (stream, object); memory does not grow with its views.
+
+    Attributes:
+        state: the model's recurrent state (None before the first view). dirty: views were fused
+        since the occupancy was last decoded. occupancy: the last decoded grid float32 [R, R, R].
+        views, bytes: applied views and their wire bytes. first_seq, last_seq: lowest and highest
+        unwrapped sequence numbers applied. late: sequence numbers (wire) that came late, with how
+        (``link``: after a higher one; ``backchannel``: asked back), at most 10,000. points:
+        downsampled fused cloud float32 [N, 3]. last_depth, last_raw_depth: the latest view's depth
+        map (masked / raw, metres). last_pose: its pose. latency_ms: recent capture-to-applied
+        latencies. snap_views: views at the last snapshot. snapshots: folders written. last_t:
+        monotonic time of the last view.
+    """
 
     stream: int
     object_id: int
-    state: tuple
     grid_to_world: np.ndarray
+    state: tuple | None = None
+    dirty: bool = False
+    occupancy: np.ndarray | None = None
     views: int = 0
     bytes: int = 0
+    first_seq: int | None = None
     last_seq: int | None = None
-    gaps: list = field(default_factory=list)
-    points: list = field(default_factory=list)
-    depths: list = field(default_factory=list)
-    raw_depths: list = field(default_factory=list)
-    poses: list = field(default_factory=list)
-    latency_ms: list = field(default_factory=list)
-    occupancy: np.ndarray | None = None
-    last_update: float = 0.0
+    late: list = field(default_factory=list)
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
+    last_depth: np.ndarray | None = None
+    last_raw_depth: np.ndarray | None = None
+    last_pose: np.ndarray | None = None
+    latency_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
+    snap_views: int = 0
+    snapshots: list = field(default_factory=list)
+    last_t: float = 0.0
+    retry_after: float = 0.0
     point_source: str = "depth"
+
+    @property
+    def name(self) -> str:
+        """Folder name ``s<stream>_o<object>``."""
+        return f"s{self.stream}_o{self.object_id}"
 
 
 class GroundStation:
-    """Receives codes from drones and reconstructs every object they stream.
+    """Receives codes from drones and reconstructs every object they stream (see the module docstring).
 
     Raises:
-        voxlink.weights.ModelFileError: bad model.
+        voxlink.weights.ModelFileError: bad model. ValueError: bad config (backend, CURVE files).
     """
 
     def __init__(self, cfg: GroundConfig):
@@ -105,17 +199,28 @@ class GroundStation:
         self.model, self.meta, _ = load_model(cfg.model)
         self.K_bits = self.model.cfg.code_bits
         self.fp = self.model.fingerprint()
+        self.out = Path(cfg.out)
         self.net = self._decoder_backend(cfg.backend)
         self.streams: dict[int, StreamInfo] = {}
+        self.delivery: dict[int, StreamDelivery] = {}
         self.sessions: dict[tuple[int, int], ObjectSession] = {}
         self.finished: list[dict] = []
-        self.stats = Counter()
-        self.rejected = Counter()
+        self.stats = Counter()  # main thread only
+        self.rejected = Counter()  # main thread only
+        self.rx_stats = Counter()  # receiver thread only (read under _rx_lock)
+        self.rx_rejected = Counter()
+        self._curve_keys = None
         self.q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()  # (stream, [seq, ...]) for the back channel
         self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.listeners: list = []  # callables(session) after every update (the viewer)
-        self.out = Path(cfg.out)
+        self.lock = threading.RLock()
+        self._rx_lock = threading.Lock()
+        self.listeners: list = []  # callables(session) after every applied view (the viewer, the demo)
+        self._log_at: dict[str, tuple[float, int]] = {}
+        self.latency_all: deque = deque(maxlen=100000)
+        self.recorder = None
+        self.t_start = time.time()
+        self._snap_index: dict[str, int] = {}
 
     def _decoder_backend(self, kind: str):
         """The object whose init_state / step / occupancy / decode_depth the station calls."""
@@ -138,53 +243,202 @@ class GroundStation:
         log.info("decoder backend: %s", dec.name)
         return dec
 
+    # -- the model: every call into it is in these two methods -------------------------------------
+    @torch.no_grad()
+    def _fuse_views(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo]]) -> tuple[np.ndarray, np.ndarray]:
+        """Fuse one view into each of several *distinct* objects in one batched model call.
+
+        Args:
+            items: ``(session, message, stream info)``; each session at most once.
+
+        Returns:
+            depth float32 [B, H, W] metres and mask bool [B, H, W], one per item (the decoded depth map
+            and where the decoded mask is above 0.5).
+        """
+        codes = torch.stack([unpack_bits(m.payload, self.K_bits) for _, m, _ in items])
+        states = [s.state if s.state is not None else self.net.init_state(1) for s, _, _ in items]
+        batched = tuple(torch.cat(parts) for parts in zip(*states))
+        new = self.net.step(codes, batched)
+        for i, (s, _, _) in enumerate(items):
+            s.state = tuple(t[i:i + 1].clone() for t in new)
+            s.dirty = True
+        depth, mask = self.net.decode_depth(codes)
+        return depth.numpy().astype(np.float32), mask.numpy() > 0.5
+
+    @torch.no_grad()
+    def _occupancy(self, s: ObjectSession) -> np.ndarray:
+        """The object's occupancy grid float32 [R, R, R] (p in [0, 1]), decoded only if views came since."""
+        if s.occupancy is None or s.dirty:
+            state = s.state if s.state is not None else self.net.init_state(1)
+            s.occupancy = self.net.occupancy(state)[0].numpy().astype(np.float32)
+            s.dirty = False
+        return s.occupancy
+
+    def occupancy(self, s: ObjectSession) -> np.ndarray:
+        """Public access to :meth:`_occupancy` (for the viewer and the demo): float32 [R, R, R]."""
+        return self._occupancy(s)
+
     # -- receiving ---------------------------------------------------------------------------------
-    def _socket(self, ctx):
+    def _count_rx(self, reason: str, detail: str = "") -> None:
+        with self._rx_lock:
+            self.rx_rejected[reason] += 1
+        self._log_reject(reason, detail)
+
+    def _rx(self, name: str) -> None:
+        with self._rx_lock:
+            self.rx_stats[name] += 1
+
+    def all_rejected(self) -> dict:
+        """Rejections by reason, from the decoder and the receiver (``multipart``, ``too_large``, ``queue_full``)."""
+        with self._rx_lock:
+            out = Counter(self.rx_rejected)
+        out.update(self.rejected)
+        return dict(out)
+
+    def _sockets(self, ctx):
+        """The data socket and the back-channel ROUTER (or None), CURVE servers when configured."""
         import zmq
+
+        def curve(s):
+            if self._curve_keys is not None:
+                pub, sec = self._curve_keys
+                s.curve_publickey, s.curve_secretkey, s.curve_server = pub, sec, True
 
         s = ctx.socket(zmq.SUB if self.cfg.socket == "sub" else zmq.PULL)
         if self.cfg.socket == "sub":
             s.setsockopt(zmq.SUBSCRIBE, b"")
         s.setsockopt(zmq.RCVHWM, self.cfg.rcvhwm)
         s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_msg_bytes)
+        curve(s)
         for ep in self.cfg.bind:
             s.bind(ep)
         for ep in self.cfg.connect:
             s.connect(ep)
-        return s
+        r = None
+        if self.cfg.backchannel:
+            r = ctx.socket(zmq.ROUTER)
+            r.setsockopt(zmq.LINGER, 0)
+            r.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_msg_bytes)
+            r.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            curve(r)
+            for ep in self.cfg.backchannel:
+                r.bind(ep)
+        return s, r
 
-    def _receive(self, sock) -> None:
+    def _enqueue(self, buf: bytes, source: str) -> None:
+        if len(buf) > MAX_MESSAGE_BYTES:
+            self._count_rx("too_large", f"{len(buf)} bytes")
+            return
+        try:
+            self.q.put_nowait((buf, time.time(), source))
+        except queue.Full:
+            self._count_rx("queue_full", f"queue of {self.cfg.queue_size}")
+
+    def _receive(self, sock, router) -> None:
+        import zmq
+
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        peers: dict[int, bytes] = {}  # stream -> back-channel routing id
+        if router is not None:
+            poller.register(router, zmq.POLLIN)
         while not self.stop.is_set():
-            if not sock.poll(200):
-                continue
-            buf = sock.recv()
-            self.stats["messages"] += 1
-            try:
-                self.q.put_nowait((buf, time.time()))
-            except queue.Full:
-                self.rejected["queue_full"] += 1
+            while router is not None:
+                try:
+                    stream, seqs = self.requests.get_nowait()
+                except queue.Empty:
+                    break
+                ident = peers.get(stream)
+                if ident is None:
+                    self._rx("backchannel_no_peer")
+                    continue
+                try:
+                    router.send_multipart([ident, json.dumps({"stream": stream, "seqs": seqs}).encode()], zmq.NOBLOCK)
+                    self._rx("backchannel_requests")
+                except zmq.ZMQError:
+                    self._rx("backchannel_unreachable")
+                    peers.pop(stream, None)
+            events = dict(poller.poll(100))
+            if sock in events:
+                for _ in range(1000):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._rx("messages")
+                    if len(frames) != 1:
+                        self._count_rx("multipart", f"{len(frames)} frames")
+                        continue
+                    self._enqueue(frames[0], "link")
+            if router is not None and router in events:
+                for _ in range(1000):
+                    try:
+                        frames = router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if len(frames) != 2:
+                        self._count_rx("multipart", f"back channel: {len(frames)} frames")
+                        continue
+                    ident, body = frames
+                    if body[:1] == b"{":
+                        try:
+                            hello = json.loads(body.decode())
+                            stream = int(hello["hello"])
+                            if 0 <= stream <= 255:
+                                peers[stream] = ident
+                        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                            self._count_rx("bad_info", "back-channel hello")
+                        continue
+                    self._rx("messages")
+                    self._rx("backchannel_messages")
+                    self._enqueue(body, "backchannel")
 
-    # -- decoding ----------------------------------------------------------------------------------
+    # -- checking ----------------------------------------------------------------------------------
+    def _log_reject(self, reason: str, detail: str) -> None:
+        """Log a rejection at most once per reason every 5 s (with how many were not logged)."""
+        now = time.monotonic()
+        last, quiet = self._log_at.get(reason, (-1e9, 0))
+        if now - last >= 5.0:
+            more = f" (and {quiet} more since)" if quiet else ""
+            log.warning("rejected message: %s %s%s", reason, detail, more)
+            self._log_at[reason] = (now, 0)
+        else:
+            self._log_at[reason] = (last, quiet + 1)
+
     def _reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] += 1
-        log.warning("rejected message: %s %s", reason, detail)
+        self._log_reject(reason, detail)
 
-    def handle(self, buf: bytes, t_recv: float | None = None) -> ObjectSession | None:
-        """Check one message and apply it; returns the updated session (None for info or rejects)."""
+    def _check_info(self, msg: StreamInfo, buf: bytes, t_recv: float, source: str) -> None:
+        if msg.fingerprint != bytes.hex(self.fp):
+            self._reject("wrong_fingerprint", f"stream {msg.stream} runs model {msg.model!r} ({msg.fingerprint}); "
+                                              f"the stream it had keeps going")
+            return
+        if msg.code_bits != self.K_bits:
+            self._reject("wrong_code_length", f"stream info of {msg.code_bits} bits, the model takes {self.K_bits}")
+            return
+        old = self.streams.get(msg.stream)
+        if old is None:
+            log.info("stream %d: model %s, K = %d, backend %s%s", msg.stream, msg.model, msg.code_bits,
+                     msg.extra.get("backend", "?"), ", back channel" if msg.backchannel else "")
+        changed = old is None or any((not np.array_equal(old.K, msg.K), old.epoch_unix != msg.epoch_unix,
+                                      old.image_size != msg.image_size, old.frame != msg.frame))
+        self.streams[msg.stream] = msg
+        self.delivery.setdefault(msg.stream, StreamDelivery(msg.stream)).note_info(msg.first_seq, msg.last_seq)
+        self.stats["infos"] += 1
+        if changed and self.recorder is not None and source != "record":
+            self._record(lambda r: r.wire(buf, t_recv))
+
+    def _check(self, buf: bytes, t_recv: float, source: str):
+        """Decode and check one message; infos are applied here. Returns an accepted view or None."""
         try:
             msg = decode(buf)
         except ProtocolError as e:
             self._reject(e.reason, str(e))
             return None
         if isinstance(msg, StreamInfo):
-            if msg.fingerprint != bytes.hex(self.fp):
-                self._reject("wrong_fingerprint", f"stream {msg.stream} runs model {msg.model} ({msg.fingerprint})")
-                self.streams.pop(msg.stream, None)
-                return None
-            if msg.stream not in self.streams:
-                log.info("stream %d: model %s, K = %d, backend %s", msg.stream, msg.model, msg.code_bits,
-                         msg.extra.get("backend", "?") if msg.extra else "?")
-            self.streams[msg.stream] = msg
+            self._check_info(msg, buf, t_recv, source)
             return None
         info = self.streams.get(msg.stream)
         if info is None:
@@ -196,110 +450,501 @@ class GroundStation:
         if msg.n_bits != self.K_bits:
             self._reject("wrong_code_length", f"{msg.n_bits} bits, the model takes {self.K_bits}")
             return None
-        return self._apply(msg, info, t_recv or time.time())
+        dl = self.delivery.setdefault(msg.stream, StreamDelivery(msg.stream))
+        verdict, u = dl.check(msg.seq)
+        if verdict == "bad_seq":
+            self._reject("bad_seq", f"stream {msg.stream}: seq {msg.seq} is too far from the others")
+            return None
+        if verdict == "duplicate":
+            dl.duplicates += 1
+            self.stats["duplicates"] += 1
+            return None
+        late = dl.apply(u, source)
+        if late:
+            self.stats["late"] += 1
+        if source == "backchannel":
+            self.stats["recovered"] += 1
+        if self.recorder is not None and source != "record":
+            self._record(lambda r: (r.wire(buf, t_recv), r.view(msg, t_recv, source)))
+        return msg, info, u, late, t_recv, source
 
-    @torch.no_grad()
-    def _apply(self, msg: CodeMessage, info: StreamInfo, t_recv: float) -> ObjectSession:
+    # -- applying ----------------------------------------------------------------------------------
+    def handle(self, buf: bytes, t_recv: float | None = None, source: str = "link") -> ObjectSession | None:
+        """Check one message and apply it.
+
+        Returns:
+            the updated session for a new view; None for a stream info, a duplicate or a rejection
+            (counted in ``stats`` / ``rejected``).
+        """
+        return self.handle_many([(buf, t_recv or time.time(), source)])[0]
+
+    def handle_many(self, items: list[tuple[bytes, float, str]]) -> list[ObjectSession | None]:
+        """Check and apply messages in order (``(bytes, receive time s, source)``), views batched across objects.
+
+        ``source``: ``link``, ``backchannel`` or ``record`` (a replayed record: not recorded again).
+        Never raises on a message: an unexpected error is counted as ``internal_error``.
+        """
+        results: list[ObjectSession | None] = [None] * len(items)
+        pending: list[tuple[int, tuple]] = []
+        for i, (buf, t_recv, source) in enumerate(items):
+            try:
+                v = self._check(buf, t_recv, source)
+            except Exception as e:  # noqa: BLE001 - a message must never end the station
+                log.exception("internal error checking a message")
+                self._reject("internal_error", repr(e))
+                continue
+            if v is not None:
+                pending.append((i, v))
+        # rounds: each object at most once per model call, its views in arrival order
+        while pending:
+            round_, rest, seen = [], [], set()
+            for i, v in pending:
+                key = (v[0].stream, v[0].object_id)
+                (rest if key in seen else round_).append((i, v))
+                seen.add(key)
+            for j in range(0, len(round_), max(1, self.cfg.batch)):
+                chunk = round_[j:j + self.cfg.batch]
+                try:
+                    for i, s in zip([i for i, _ in chunk], self._apply([v for _, v in chunk])):
+                        results[i] = s
+                except Exception as e:  # noqa: BLE001
+                    log.exception("internal error applying views")
+                    self._reject("internal_error", repr(e))
+            pending = rest
+        if self.recorder is not None:
+            self._record(lambda r: r.flush())
+        return results
+
+    def _record(self, fn) -> None:
+        try:
+            fn(self.recorder)
+        except Exception as e:  # noqa: BLE001 - a full disk must not end the station
+            self.stats["record_errors"] += 1
+            if self.stats["record_errors"] <= 3 or self.stats["record_errors"] % 1000 == 0:
+                log.error("cannot write the MCAP record (%d errors): %s", self.stats["record_errors"], e)
+
+    def _session(self, msg: CodeMessage) -> ObjectSession:
         key = (msg.stream, msg.object_id)
         s = self.sessions.get(key)
         if s is None:
             g2w = _g2w(self.model.cfg.resolution)
             if self.model.cfg.frame == "view" and msg.pose is not None:
                 g2w = yaw_matrix(camera.azimuth_of(msg.pose)) @ g2w
-            s = ObjectSession(msg.stream, msg.object_id, self.net.init_state(1), g2w)
+            s = ObjectSession(msg.stream, msg.object_id, g2w)
             self.sessions[key] = s
+            # the work folder belongs to this state: what a previous run or state left there is stale
+            # (a restart rebuilds every view of the object from the record into it again)
+            shutil.rmtree(self._work_dir(s), ignore_errors=True)
             log.info("new object: stream %d, object %d", *key)
-        if s.last_seq is not None and msg.seq != (s.last_seq + 1) & 0xFFFFFFFF:
-            s.gaps.append([s.last_seq, msg.seq])
-        s.last_seq = msg.seq
-        code = unpack_bits(msg.payload, self.K_bits)[None]
-        s.state = self.net.step(code, s.state)
-        s.occupancy = self.net.occupancy(s.state)[0].numpy()
-        depth, mask = self.net.decode_depth(code)
-        d = np.where(mask[0].numpy() > 0.5, depth[0].numpy(), 0.0).astype(np.float32)
-        s.depths.append(d)
-        s.raw_depths.append(depth[0].numpy())
-        s.poses.append(msg.pose)
-        if msg.pose is not None:
-            s.points.append(camera.backproject(d, info.K, msg.pose).astype(np.float32))
-        s.views += 1
-        s.bytes += len(msg.payload) + 24
-        s.last_update = time.time()
-        s.latency_ms.append((s.last_update - (info.epoch_unix + msg.t_ms / 1000.0)) * 1000.0)
-        self.stats["views"] += 1
-        for f in self.listeners:
-            f(s)
         return s
 
-    def fused_points(self, s: ObjectSession) -> np.ndarray:
-        """The session's point cloud, voxel-downsampled (float32 [N, 3], metres).
+    def _apply(self, views: list[tuple]) -> list[ObjectSession]:
+        sessions = [self._session(v[0]) for v in views]
+        depth, mask = self._fuse_views([(s, v[0], v[1]) for s, v in zip(sessions, views)])
+        now = time.time()
+        for k, (s, (msg, info, u, late, t_recv, source)) in enumerate(zip(sessions, views)):
+            d = np.where(mask[k], depth[k], 0.0).astype(np.float32)
+            s.last_depth, s.last_raw_depth, s.last_pose = d, depth[k], msg.pose
+            self._write_depth(s, msg.seq, d)
+            if msg.pose is not None:
+                self._add_points(s, camera.backproject(d, info.K, msg.pose).astype(np.float32))
+            s.views += 1
+            s.bytes += len(msg.payload) + 24 + (28 if msg.pose is not None else 0)
+            s.first_seq = u if s.first_seq is None else min(s.first_seq, u)
+            s.last_seq = u if s.last_seq is None else max(s.last_seq, u)
+            if late and len(s.late) < 10000:
+                s.late.append([msg.seq, source if source != "record" else "link"])
+            s.last_t = time.monotonic()
+            lat = (now - (info.epoch_unix + msg.t_ms / 1000.0)) * 1000.0 if source != "record" else float("nan")
+            if math.isfinite(lat):
+                s.latency_ms.append(lat)
+                self.latency_all.append(lat)
+            self._append_view_line(s, msg, lat, late, source)
+            if self.recorder is not None and source != "record":
+                self._record(lambda r: r.camera(f"{s.name}/camera", msg.pose, info.K, info.image_size, t_recv))
+            self.stats["views"] += 1
+            if source == "record":
+                self.stats["views_rebuilt"] += 1
+            for f in self.listeners:
+                try:
+                    f(s)
+                except Exception:  # noqa: BLE001 - a listener's bug is not the station's
+                    log.exception("listener failed")
+        return sessions
 
-        From back-projected depth maps where views carry poses; otherwise from the occupancy grid's
-        surface voxels (``session.json`` says which).
-        """
-        pts = np.concatenate(s.points) if s.points else np.zeros((0, 3), np.float32)
-        if len(pts):
-            s.point_source = "depth"
-        else:
-            occ = (s.occupancy if s.occupancy is not None else np.zeros((1, 1, 1))) > TAU
-            from scipy import ndimage
+    def _add_points(self, s: ObjectSession, pts: np.ndarray) -> None:
+        """Append points and keep the cloud voxel-downsampled within ``max_points`` (bounded memory)."""
+        s.points = np.concatenate([s.points, pts]) if len(s.points) else pts
+        if len(s.points) > self.cfg.max_points:
+            s.points = self._downsample(s.points)
+            if len(s.points) > self.cfg.max_points * 3 // 4:
+                keep = np.random.default_rng(len(s.points)).choice(len(s.points), self.cfg.max_points // 2, replace=False)
+                s.points = s.points[np.sort(keep)]
+                self.stats["points_thinned"] += 1
 
-            surf = occ & ~ndimage.binary_erosion(occ)
-            idx = np.argwhere(surf).astype(np.float64)
-            pts = (idx @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]).astype(np.float32)
-            s.point_source = "occupancy_surface"
+    def _downsample(self, pts: np.ndarray) -> np.ndarray:
         if len(pts) == 0:
             return pts.reshape(0, 3)
         keys = np.floor(pts / self.cfg.point_voxel).astype(np.int64)
         _, first = np.unique(keys, axis=0, return_index=True)
         return pts[np.sort(first)]
 
-    def finalise(self, key: tuple[int, int]) -> dict:
-        """Write an object's files and drop its state; returns its session summary."""
+    def _work_dir(self, s: ObjectSession) -> Path:
+        return self.out / ".work" / s.name
+
+    def _output_error(self, what: str, e: Exception) -> None:
+        self.stats["output_errors"] += 1
+        n = self.stats["output_errors"]
+        if n <= 5 or n % 100 == 0:
+            log.error("output error %d (%s): %s", n, what, e)
+
+    def _write_depth(self, s: ObjectSession, seq: int, d: np.ndarray) -> None:
         import cv2
+
+        try:
+            folder = self._work_dir(s) / "depth"
+            folder.mkdir(parents=True, exist_ok=True)
+            ok, png = cv2.imencode(".png", np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16))
+            if not ok:
+                raise OSError("cv2.imencode failed")
+            tmp = folder / f".{seq:010d}.png.tmp"
+            tmp.write_bytes(png.tobytes())
+            os.replace(tmp, folder / f"{seq:010d}.png")  # a new file: snapshots link the old one
+        except Exception as e:  # noqa: BLE001
+            self._output_error(f"depth of {s.name} seq {seq}", e)
+
+    def _append_view_line(self, s: ObjectSession, msg: CodeMessage, lat: float, late: bool, source: str) -> None:
+        try:
+            folder = self._work_dir(s)
+            folder.mkdir(parents=True, exist_ok=True)
+            line = {"seq": msg.seq, "t_ms": msg.t_ms, "latency_ms": lat if math.isfinite(lat) else None,
+                    "late": late, "source": source,
+                    "pose": None if msg.pose is None else np.round(msg.pose, 7).tolist()}
+            with (folder / "views.jsonl").open("a") as f:
+                f.write(json.dumps(line, allow_nan=False) + "\n")
+        except Exception as e:  # noqa: BLE001
+            self._output_error(f"views.jsonl of {s.name}", e)
+
+    # -- results -----------------------------------------------------------------------------------
+    def fused_points(self, s: ObjectSession) -> np.ndarray:
+        """The session's point cloud, voxel-downsampled (float32 [N, 3], metres).
+
+        From back-projected depth maps where views carry poses; otherwise from the occupancy grid's
+        surface voxels (``session.json`` says which).
+        """
+        pts = s.points
+        if len(pts):
+            s.point_source = "depth"
+            return self._downsample(pts)
+        occ = self._occupancy(s) > TAU
+        from scipy import ndimage
+
+        surf = occ & ~ndimage.binary_erosion(occ)
+        idx = np.argwhere(surf).astype(np.float64)
+        pts = (idx @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]).astype(np.float32)
+        s.point_source = "occupancy_surface"
+        return self._downsample(pts)
+
+    def _missing(self, s: ObjectSession) -> dict:
+        dl = self.delivery.get(s.stream)
+        if dl is None or s.first_seq is None:
+            return {"stream_missing_views": 0, "missing_in_span": 0, "never_came": []}
+        ranges = dl.missing_ranges()
+        in_span = [(max(a, s.first_seq), min(b, s.last_seq)) for a, b in ranges if b >= s.first_seq and a <= s.last_seq]
+        return {"stream_missing_views": dl.missing_count(),
+                "missing_in_span": int(sum(b - a + 1 for a, b in in_span)),
+                "never_came": [[a & 0xFFFFFFFF, b & 0xFFFFFFFF] for a, b in in_span[:1000]]}
+
+    def summary(self, s: ObjectSession, folder: Path | None = None) -> dict:
+        """The object's counts (what ``session.json`` holds), strict-JSON-safe."""
+        lat = np.array(s.latency_ms) if s.latency_ms else np.array([np.nan])
+        miss = self._missing(s)
+        return clean_json({
+            "stream": s.stream, "object_id": s.object_id, "views": s.views,
+            "first_seq": None if s.first_seq is None else s.first_seq & 0xFFFFFFFF,
+            "last_seq": None if s.last_seq is None else s.last_seq & 0xFFFFFFFF,
+            "late_views": s.late, "late_count": len(s.late),
+            "missing_views": miss["missing_in_span"], "stream_missing_views": miss["stream_missing_views"],
+            "never_came": miss["never_came"],
+            "gaps": miss["never_came"],
+            "bytes": s.bytes, "bytes_per_view": s.bytes / max(s.views, 1),
+            "compression_ratio": compression_ratio(self.K_bits), "code_bits": self.K_bits,
+            "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+            "point_source": s.point_source, "model": self.model.cfg.name, "frame": self.model.cfg.frame,
+            "folder": None if folder is None else str(folder), "snapshot": len(s.snapshots)})
+
+    def _next_snap(self, parent: Path) -> int:
+        n = self._snap_index.get(str(parent), 0)
+        if parent.is_dir():
+            for p in parent.iterdir():
+                if p.name.startswith("snap-") and p.name[5:].isdigit():
+                    n = max(n, int(p.name[5:]) + 1)
+        return n
+
+    def _write_snapshot(self, s: ObjectSession, parent: Path) -> tuple[Path, dict]:
+        """Write every file of a snapshot into a temporary folder in ``parent`` and rename it into ``snap-NNN``."""
+        import cv2  # noqa: F401 - fail early where OpenCV is missing
         import trimesh
 
         from voxlink.data.binvox import write_binvox
 
-        s = self.sessions.pop(key)
-        d = self.out / f"s{s.stream}_o{s.object_id}"
-        (d / "depth").mkdir(parents=True, exist_ok=True)
-        occ = s.occupancy if s.occupancy is not None else np.zeros((self.model.cfg.resolution,) * 3, np.float32)
-        vs = voxel_size(occ.shape[0])
-        np.savez_compressed(d / "occupancy.npz", occupancy=occ.astype(np.float32), voxel_min=np.float32(-0.5),
-                            voxel_size=np.float32(vs), grid_to_world=s.grid_to_world.astype(np.float64))
-        write_binvox(d / "occupancy.binvox", occ > TAU)
-        pts = self.fused_points(s)
-        if len(pts):
-            trimesh.PointCloud(pts).export(d / "points.ply")
-        else:  # trimesh cannot write an empty cloud
-            (d / "points.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\n"
-                                          "property float y\nproperty float z\nend_header\n")
-        mesh_faces = 0
-        if (occ > TAU).any() and not (occ > TAU).all():
-            from skimage import measure
+        parent.mkdir(parents=True, exist_ok=True)
+        n = self._next_snap(parent)
+        tmp = parent / f".tmp-snap-{n:03d}-{os.getpid()}-{time.monotonic_ns()}"
+        tmp.mkdir()
+        try:
+            occ = self._occupancy(s)
+            vs = voxel_size(occ.shape[0])
+            np.savez_compressed(tmp / "occupancy.npz", occupancy=occ.astype(np.float32), voxel_min=np.float32(-0.5),
+                                voxel_size=np.float32(vs), grid_to_world=s.grid_to_world.astype(np.float64))
+            write_binvox(tmp / "occupancy.binvox", occ > TAU)
+            pts = self.fused_points(s)
+            if len(pts):
+                trimesh.PointCloud(pts).export(tmp / "points.ply")
+            else:  # trimesh cannot write an empty cloud
+                (tmp / "points.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\n"
+                                                "property float y\nproperty float z\nend_header\n")
+            mesh_faces = 0
+            if (occ > TAU).any() and not (occ > TAU).all():
+                from skimage import measure
 
-            v, f, _, _ = measure.marching_cubes(np.pad(occ, 1), level=TAU)
-            v = (v - 1.0) @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]
-            trimesh.Trimesh(v, f, process=False).export(d / "mesh.ply")
-            mesh_faces = len(f)
-        for i, dep in enumerate(s.depths):
-            cv2.imwrite(str(d / "depth" / f"{i:06d}.png"), np.clip(np.round(dep * 1000.0), 0, 65535).astype(np.uint16))
-        lat = np.array(s.latency_ms) if s.latency_ms else np.zeros(1)
-        summary = {"stream": s.stream, "object_id": s.object_id, "views": s.views, "gaps": s.gaps,
-                   "missing_views": int(sum((b - a - 1) & 0xFFFFFFFF for a, b in s.gaps)), "bytes": s.bytes,
-                   "bytes_per_view": s.bytes / max(s.views, 1),
-                   "compression_ratio": compression_ratio(self.K_bits), "code_bits": self.K_bits,
-                   "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
-                   "points": int(len(pts)), "point_source": s.point_source, "mesh_faces": mesh_faces,
-                   "model": self.model.cfg.name, "frame": self.model.cfg.frame, "folder": str(d)}
-        (d / "session.json").write_text(json.dumps(summary, indent=1))
-        self.finished.append(summary)
-        log.info("object s%d_o%d finalised: %d views, %d gaps, %s", s.stream, s.object_id, s.views, len(s.gaps), d)
+                v, f, _, _ = measure.marching_cubes(np.pad(occ, 1), level=TAU)
+                v = (v - 1.0) @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]
+                trimesh.Trimesh(v, f, process=False).export(tmp / "mesh.ply")
+                mesh_faces = len(f)
+            work = self._work_dir(s)
+            (tmp / "depth").mkdir()
+            if (work / "depth").is_dir():
+                for p in sorted((work / "depth").glob("*.png")):
+                    try:
+                        os.link(p, tmp / "depth" / p.name)
+                    except OSError:
+                        shutil.copy2(p, tmp / "depth" / p.name)
+            if (work / "views.jsonl").is_file():
+                shutil.copy2(work / "views.jsonl", tmp / "views.jsonl")
+            while True:
+                final = parent / f"snap-{n:03d}"
+                summary = self.summary(s, final)
+                summary.update(points=int(len(pts)), mesh_faces=mesh_faces, point_source=s.point_source)
+                write_json_atomic(tmp / "session.json", summary)
+                try:
+                    if final.exists():
+                        raise FileExistsError(str(final))
+                    os.rename(tmp, final)
+                    break
+                except OSError:
+                    if not final.exists():
+                        raise
+                    n += 1  # another snapshot holds that name: take the next, never overwrite
+            self._snap_index[str(parent)] = n + 1
+            if self.recorder is not None:
+                self._record(lambda r: r.points(f"{s.name}", pts, time.time()))
+            return final, summary
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def snapshot(self, key: tuple[int, int], reason: str = "idle") -> dict | None:
+        """Write the object's results into a fresh snapshot folder; the object stays and continues.
+
+        Errors are contained: counted (``output_errors``), logged, retried once under
+        ``<out>/_fallback/``; if that fails too the snapshot is counted as ``snapshots_failed`` and
+        tried again later.
+
+        Returns:
+            the snapshot's summary (``session.json``), or None if it could not be written.
+        """
+        s = self.sessions[key]
+        for attempt, parent in enumerate((self.out / s.name, self.out / "_fallback" / s.name)):
+            try:
+                folder, summary = self._write_snapshot(s, parent)
+            except Exception as e:  # noqa: BLE001 - one object's output never ends the station
+                self._output_error(f"snapshot of {s.name} (attempt {attempt + 1}) in {parent}", e)
+                continue
+            s.snap_views = s.views
+            s.snapshots.append(str(folder))
+            self.stats["snapshots"] += 1
+            self.finished.append(summary)
+            del self.finished[:-1000]
+            log.info("object %s snapshot (%s): %d views, %d late, %d missing in its span, %s", s.name, reason, s.views,
+                     len(s.late), summary["missing_views"], folder)
+            return summary
+        self.stats["snapshots_failed"] += 1
+        s.retry_after = time.monotonic() + max(self.cfg.idle_timeout_s, 5.0)
+        return None
+
+    def finalise(self, key: tuple[int, int]) -> dict | None:
+        """Snapshot an object and drop it from memory (a later view of it starts a new state).
+
+        Returns:
+            the snapshot's summary, or None if it could not be written (see :meth:`snapshot`).
+        """
+        summary = self.snapshot(key, "finalise")
+        s = self.sessions.pop(key, None)
+        if s is not None and summary is not None:
+            shutil.rmtree(self._work_dir(s), ignore_errors=True)
         return summary
 
+    def status(self) -> dict:
+        """Every count (what ``ground.json`` holds)."""
+        lat = np.array(self.latency_all) if self.latency_all else np.array([np.nan])
+        with self._rx_lock:
+            stats = dict(self.rx_stats)
+        stats.update(self.stats)
+        rejected = self.all_rejected()
+        streams = {}
+        for sid, dl in sorted(self.delivery.items()):
+            info = self.streams.get(sid)
+            b = dl.bounds()
+            streams[str(sid)] = {
+                "model": info.model if info else None, "views": dl.seen.count, "duplicates": dl.duplicates,
+                "late": dl.late, "recovered": dl.recovered, "missing_views": dl.missing_count(),
+                "missing": [[a & 0xFFFFFFFF, b_ & 0xFFFFFFFF] for a, b_ in dl.missing_ranges(limit=100)],
+                "first_seq": None if b is None else b[0] & 0xFFFFFFFF,
+                "last_seq": None if b is None else b[1] & 0xFFFFFFFF,
+                "backchannel": bool(info and info.backchannel)}
+        objects = {s.name: {"stream": s.stream, "object_id": s.object_id, "views": s.views, "late": len(s.late),
+                            "missing_views": self._missing(s)["missing_in_span"], "snapshots": len(s.snapshots),
+                            "latest": s.snapshots[-1] if s.snapshots else None,
+                            "unsaved_views": s.views - s.snap_views}
+                   for s in sorted(self.sessions.values(), key=lambda x: (x.stream, x.object_id))}
+        return clean_json({
+            "time_unix": time.time(), "uptime_s": time.time() - self.t_start, "model": self.model.cfg.name,
+            "messages": stats.get("messages", 0), "views_applied": stats.get("views", 0),
+            "views_rebuilt": stats.get("views_rebuilt", 0), "duplicates": stats.get("duplicates", 0),
+            "late_views": stats.get("late", 0), "recovered_views": stats.get("recovered", 0),
+            "missing_views": sum(v["missing_views"] for v in streams.values()),
+            "rejected": rejected, "rejected_total": sum(rejected.values()),
+            "output_errors": stats.get("output_errors", 0), "snapshots": stats.get("snapshots", 0),
+            "snapshots_failed": stats.get("snapshots_failed", 0), "record_errors": stats.get("record_errors", 0),
+            "queue": self.q.qsize(), "latency_ms": {"p50": float(np.percentile(lat, 50)),
+                                                    "p99": float(np.percentile(lat, 99))},
+            "record": None if self.recorder is None else str(self.recorder.path),
+            "stats": stats, "streams": streams, "objects": objects})
+
+    def write_status(self) -> None:
+        """Rewrite ``<out>/ground.json`` atomically (errors counted, never raised)."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.out / "ground.json", self.status())
+        except Exception as e:  # noqa: BLE001
+            self._output_error("ground.json", e)
+
+    # -- gap recovery --------------------------------------------------------------------------------
+    def request_missing(self, now: float | None = None) -> int:
+        """Queue back-channel requests for views missing longer than the reorder grace; returns how many seqs."""
+        now = time.monotonic() if now is None else now
+        total = 0
+        for sid, dl in self.delivery.items():
+            info = self.streams.get(sid)
+            if info is None or not info.backchannel:
+                continue
+            want = []
+            for a, b in dl.missing_ranges(limit=64):
+                for u in range(max(a, b - 511), b + 1):
+                    due = dl.missing_since.setdefault(u, now + REORDER_GRACE_S)  # next time to ask
+                    if now >= due:
+                        want.append(u)
+                        dl.missing_since[u] = now + self.cfg.request_interval_s
+                if len(want) >= 512:
+                    break
+            if len(dl.missing_since) > 100000:  # forget the oldest marks, keep memory bounded
+                for u in sorted(dl.missing_since)[:50000]:
+                    del dl.missing_since[u]
+            if want:
+                self.requests.put((sid, [u & 0xFFFFFFFF for u in want[:512]]))
+                total += len(want[:512])
+        return total
+
+    # -- durable record --------------------------------------------------------------------------------
+    def rebuild(self, files: list[Path] | None = None) -> int:
+        """Replay MCAP records through the station (default: this ``out``'s own ``record/*.mcap``).
+
+        Views already applied are duplicates and change nothing. Returns the number of views applied.
+        """
+        files = sorted((self.out / "record").glob("*.mcap")) if files is None else files
+        before = self.stats["views"]
+        from ground.record import read_wire
+
+        for path in files:
+            batch = []
+            try:
+                for buf, t in read_wire(path):
+                    batch.append((buf, t, "record"))
+                    if len(batch) >= self.cfg.batch:
+                        self.handle_many(batch)
+                        batch = []
+            except Exception as e:  # noqa: BLE001 - an unreadable record is reported, never fatal
+                self.stats["record_errors"] += 1
+                log.error("cannot read the record %s: %s", path, e)
+            if batch:
+                self.handle_many(batch)
+        n = self.stats["views"] - before
+        if files:
+            log.info("rebuilt %d views of %d objects from %d record file(s)", n, len(self.sessions), len(files))
+        # objects whose snapshot already holds every view need no new one
+        for s in self.sessions.values():
+            s.last_t = time.monotonic()
+            latest = self._latest_on_disk(s)
+            if latest is not None:
+                s.snapshots.append(str(latest[0]))
+                if latest[1] >= s.views:
+                    s.snap_views = s.views
+        return n
+
+    def _latest_on_disk(self, s: ObjectSession) -> tuple[Path, int] | None:
+        parent = self.out / s.name
+        snaps = sorted(p for p in parent.glob("snap-*") if p.name[5:].isdigit()) if parent.is_dir() else []
+        for p in reversed(snaps):
+            try:
+                return p, int(json.loads((p / "session.json").read_text())["views"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return None
+
+    def open_record(self) -> None:
+        """Start this run's MCAP record ``<out>/record/ground-<time>-<pid>.mcap`` (errors: counted, no record)."""
+        from ground.record import Recorder
+
+        name = time.strftime("ground-%Y%m%dT%H%M%S") + f"-{os.getpid()}.mcap"
+        try:
+            self.recorder = Recorder(self.out / "record" / name)
+            log.info("recording to %s", self.recorder.path)
+        except Exception as e:  # noqa: BLE001
+            self.stats["record_errors"] += 1
+            log.error("cannot open the MCAP record in %s: %s (running without one)", self.out / "record", e)
+
+    def close_record(self) -> None:
+        """Finish the MCAP record (summary and footer)."""
+        if self.recorder is not None:
+            self._record(lambda r: r.close())
+
+    # -- main loop -----------------------------------------------------------------------------------
+    def _curve(self):
+        """``(public, secret)`` from ``curve_secret_file``, or None without CURVE."""
+        if not self.cfg.curve_secret_file:
+            return None
+        import zmq
+        import zmq.auth
+
+        if not zmq.has("curve"):
+            raise ValueError("this libzmq has no CURVE support")
+        if not self.cfg.curve_allow_dir or not Path(self.cfg.curve_allow_dir).is_dir():
+            raise ValueError("CURVE needs curve_allow_dir: a folder of the drones' public certificates (*.key)")
+        try:
+            pub, sec = zmq.auth.load_certificate(self.cfg.curve_secret_file)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read the CURVE certificate {self.cfg.curve_secret_file}: {e}") from e
+        if sec is None:
+            raise ValueError(f"{self.cfg.curve_secret_file} holds no secret key (use the .key_secret file)")
+        return pub, sec
+
     def run(self, duration_s: float | None = None) -> int:
-        """Serve until SIGINT / SIGTERM (or ``duration_s``); finalise every object; returns 0."""
+        """Serve until SIGINT / SIGTERM, ``stop`` or ``duration_s``; snapshot every object; returns 0.
+
+        Raises:
+            ValueError: bad CURVE configuration. zmq.ZMQError: an endpoint cannot be bound.
+        """
         import signal
 
         import zmq
@@ -309,45 +954,105 @@ class GroundStation:
                 signal.signal(sig, lambda *_: self.stop.set())
             except ValueError:
                 pass
-        ctx = zmq.Context.instance()
-        sock = self._socket(ctx)
-        rx = threading.Thread(target=self._receive, args=(sock,), daemon=True, name="receiver")
-        rx.start()
-        t_end = time.time() + duration_s if duration_s else None
-        last_metrics = time.monotonic()
-        views_window = 0
+        self._curve_keys = self._curve()
+        ctx = zmq.Context()
+        auth = None
+        if self._curve_keys is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            auth = ThreadAuthenticator(ctx)
+            auth.start()
+            auth.configure_curve(domain="*", location=str(self.cfg.curve_allow_dir))
+            log.info("CURVE: drones allowed from %s", self.cfg.curve_allow_dir)
+        sock = router = None
+        rx = None
         try:
-            while not self.stop.is_set() and (t_end is None or time.time() < t_end):
-                try:
-                    buf, t_recv = self.q.get(timeout=0.2)
-                    with self.lock:
-                        if self.handle(buf, t_recv) is not None:
-                            views_window += 1
-                except queue.Empty:
-                    pass
-                now = time.time()
+            sock, router = self._sockets(ctx)
+            if self.cfg.record:
                 with self.lock:
-                    for key in [k for k, s in self.sessions.items() if now - s.last_update > self.cfg.idle_timeout_s]:
-                        self.finalise(key)
-                if time.monotonic() - last_metrics >= self.cfg.metrics_interval_s:
-                    dt = time.monotonic() - last_metrics
-                    log.info("%.1f views/s  objects %d  streams %d  queue %d  rejected %s", views_window / dt,
-                             len(self.sessions), len(self.streams), self.q.qsize(), dict(self.rejected) or 0)
-                    last_metrics, views_window = time.monotonic(), 0
+                    self.rebuild()
+                self.open_record()
+            rx = threading.Thread(target=self._receive, args=(sock, router), daemon=True, name="receiver")
+            rx.start()
+            self._loop(duration_s)
         finally:
             self.stop.set()
-            rx.join(timeout=2)
-            # drain what already arrived, then finalise every object
-            while True:
+            if rx is not None:
+                rx.join(timeout=5)
+            self._drain()
+            with self.lock:
+                for key, s in list(self.sessions.items()):
+                    if s.views > s.snap_views:
+                        self.snapshot(key, "exit")
+            self.close_record()
+            self.write_status()
+            for s_ in (sock, router):
+                if s_ is not None:
+                    s_.close(0)
+            if auth is not None:
+                auth.stop()
+            ctx.term()
+            log.info("ground stopped: %s, rejected %s", dict(self.stats), self.all_rejected())
+        return 0
+
+    def _drain(self) -> None:
+        while True:
+            batch = []
+            while len(batch) < self.cfg.batch:
                 try:
-                    buf, t_recv = self.q.get_nowait()
+                    batch.append(self.q.get_nowait())
                 except queue.Empty:
                     break
-                with self.lock:
-                    self.handle(buf, t_recv)
+            if not batch:
+                return
             with self.lock:
-                for key in list(self.sessions):
-                    self.finalise(key)
-            sock.close()
-            log.info("ground stopped: %s, rejected %s", dict(self.stats), dict(self.rejected))
-        return 0
+                self.handle_many(batch)
+
+    def _loop(self, duration_s: float | None) -> None:
+        t_end = time.time() + duration_s if duration_s else None
+        last_metrics = last_status = last_request = time.monotonic()
+        views_window = 0
+        while not self.stop.is_set() and (t_end is None or time.time() < t_end):
+            batch = []
+            try:
+                batch.append(self.q.get(timeout=0.1))
+                while len(batch) < self.cfg.batch * 4:
+                    batch.append(self.q.get_nowait())
+            except queue.Empty:
+                pass
+            if batch:
+                with self.lock:
+                    views_window += sum(r is not None for r in self.handle_many(batch))
+            now = time.monotonic()
+            with self.lock:
+                for key, s in list(self.sessions.items()):
+                    if s.views > s.snap_views and now - s.last_t > self.cfg.idle_timeout_s and now >= s.retry_after:
+                        self.snapshot(key, "idle")
+                if self.cfg.backchannel and now - last_request >= min(self.cfg.request_interval_s, 1.0):
+                    self.request_missing(now)
+                    last_request = now
+            if now - last_status >= self.cfg.status_interval_s:
+                with self.lock:
+                    self.write_status()
+                    if self.recorder is not None:
+                        self._record(lambda r: r.flush(sync=True))
+                last_status = now
+            if now - last_metrics >= self.cfg.metrics_interval_s:
+                dt = now - last_metrics
+                log.info("%.1f views/s  objects %d  streams %d  queue %d  duplicates %d  late %d  rejected %s",
+                         views_window / dt, len(self.sessions), len(self.streams), self.q.qsize(),
+                         self.stats["duplicates"], self.stats["late"], self.all_rejected() or 0)
+                last_metrics, views_window = now, 0
+
+    def replay(self, path: str | Path) -> int:
+        """Apply every message of an MCAP recording (``voxlink ground --replay``), snapshot every object.
+
+        Returns:
+            the number of views applied.
+        """
+        n = self.rebuild([Path(path)])
+        for key, s in list(self.sessions.items()):
+            if s.views > s.snap_views:
+                self.snapshot(key, "replay")
+        self.write_status()
+        return n

@@ -1,7 +1,8 @@
 """Browser viewer of the ground station: a three.js page (vendored from the npm package ``three``)
 served with the station's live state as JSON.
 
-``GET /`` the page; ``GET /api/state`` per stream the views, gaps, bytes/s and compression ratio, and
+``GET /`` the page; ``GET /api/state`` per stream the views, gaps (missing ranges), missing views,
+duplicates, late views, bytes/s and compression ratio, and
 per object the occupied voxel centres (p > 0.4, world frame), the fused point cloud (at most 20,000
 points) and the latest depth map as a PNG data URL.
 """
@@ -95,32 +96,24 @@ class ViewerServer:
         st = self.station
         dt = max(time.time() - self.t0, 1e-6)
         with st.lock:
-            per_stream: dict[int, dict] = {}
-            for s in list(st.sessions.values()):
-                d = per_stream.setdefault(s.stream, {"views": 0, "gaps": 0, "bytes": 0})
-                d["views"] += s.views
-                d["gaps"] += len(s.gaps)
-                d["bytes"] += s.bytes
-            for f in st.finished:
-                d = per_stream.setdefault(f["stream"], {"views": 0, "gaps": 0, "bytes": 0})
-                d["views"] += f["views"]
-                d["gaps"] += len(f["gaps"])
-                d["bytes"] += f["bytes"]
-            streams = [{"stream": k, "model": st.streams[k].model if k in st.streams else "?",
-                        "views": v["views"], "gaps": v["gaps"], "bytes_per_s": v["bytes"] / dt,
-                        "ratio": 393216 / st.K_bits} for k, v in sorted(per_stream.items())]
+            status = st.status()
+            streams = [{"stream": int(k), "model": v["model"] or "?", "views": v["views"], "gaps": len(v["missing"]),
+                        "missing_views": v["missing_views"], "duplicates": v["duplicates"], "late": v["late"],
+                        "bytes_per_s": sum(s.bytes for s in st.sessions.values() if s.stream == int(k)) / dt,
+                        "ratio": 393216 / st.K_bits} for k, v in status["streams"].items() if v["views"]]
             objects = []
             for s in list(st.sessions.values()):
-                if s.occupancy is None:
+                if s.views == 0:
                     continue
-                idx = np.argwhere(s.occupancy > 0.4).astype(np.float64)
+                occ = st.occupancy(s)  # decoded here, only when the page asks
+                idx = np.argwhere(occ > 0.4).astype(np.float64)
                 vox = idx @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]
                 pts = st.fused_points(s)
                 if len(pts) > 20000:
                     pts = pts[np.linspace(0, len(pts) - 1, 20000).astype(int)]
-                objects.append({"key": f"s{s.stream}_o{s.object_id}", "views": s.views,
+                objects.append({"key": s.name, "views": s.views,
                                 "voxel_size": float(np.linalg.norm(s.grid_to_world[:3, 0])),
                                 "voxels": np.round(vox, 4).reshape(-1).tolist(),
                                 "points": np.round(pts, 4).reshape(-1).tolist(), "point_source": s.point_source,
-                                "depth_png": _depth_png(s.depths[-1]) if s.depths else ""})
-        return {"streams": streams, "objects": objects, "rejected": dict(st.rejected)}
+                                "depth_png": _depth_png(s.last_depth) if s.last_depth is not None else ""})
+        return {"streams": streams, "objects": objects, "rejected": status["rejected"]}

@@ -24,9 +24,18 @@ At K = 1024 a view without pose is 24 + 128 = 152 bytes; with pose 180 bytes.
 Stream-info message: the same 24-byte header (object id 0, code length = K, the info's own
 sequence number), then a UTF-8 JSON body: intrinsics ``K`` (3 x 3, pixels), ``image_size``,
 ``model`` (name), ``fingerprint`` (16 hex digits), ``code_bits``, ``frame``, ``epoch_unix`` (the
-wall-clock time of capture time 0, seconds) and ``protocol``.
+wall-clock time of capture time 0, seconds) and ``protocol``; optionally ``first_seq`` (the first
+code sequence number of this run of the edge), ``last_seq`` (the last code sequence number sent so
+far; absent before the first) and ``backchannel`` (true: the edge answers gap requests, see
+``ground/station.py``). Other keys are kept in ``StreamInfo.extra``.
 
-Decoding failures raise :class:`ProtocolError` whose ``reason`` is one of :data:`REASONS`.
+Delivery: a view is identified by (stream, sequence number); a receiver applies it once and counts
+repeats (see ``ground/station.py``). Sequence numbers are per stream (not per object) and wrap at 2^32.
+
+Everything is checked before it is believed: magic, version, kind, CRC, lengths, a finite unit
+quaternion and finite translation in the pose, finite positive focal lengths and a finite,
+plausible epoch in the stream info, and a size limit (:data:`MAX_MESSAGE_BYTES`). Decoding failures
+raise :class:`ProtocolError` whose ``reason`` is one of :data:`REASONS`.
 """
 
 from __future__ import annotations
@@ -49,9 +58,19 @@ _CRC = struct.Struct("<I")
 _POSE = struct.Struct("<7f")
 HEADER_BYTES = _HEAD.size + _CRC.size  # 24
 POSE_BYTES = _POSE.size  # 28
-#: Reasons a message is rejected (counted by receivers under these names).
+#: Largest message a receiver accepts (bytes): a view is at most 24 + 28 + 8192 bytes, an info a few hundred.
+MAX_MESSAGE_BYTES = 64 * 1024
+#: A pose's quaternion must have a norm within this of 1 (float32 rounding is about 1e-7).
+QUAT_NORM_TOL = 1e-3
+#: Largest accepted pose translation (metres) and stream epoch (unix seconds, year 2286).
+MAX_TRANSLATION_M = 1e6
+MAX_EPOCH_UNIX = 1e10
+#: Reasons a message is rejected (counted by receivers under these names). The first group comes from
+#: :func:`decode`, the second from receivers (``ground/station.py``).
 REASONS = ("truncated", "bad_magic", "unknown_version", "unknown_kind", "bad_crc", "bad_length", "bad_info",
-           "wrong_fingerprint", "wrong_code_length", "unknown_stream")
+           "bad_pose", "bad_intrinsics", "bad_time", "too_large",
+           "wrong_fingerprint", "wrong_code_length", "unknown_stream", "bad_seq", "multipart", "queue_full",
+           "internal_error")
 
 
 class ProtocolError(ValueError):
@@ -95,7 +114,9 @@ class StreamInfo:
         stream: drone id. seq: the info message's sequence number. fingerprint: full 8-byte model
         fingerprint (hex). code_bits: K. K: intrinsics float64 [3, 3] in pixels (of the 128 x 128
         view). image_size: view side in pixels. model: model name. frame: reconstruction frame.
-        epoch_unix: wall-clock seconds at capture time 0.
+        epoch_unix: wall-clock seconds at capture time 0. first_seq: first code sequence number of
+        this run of the edge (None: not said). last_seq: last code sequence number sent so far (None:
+        none yet / not said). backchannel: the edge answers gap requests. extra: other JSON keys.
     """
 
     stream: int
@@ -107,6 +128,9 @@ class StreamInfo:
     model: str = ""
     frame: str = "view"
     epoch_unix: float = 0.0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    backchannel: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -174,12 +198,74 @@ def encode_code(msg: CodeMessage) -> bytes:
 
 
 def encode_info(info: StreamInfo) -> bytes:
-    """Serialise a stream-info message (24-byte header + JSON body)."""
-    body = json.dumps({"protocol": VERSION, "K": np.asarray(info.K).tolist(), "image_size": info.image_size,
-                       "model": info.model, "fingerprint": info.fingerprint, "code_bits": info.code_bits,
-                       "frame": info.frame, "epoch_unix": info.epoch_unix, **info.extra},
-                      separators=(",", ":")).encode()
+    """Serialise a stream-info message (24-byte header + JSON body).
+
+    Raises:
+        ValueError: a non-finite number in the body (JSON has no NaN), or a field out of range.
+    """
+    d = {"protocol": VERSION, "K": np.asarray(info.K).tolist(), "image_size": info.image_size,
+         "model": info.model, "fingerprint": info.fingerprint, "code_bits": info.code_bits,
+         "frame": info.frame, "epoch_unix": info.epoch_unix, **info.extra}
+    if info.first_seq is not None:
+        d["first_seq"] = int(info.first_seq) & 0xFFFFFFFF
+    if info.last_seq is not None:
+        d["last_seq"] = int(info.last_seq) & 0xFFFFFFFF
+    if info.backchannel:
+        d["backchannel"] = True
+    body = json.dumps(d, separators=(",", ":"), allow_nan=False).encode()
     return _pack(KIND_INFO, 0, info.stream, info.fingerprint32, 0, info.code_bits, info.seq, 0, body)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _seq_field(d: dict, name: str) -> int | None:
+    v = d.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0xFFFFFFFF:
+        raise ValueError(f"{name} must be an integer 0..2^32-1, got {v!r}")
+    return v
+
+
+def _decode_info(stream: int, seq: int, n_bits: int, body: bytes) -> StreamInfo:
+    """Parse and check a stream-info body (see :func:`decode`)."""
+    try:
+        d = json.loads(body.decode(), parse_constant=_reject_constant)
+        if not isinstance(d, dict):
+            raise ValueError("the body is not a JSON object")
+        fp = d["fingerprint"]
+        if not isinstance(fp, str) or len(fp) != 16 or any(c not in "0123456789abcdef" for c in fp):
+            raise ValueError(f"fingerprint must be 16 lower-case hex digits, got {fp!r}")
+        code_bits, image_size = d["code_bits"], d["image_size"]
+        for name, v in (("code_bits", code_bits), ("image_size", image_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 0xFFFF:
+                raise ValueError(f"{name} must be an integer 1..65535, got {v!r}")
+        if code_bits != n_bits:
+            raise ValueError(f"code_bits {code_bits} in the body, {n_bits} in the header")
+        epoch = d.get("epoch_unix", 0.0)
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+            raise ValueError(f"epoch_unix must be a number, got {epoch!r}")
+        first_seq, last_seq = _seq_field(d, "first_seq"), _seq_field(d, "last_seq")
+        K = np.asarray(d["K"], np.float64).reshape(3, 3)
+        model, frame = d.get("model", ""), d.get("frame", "view")
+        if not isinstance(model, str) or not isinstance(frame, str):
+            raise ValueError("model and frame must be strings")
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, UnicodeDecodeError) as e:
+        raise ProtocolError("bad_info", str(e)) from e
+    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or not np.array_equal(K[2], [0.0, 0.0, 1.0]) \
+            or K[1, 0] != 0 or abs(K[0, 1]) > K[0, 0]:
+        raise ProtocolError("bad_intrinsics", f"K = {K.tolist()} (finite, fx > 0, fy > 0, last row 0 0 1)")
+    epoch = float(epoch)
+    if not math.isfinite(epoch) or not 0.0 <= epoch <= MAX_EPOCH_UNIX:
+        raise ProtocolError("bad_time", f"epoch_unix {epoch!r}")
+    known = {"protocol", "K", "image_size", "model", "fingerprint", "code_bits", "frame", "epoch_unix", "first_seq",
+             "last_seq", "backchannel"}
+    extra = {k: v for k, v in d.items() if k not in known}
+    return StreamInfo(stream=stream, seq=seq, fingerprint=fp, code_bits=code_bits, K=K, image_size=image_size,
+                      model=model, frame=frame, epoch_unix=epoch, first_seq=first_seq, last_seq=last_seq,
+                      backchannel=d.get("backchannel") is True, extra=extra)
 
 
 def decode(buf: bytes) -> CodeMessage | StreamInfo:
@@ -189,9 +275,13 @@ def decode(buf: bytes) -> CodeMessage | StreamInfo:
         :class:`CodeMessage` or :class:`StreamInfo`.
 
     Raises:
-        ProtocolError: with ``reason`` ``truncated``, ``bad_magic``, ``unknown_version``,
-            ``unknown_kind``, ``bad_crc``, ``bad_length`` or ``bad_info``.
+        ProtocolError: with ``reason`` ``too_large``, ``truncated``, ``bad_magic``, ``unknown_version``,
+            ``unknown_kind``, ``bad_crc``, ``bad_length``, ``bad_pose`` (non-finite, not a unit
+            quaternion, translation beyond :data:`MAX_TRANSLATION_M`), ``bad_info``, ``bad_intrinsics``
+            or ``bad_time`` (epoch not finite or outside 0..:data:`MAX_EPOCH_UNIX`). Never another exception.
     """
+    if len(buf) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"{len(buf)} bytes, the limit is {MAX_MESSAGE_BYTES}")
     if len(buf) < HEADER_BYTES:
         raise ProtocolError("truncated", f"{len(buf)} bytes, a header is {HEADER_BYTES}")
     magic, vk, flags, stream, fp32, obj, n_bits, seq, t_ms = _HEAD.unpack_from(buf, 0)
@@ -211,20 +301,19 @@ def decode(buf: bytes) -> CodeMessage | StreamInfo:
             raise ProtocolError("truncated", f"{len(buf)} of {expect} bytes")
         raise ProtocolError("bad_crc")
     if kind == KIND_INFO:
-        try:
-            d = json.loads(body.decode())
-            return StreamInfo(stream=stream, seq=seq, fingerprint=str(d["fingerprint"]), code_bits=int(d["code_bits"]),
-                              K=np.asarray(d["K"], np.float64).reshape(3, 3), image_size=int(d["image_size"]),
-                              model=str(d.get("model", "")), frame=str(d.get("frame", "view")),
-                              epoch_unix=float(d.get("epoch_unix", 0.0)))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ProtocolError("bad_info", str(e)) from e
+        return _decode_info(stream, seq, n_bits, body)
     pose = None
     off = 0
     if flags & FLAG_POSE:
         if len(body) < POSE_BYTES:
             raise ProtocolError("truncated", "pose cut short")
         v = np.array(_POSE.unpack_from(body, 0), np.float64)
+        if not np.all(np.isfinite(v)):
+            raise ProtocolError("bad_pose", "non-finite pose")
+        if abs(float(np.linalg.norm(v[:4])) - 1.0) > QUAT_NORM_TOL:
+            raise ProtocolError("bad_pose", f"quaternion norm {np.linalg.norm(v[:4]):.6g}, not 1")
+        if np.abs(v[4:]).max() > MAX_TRANSLATION_M:
+            raise ProtocolError("bad_pose", f"translation {v[4:]} m")
         pose = np.eye(4)
         pose[:3, :3] = _matrix_from_quat(v[:4])
         pose[:3, 3] = v[4:]

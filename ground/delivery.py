@@ -1,0 +1,185 @@
+"""Exactly-once bookkeeping of one stream's views: which sequence numbers were applied, which are
+missing, which came late.
+
+Sequence numbers are per stream, uint32 on the wire, and wrap. Here they are *unwrapped* into
+unbounded integers: each new number is placed at the signed 32-bit distance from the highest one
+seen so far (so 0xFFFFFFFF followed by 0 is a step of +1, and 5 followed by 4 a step of -1). The set
+of applied numbers is a sorted list of disjoint half-open intervals ``[a, b)``: its size grows with
+the number of gaps, not with the number of views.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+WRAP = 1 << 32
+#: The largest jump (ahead of the highest number seen, or behind the lowest) accepted as a sequence
+#: number of the same stream: 2^24 views is 97 days at 2 views/s. Beyond it a number is ``bad_seq``.
+MAX_SEQ_JUMP = 1 << 24
+
+
+class SeqSet:
+    """Applied sequence numbers of one stream (unwrapped), as disjoint intervals.
+
+    Attributes:
+        high: the highest unwrapped number applied (None before the first).
+        low: the lowest unwrapped number applied (None before the first).
+    """
+
+    def __init__(self) -> None:
+        self._a: list[int] = []  # interval starts, sorted
+        self._b: list[int] = []  # interval ends (exclusive)
+        self.high: int | None = None
+        self.low: int | None = None
+        self.count = 0
+
+    def unwrap(self, seq: int, ref: int | None = None) -> int:
+        """The unwrapped number of a wire ``seq`` (uint32), nearest to ``ref`` (default: the highest seen).
+
+        Before any number is known, the wire value itself.
+        """
+        ref = self.high if ref is None else ref
+        if ref is None:
+            return int(seq) & 0xFFFFFFFF
+        d = (int(seq) - ref) & 0xFFFFFFFF
+        if d >= WRAP // 2:
+            d -= WRAP
+        return ref + d
+
+    def __contains__(self, u: int) -> bool:
+        i = bisect.bisect_right(self._a, u) - 1
+        return i >= 0 and u < self._b[i]
+
+    def add(self, u: int) -> bool:
+        """Mark ``u`` applied; returns False if it already was (a duplicate)."""
+        i = bisect.bisect_right(self._a, u) - 1
+        if i >= 0 and u < self._b[i]:
+            return False
+        join_left = i >= 0 and self._b[i] == u
+        join_right = i + 1 < len(self._a) and self._a[i + 1] == u + 1
+        if join_left and join_right:
+            self._b[i] = self._b[i + 1]
+            del self._a[i + 1], self._b[i + 1]
+        elif join_left:
+            self._b[i] = u + 1
+        elif join_right:
+            self._a[i + 1] = u
+        else:
+            self._a.insert(i + 1, u)
+            self._b.insert(i + 1, u + 1)
+        self.count += 1
+        self.high = u if self.high is None else max(self.high, u)
+        self.low = u if self.low is None else min(self.low, u)
+        return True
+
+    def missing_ranges(self, lo: int, hi: int, limit: int | None = None) -> list[tuple[int, int]]:
+        """Inclusive ranges ``(a, b)`` of numbers in ``[lo, hi]`` not applied, in order (at most ``limit``)."""
+        out: list[tuple[int, int]] = []
+        if hi < lo:
+            return out
+        cur = lo
+        i = max(bisect.bisect_right(self._a, lo) - 1, 0)
+        while i < len(self._a) and cur <= hi:
+            a, b = self._a[i], self._b[i]
+            if b <= cur:
+                i += 1
+                continue
+            if a > cur:
+                out.append((cur, min(a - 1, hi)))
+                if limit is not None and len(out) >= limit:
+                    return out
+            cur = max(cur, b)
+            i += 1
+        if cur <= hi:
+            out.append((cur, hi))
+        return out[:limit] if limit is not None else out
+
+    def missing_count(self, lo: int, hi: int) -> int:
+        """How many numbers in ``[lo, hi]`` were not applied (0 if ``hi < lo``)."""
+        return sum(b - a + 1 for a, b in self.missing_ranges(lo, hi))
+
+    def intervals(self) -> list[tuple[int, int]]:
+        """The applied numbers as inclusive ranges ``(a, b)``."""
+        return [(a, b - 1) for a, b in zip(self._a, self._b)]
+
+
+class StreamDelivery:
+    """Per-stream delivery state: applied numbers, what the edge says it sent, late arrivals.
+
+    The range a stream is expected to cover runs from its first number (the stream info's
+    ``first_seq`` where the edge says it, else the lowest number applied) to its last (the higher of
+    the highest applied and the info's ``last_seq``); every number in that range not applied is
+    missing.
+    """
+
+    def __init__(self, stream: int) -> None:
+        self.stream = stream
+        self.seen = SeqSet()
+        self.first_said: int | None = None  # unwrapped first_seq from the stream info
+        self.last_said: int | None = None  # unwrapped last_seq from the stream info
+        self.duplicates = 0
+        self.late = 0  # applied after a higher number of the same stream
+        self.recovered = 0  # applied from the back channel
+        self.missing_since: dict[int, float] = {}  # unwrapped number -> when it may next be asked back (monotonic s)
+
+    def _ref(self) -> int | None:
+        return self.seen.high if self.seen.high is not None else self.last_said
+
+    def note_info(self, first_seq: int | None, last_seq: int | None) -> None:
+        """Take the edge's ``first_seq`` / ``last_seq`` (wire values) from a stream info."""
+        ref = self._ref()
+        if first_seq is not None:
+            u = self.seen.unwrap(first_seq, ref)
+            if ref is None or abs(u - ref) <= MAX_SEQ_JUMP:
+                self.first_said = u if self.first_said is None else min(self.first_said, u)
+        if last_seq is not None:
+            u = self.seen.unwrap(last_seq, ref if ref is not None else self.first_said)
+            if ref is None or abs(u - ref) <= MAX_SEQ_JUMP:
+                self.last_said = u if self.last_said is None else max(self.last_said, u)
+
+    def check(self, seq: int) -> tuple[str, int]:
+        """Classify a wire ``seq`` before applying it.
+
+        Returns:
+            ``("new", u)``, ``("duplicate", u)`` or ``("bad_seq", u)`` (a jump beyond :data:`MAX_SEQ_JUMP`),
+            with ``u`` the unwrapped number.
+        """
+        ref = self._ref()
+        u = self.seen.unwrap(seq, ref)
+        if ref is not None:
+            hi = max(x for x in (self.seen.high, self.last_said) if x is not None)
+            lo = min(x for x in (self.seen.low, self.first_said, hi) if x is not None)
+            if u > hi + MAX_SEQ_JUMP or u < lo - MAX_SEQ_JUMP:
+                return "bad_seq", u
+        if u in self.seen:
+            return "duplicate", u
+        return "new", u
+
+    def apply(self, u: int, source: str = "link") -> bool:
+        """Mark ``u`` applied; returns True if it came late (after a higher number, or from the back channel)."""
+        late = self.seen.high is not None and u < self.seen.high
+        self.seen.add(u)
+        self.missing_since.pop(u, None)
+        if source == "backchannel":
+            self.recovered += 1
+        if late:
+            self.late += 1
+        return late or source == "backchannel"
+
+    def bounds(self) -> tuple[int, int] | None:
+        """The expected range ``(lo, hi)`` (inclusive, unwrapped), or None before any number is known."""
+        los = [x for x in (self.seen.low, self.first_said) if x is not None]
+        his = [x for x in (self.seen.high, self.last_said) if x is not None]
+        if not los or not his:
+            return None
+        return min(los), max(his)
+
+    def missing_count(self) -> int:
+        """Views in the expected range that were never applied."""
+        b = self.bounds()
+        return self.seen.missing_count(*b) if b else 0
+
+    def missing_ranges(self, limit: int | None = None) -> list[tuple[int, int]]:
+        """Missing views as inclusive unwrapped ranges (at most ``limit``)."""
+        b = self.bounds()
+        return self.seen.missing_ranges(*b, limit=limit) if b else []
