@@ -903,12 +903,18 @@ class GroundStation:
         return None
 
     def open_record(self) -> None:
-        """Start this run's MCAP record ``<out>/record/ground-<time>-<pid>.mcap`` (errors: counted, no record)."""
+        """Start this run's MCAP record ``<out>/record/ground-<time>-<pid>-<n>.mcap`` (errors: counted, no record)."""
         from ground.record import Recorder
 
-        name = time.strftime("ground-%Y%m%dT%H%M%S") + f"-{os.getpid()}.mcap"
+        now = time.time()
+        stamp = time.strftime("ground-%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1e6) % 1000000:06d}Z-{os.getpid()}"
         try:
-            self.recorder = Recorder(self.out / "record" / name)
+            for k in range(1000):  # names sort in start order; never reuse one
+                try:
+                    self.recorder = Recorder(self.out / "record" / f"{stamp}-{k:03d}.mcap")
+                    break
+                except FileExistsError:
+                    continue
             log.info("recording to %s", self.recorder.path)
         except Exception as e:  # noqa: BLE001
             self.stats["record_errors"] += 1

@@ -1,0 +1,334 @@
+"""The ground station's fault matrix (issue 12): duplicates, reordering, interleaved objects, gaps at the
+start and end, wraparound, idle links, restarts, bad peers, bad values, output errors, multipart and
+oversized messages. Each case: no crash, no view lost or applied twice, missing views exact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from voxlink import camera
+from voxlink.models import ImplicitModel, get_config
+from voxlink.models.binarizer import pack_bits
+from voxlink.protocol import (FLAG_POSE, KIND_CODE, CodeMessage, StreamInfo, _pack, encode_code, encode_info,
+                              fingerprint32)
+from voxlink.weights import save_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    m = ImplicitModel(get_config("tiny")).eval()
+    path = save_model(m, tmp_path_factory.mktemp("m") / "tiny.safetensors")
+    rng = np.random.default_rng(0)
+    codes = [pack_bits(np.where(rng.random(64) > 0.5, 1.0, -1.0)) for _ in range(64)]
+    return path, m, codes
+
+
+def station(out: Path, model_file, **kw):
+    from ground.station import GroundConfig, GroundStation
+
+    return GroundStation(GroundConfig(bind=[], model=str(model_file), out=str(out), **kw))
+
+
+def view(tiny, seq, obj=1, stream=2, pose=True):
+    """A valid view message; the code and pose depend on ``seq`` only (the same view when resent)."""
+    _, m, codes = tiny
+    T = camera.orbit_poses(1, np.random.default_rng(seq % 1000))[0] if pose else None
+    return encode_code(CodeMessage(stream=stream, object_id=obj, seq=seq & 0xFFFFFFFF, t_ms=(seq % 1000) * 100,
+                                   fingerprint=fingerprint32(m.fingerprint()), n_bits=64,
+                                   payload=codes[seq % len(codes)], pose=T))
+
+
+def info(tiny, stream=2, fp=None, bits=64, K=None, epoch=None, **kw):
+    _, m, _ = tiny
+    return encode_info(StreamInfo(stream=stream, seq=0, fingerprint=fp or bytes.hex(m.fingerprint()), code_bits=bits,
+                                  K=camera.intrinsics() if K is None else K, model="tiny",
+                                  epoch_unix=time.time() if epoch is None else epoch, **kw))
+
+
+def strict_json(path: Path):
+    """Parse a file as strict JSON (NaN / Infinity are errors)."""
+    def bad(c):
+        raise ValueError(f"{c} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=bad)
+
+
+def tree_digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_every_view_twice_is_applied_once(tmp_path, tiny):
+    once, twice = station(tmp_path / "a", tiny[0]), station(tmp_path / "b", tiny[0])
+    for st in (once, twice):
+        st.handle(info(tiny))
+    for i in range(12):
+        once.handle(view(tiny, i))
+        twice.handle(view(tiny, i))
+        assert twice.handle(view(tiny, i)) is None, "a repeat returns no update"
+    s1, s2 = once.sessions[(2, 1)], twice.sessions[(2, 1)]
+    assert s2.views == 12 and twice.stats["duplicates"] == 12 and twice.delivery[2].missing_count() == 0
+    for a, b in zip(s1.state, s2.state):
+        assert torch.equal(a, b), "the repeats changed the reconstruction"
+    summary = twice.finalise((2, 1))
+    assert summary["views"] == 12 and summary["missing_views"] == 0
+    assert len(list((Path(summary["folder"]) / "depth").glob("*.png"))) == 12
+
+
+def test_swapped_neighbours_make_no_false_gap(tmp_path, tiny):
+    st = station(tmp_path, tiny[0])
+    st.handle(info(tiny))
+    for seq in [0, 2, 1, 3, 5, 4, 6]:
+        assert st.handle(view(tiny, seq)) is not None
+    assert st.delivery[2].missing_count() == 0 and st.stats["late"] == 2
+    summary = st.finalise((2, 1))
+    assert summary["missing_views"] == 0 and summary["views"] == 7
+    assert sorted(seq for seq, _ in summary["late_views"]) == [1, 4]
+
+
+def test_interleaved_objects_on_one_stream_have_no_false_gaps(tmp_path, tiny):
+    st = station(tmp_path, tiny[0])
+    st.handle(info(tiny))
+    for seq in range(20):
+        st.handle(view(tiny, seq, obj=seq % 2))
+    assert st.delivery[2].missing_count() == 0
+    for obj in (0, 1):
+        summary = st.finalise((2, obj))
+        assert summary["views"] == 10 and summary["missing_views"] == 0 and summary["never_came"] == []
+
+
+def test_missing_views_exact_at_start_middle_and_end(tmp_path, tiny):
+    st = station(tmp_path, tiny[0])
+    st.handle(info(tiny, first_seq=0))
+    for seq in (2, 3, 5, 6, 7):  # 0, 1 lost at the start, 4 in the middle
+        st.handle(view(tiny, seq))
+    st.handle(info(tiny, first_seq=0, last_seq=9))  # the edge's last info: 8 and 9 never came
+    assert st.delivery[2].missing_ranges() == [(0, 1), (4, 4), (8, 9)]
+    assert st.delivery[2].missing_count() == 5
+    st.write_status()
+    g = strict_json(tmp_path / "ground.json")
+    assert g["missing_views"] == 5 and g["streams"]["2"]["missing"] == [[0, 1], [4, 4], [8, 9]]
+    assert g["views_applied"] == 5
+
+
+def test_sequence_wraparound_is_continuous(tmp_path, tiny):
+    st = station(tmp_path, tiny[0])
+    st.handle(info(tiny))
+    for seq in (2**32 - 3, 2**32 - 2, 2**32 - 1, 0, 1, 2):
+        assert st.handle(view(tiny, seq)) is not None
+    assert st.handle(view(tiny, 2**32 - 2)) is None and st.stats["duplicates"] == 1
+    assert st.delivery[2].missing_count() == 0 and st.sessions[(2, 1)].views == 6
+
+
+def test_corrupt_truncated_garbage_and_dropped(tmp_path, tiny):
+    st = station(tmp_path, tiny[0])
+    st.handle(info(tiny))
+    good = view(tiny, 0)
+    st.handle(good[:-7])
+    st.handle(good[:40] + bytes([good[40] ^ 0x10]) + good[41:])
+    st.handle(bytes(np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8)))
+    st.handle(b"")
+    for seq in (0, 1, 3):  # 2 dropped on the link
+        st.handle(view(tiny, seq))
+    assert st.rejected["truncated"] == 2 and st.rejected["bad_crc"] == 1 and st.rejected["bad_magic"] >= 1
+    assert st.sessions[(2, 1)].views == 3 and st.delivery[2].missing_ranges() == [(2, 2)]
+
+
+def _raw_view(tiny, seq, pose7):
+    _, m, codes = tiny
+    return _pack(KIND_CODE, FLAG_POSE, 2, fingerprint32(m.fingerprint()), 1, 64, seq, 0,
+                 struct.pack("<7f", *pose7) + codes[0])
+
+
+def test_bad_values_with_a_valid_crc_are_rejected_and_json_stays_valid(tmp_path, tiny):
+    st = station(tmp_path, tiny[0])
+    st.handle(info(tiny, K=np.zeros((3, 3))))
+    nan_body = info(tiny)[24:].replace(b'"K":[[', b'"K":[[NaN,0,0],[', 1)
+    st.handle(_pack(2, 0, 2, fingerprint32(tiny[1].fingerprint()), 0, 64, 0, 0, nan_body))
+    st.handle(info(tiny, K=np.array([[-100.0, 0, 64], [0, 100, 64], [0, 0, 1]])))
+    st.handle(info(tiny, epoch=1e308))
+    assert st.rejected["bad_intrinsics"] == 2 and st.rejected["bad_time"] == 1 and st.rejected["bad_info"] == 1
+    assert 2 not in st.streams
+    st.handle(info(tiny))
+    st.handle(_raw_view(tiny, 0, [np.nan, 0, 0, 0, 0, 0, 1]))
+    st.handle(_raw_view(tiny, 1, [2.0, 0, 0, 0, 0, 0, 1]))  # not a unit quaternion
+    st.handle(_raw_view(tiny, 2, [1.0, 0, 0, 0, 0, np.inf, 1]))
+    assert st.rejected["bad_pose"] == 3 and not st.sessions
+    st.handle(_raw_view(tiny, 0, [1.0, 0, 0, 0, 0, 0, 2.0]))
+    summary = st.finalise((2, 1))
+    assert summary["views"] == 1
+    strict_json(Path(summary["folder"]) / "session.json")
+    st.write_status()
+    assert strict_json(tmp_path / "ground.json")["rejected"]["bad_pose"] == 3
+
+
+def test_a_foreign_stream_info_does_not_evict_the_valid_stream(tmp_path, tiny):
+    st = station(tmp_path, tiny[0])
+    st.handle(info(tiny))
+    st.handle(view(tiny, 0))
+    st.handle(info(tiny, fp="00" * 8))  # another model
+    st.handle(info(tiny, bits=512))  # the right fingerprint, the wrong code length
+    assert st.rejected["wrong_fingerprint"] == 1 and st.rejected["wrong_code_length"] == 1
+    for seq in range(1, 11):
+        assert st.handle(view(tiny, seq)) is not None, "the valid stream's views are still applied"
+    assert st.sessions[(2, 1)].views == 11 and st.rejected["unknown_stream"] == 0
+
+
+def test_idle_timeout_snapshots_and_the_object_continues(tmp_path, tiny):
+    st = station(tmp_path, tiny[0], idle_timeout_s=0.3, record=False, status_interval_s=0.2)
+    t = threading.Thread(target=st.run, kwargs={"duration_s": 30}, daemon=True)
+    t.start()
+    st.q.put((info(tiny), time.time(), "link"))
+    for seq in range(5):
+        st.q.put((view(tiny, seq), time.time(), "link"))
+    snap0 = tmp_path / "s2_o1" / "snap-000"
+    deadline = time.time() + 20
+    while time.time() < deadline and not snap0.is_dir():
+        time.sleep(0.05)
+    assert snap0.is_dir(), "no snapshot after the idle timeout"
+    before = tree_digest(snap0)
+    for seq in range(5, 10):
+        st.q.put((view(tiny, seq), time.time(), "link"))
+    snap1 = tmp_path / "s2_o1" / "snap-001"
+    while time.time() < deadline and not snap1.is_dir():
+        time.sleep(0.05)
+    st.stop.set()
+    t.join(timeout=20)
+    assert not t.is_alive()
+    assert strict_json(snap0 / "session.json")["views"] == 5
+    assert strict_json(snap1 / "session.json")["views"] == 10, "the second snapshot continues the same object"
+    assert tree_digest(snap0) == before, "the first snapshot's files were touched"
+    assert len(list((snap1 / "depth").glob("*.png"))) == 10
+    g = strict_json(tmp_path / "ground.json")
+    assert g["objects"]["s2_o1"]["latest"] == str(snap1) and g["objects"]["s2_o1"]["views"] == 10
+    assert not list((tmp_path / "s2_o1").glob(".tmp-*")), "temporary folders left behind"
+
+
+def test_restart_rebuilds_from_the_record_and_loses_nothing(tmp_path, tiny):
+    # reference: one ground sees all 10 views
+    ref = station(tmp_path / "ref", tiny[0])
+    ref.handle(info(tiny))
+    for seq in range(10):
+        ref.handle(view(tiny, seq))
+    # the same, with a restart after 6 views (the first ground dies without finishing its record)
+    a = station(tmp_path / "g", tiny[0])
+    a.open_record()
+    a.handle(info(tiny))
+    for seq in range(6):
+        a.handle(view(tiny, seq))
+    a.snapshot((2, 1), "exit")
+    first = tree_digest(tmp_path / "g" / "s2_o1" / "snap-000")
+    b = station(tmp_path / "g", tiny[0])
+    assert b.rebuild() == 6 and b.sessions[(2, 1)].views == 6 and 2 in b.streams
+    b.open_record()
+    for seq in range(3, 10):  # the edge resends a few the first ground had
+        b.handle(view(tiny, seq))
+    s = b.sessions[(2, 1)]
+    assert s.views == 10 and b.stats["duplicates"] == 3 and b.delivery[2].missing_count() == 0
+    for x, y in zip(s.state, ref.sessions[(2, 1)].state):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+    summary = b.snapshot((2, 1), "exit")
+    b.close_record()
+    assert summary["folder"].endswith("snap-001") and summary["views"] == 10
+    assert tree_digest(tmp_path / "g" / "s2_o1" / "snap-000") == first, "the first run's files were overwritten"
+    assert len(list(Path(summary["folder"], "depth").glob("*.png"))) == 10
+    # a third start rebuilds all 10 from both records, and --replay of one record gives its views
+    c = station(tmp_path / "g", tiny[0])
+    assert c.rebuild() == 10
+    d = station(tmp_path / "replay", tiny[0])
+    assert d.replay(sorted((tmp_path / "g" / "record").glob("*.mcap"))[0]) == 6
+
+
+def test_output_errors_are_contained(tmp_path, tiny):
+    st = station(tmp_path, tiny[0], record=False)
+    st.handle(info(tiny))
+    (tmp_path / "s2_o1").write_text("a file in the way")
+    for seq in range(4):
+        st.handle(view(tiny, seq, obj=1 + seq % 2))
+    bad = st.snapshot((2, 1))
+    good = st.snapshot((2, 2))
+    assert st.stats["output_errors"] == 1, "the failure is counted once, then the retry succeeds"
+    assert bad is not None and "_fallback" in bad["folder"] and Path(bad["folder"], "occupancy.npz").is_file()
+    assert good is not None and Path(good["folder"], "occupancy.npz").is_file()
+
+
+def test_sigterm_snapshots_every_object_even_with_an_output_error(tmp_path, tiny):
+    import signal
+    import subprocess
+    import sys
+
+    from ground.demo import _free_port
+
+    port = _free_port()
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "s2_o1").write_text("a file in the way")
+    proc = subprocess.Popen([sys.executable, "-m", "voxlink.cli", "ground", "--bind", f"tcp://127.0.0.1:{port}",
+                             "--socket", "pull", "--model", str(tiny[0]), "--out", str(tmp_path / "o"),
+                             "--backend", "torch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        push.send(info(tiny))
+        for seq in range(6):
+            push.send(view(tiny, seq, obj=1 + seq % 3))
+        deadline = time.time() + 60
+        while time.time() < deadline and not (tmp_path / "o" / "ground.json").exists():
+            time.sleep(0.2)
+        deadline = time.time() + 60
+        while time.time() < deadline and strict_json(tmp_path / "o" / "ground.json")["views_applied"] < 6:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        push.close(0)
+        ctx.term()
+    assert proc.returncode == 0, err[-3000:]
+    g = strict_json(tmp_path / "o" / "ground.json")
+    assert g["views_applied"] == 6 and g["output_errors"] >= 1
+    for name in ("s2_o1", "s2_o2", "s2_o3"):
+        latest = g["objects"][name]["latest"]
+        assert latest and Path(latest, "occupancy.npz").is_file(), name
+
+
+def test_multipart_and_oversized_messages_are_counted(tmp_path, tiny):
+    from ground.demo import _free_port
+    from voxlink.protocol import MAX_MESSAGE_BYTES
+
+    port = _free_port()
+    st = station(tmp_path, tiny[0], socket="pull", record=False)
+    st.cfg.bind = [f"tcp://127.0.0.1:{port}"]
+    t = threading.Thread(target=st.run, kwargs={"duration_s": 60}, daemon=True)
+    t.start()
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        push.send(info(tiny))
+        push.send_multipart([view(tiny, 0), view(tiny, 1)])
+        push.send(b"\xb5" * (MAX_MESSAGE_BYTES + 1))
+        push.send(view(tiny, 2))
+        deadline = time.time() + 20
+        while time.time() < deadline and st.stats["views"] < 1:
+            time.sleep(0.05)
+    finally:
+        st.stop.set()
+        t.join(timeout=20)
+        push.close(0)
+        ctx.term()
+    rej = st.all_rejected()
+    assert rej.get("multipart") == 1 and rej.get("too_large") == 1
+    assert st.stats["views"] == 1
