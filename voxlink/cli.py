@@ -265,6 +265,9 @@ def edge_cmd(
     socket: Optional[str] = typer.Option(None, "--socket", help="pub (default) or push."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames."),
     log_dir: Optional[str] = typer.Option(None, "--log-dir", help="Local code log folder."),
+    backchannel: Optional[list[str]] = typer.Option(None, "--backchannel", help="The ground's back-channel endpoint (its --backchannel), e.g. tcp://HOST:5556: gaps are asked back from the code log."),
+    curve_server_key: Optional[str] = typer.Option(None, "--curve-server-key", help="CURVE: the ground's public key (z85) or its .key file."),
+    curve_secret: Optional[str] = typer.Option(None, "--curve-secret", help="CURVE: this drone's .key_secret file (voxlink keys)."),
     config: Optional[Path] = typer.Option(None, "--config", help="edge.toml (command-line options win)."),
 ) -> None:
     """The drone daemon: capture, encode each frame to K bits, stream over ZeroMQ, log locally."""
@@ -275,7 +278,8 @@ def edge_cmd(
 
     over = dict(source=source, connect=connect or None, bind=bind or None, model=model, backend=backend, onnx=onnx,
                 engine=engine, object_id=object_id, stream_id=stream_id, fps=fps, socket=socket, max_frames=max_frames,
-                log_dir=log_dir)
+                log_dir=log_dir, backchannel=backchannel or None, curve_server_key=curve_server_key,
+                curve_secret_file=curve_secret)
     try:
         if config:
             cfg = EdgeConfig.from_toml(config, **over)
@@ -301,8 +305,13 @@ def ground_cmd(
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
     viewer: Optional[str] = typer.Option(None, "--viewer", help="Serve the browser viewer on [HOST:]PORT."),
     backend: str = typer.Option("auto", "--backend", help="Decoder backend: auto, torch or onnxruntime."),
+    backchannel: Optional[list[str]] = typer.Option(None, "--backchannel", help="Bind the gap-recovery ROUTER here, e.g. tcp://*:5556 (edges connect with --backchannel)."),
+    curve_secret: Optional[str] = typer.Option(None, "--curve-secret", help="CURVE: this ground's .key_secret file (voxlink keys); needs --curve-allow."),
+    curve_allow: Optional[str] = typer.Option(None, "--curve-allow", help="CURVE: folder of the drones' public .key files allowed to connect."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Keep the MCAP record in OUT/record and rebuild from it on start."),
+    replay: Optional[Path] = typer.Option(None, "--replay", help="Apply a recorded MCAP session into OUT and exit (no network)."),
 ) -> None:
-    """The ground station: codes in; occupancy grids, depth maps, point clouds and meshes out."""
+    """The ground station: codes in; occupancy grids, depth maps, point clouds and meshes out (OUT/ground.json: every count)."""
     from ground.station import GroundConfig, GroundStation
     from voxlink.weights import ModelFileError
 
@@ -310,9 +319,17 @@ def ground_cmd(
         bind = ["tcp://*:5555"]
     try:
         st = GroundStation(GroundConfig(bind=bind or [], connect=connect or [], model=model, out=str(out),
-                                        socket=socket, idle_timeout_s=idle_timeout, backend=backend))
+                                        socket=socket, idle_timeout_s=idle_timeout, backend=backend,
+                                        backchannel=backchannel or [], curve_secret_file=curve_secret,
+                                        curve_allow_dir=curve_allow, record=record and replay is None))
     except (ModelFileError, ValueError, RuntimeError) as e:
         _fail(str(e))
+    if replay is not None:
+        if not replay.is_file():
+            _fail(f"no recording {replay}")
+        n = st.replay(replay)
+        typer.echo(f"replayed {n} views of {len(st.sessions)} objects from {replay} into {out}")
+        raise typer.Exit(0)
     server = None
     if viewer:
         from ground.viewer import ViewerServer
@@ -323,10 +340,36 @@ def ground_cmd(
         except (ValueError, OSError) as e:
             _fail(f"cannot serve the viewer on {viewer!r}: {e}")
         typer.echo(f"viewer: http://{host or '127.0.0.1'}:{server.port}/")
-    code = st.run(duration_s=duration)
+    try:
+        code = st.run(duration_s=duration)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    except Exception as e:  # zmq.ZMQError: an endpoint that cannot be bound
+        _fail(f"{type(e).__name__}: {e}")
     if server:
         server.close()
     raise typer.Exit(code)
+
+
+@app.command("keys")
+def keys_cmd(
+    name: str = typer.Argument(..., help="Key pair name, e.g. ground or drone1."),
+    out: Path = typer.Option(Path("keys"), "--out", help="Folder for NAME.key (public) and NAME.key_secret."),
+) -> None:
+    """Make a CURVE key pair (zmq.auth certificates) for a ground or a drone."""
+    import zmq
+    import zmq.auth
+
+    if not zmq.has("curve"):
+        _fail("this libzmq has no CURVE support")
+    if (out / f"{name}.key").exists() or (out / f"{name}.key_secret").exists():
+        _fail(f"{out / name}.key already exists: choose another name or folder")
+    out.mkdir(parents=True, exist_ok=True)
+    pub, sec = zmq.auth.create_certificates(str(out), name)
+    Path(sec).chmod(0o600)
+    public_key, _ = zmq.auth.load_certificate(pub)
+    typer.echo(f"public  {pub}  (z85 {public_key.decode()})")
+    typer.echo(f"secret  {sec}  (keep it on this machine only)")
 
 
 
@@ -392,6 +435,27 @@ def bench_accuracy_cmd(
         _fail(str(e))
     typer.echo((out / "accuracy.md").read_text())
     typer.echo(f"wrote {out / 'accuracy.csv'}, {out / 'accuracy.png'}, {out / 'accuracy.md'}")
+
+
+@bench_app.command("ground")
+def bench_ground_cmd(
+    drones: int = typer.Option(10, "--drones", min=1, max=256, help="Simulated drones (streams), one object each."),
+    rate: float = typer.Option(2.0, "--rate", help="Views per second per drone."),
+    seconds: float = typer.Option(30.0, "--seconds", help="How long the drones send."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default implicit-k1024)."),
+    out: Path = typer.Option(Path("bench/ground"), "--out", help="The ground's output folder and bench.json."),
+    backend: str = typer.Option("torch", "--backend", help="The ground's decoder backend."),
+) -> None:
+    """Drive a real ground (a subprocess) over loopback: views/s, latency p50/p99, CPU, peak memory, every count."""
+    import json
+
+    from ground.bench import run_bench
+
+    rep = run_bench(drones=drones, rate=rate, seconds=seconds, model=model, out=out, backend=backend)
+    typer.echo(json.dumps({k: v for k, v in rep.items() if k not in ("ground", "rss_series")}, indent=1))
+    typer.echo(f"full report: {out / 'bench.json'}")
+    if rep["views_lost"]:
+        raise typer.Exit(1)
 
 
 @bench_app.command("speed")

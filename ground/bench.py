@@ -1,0 +1,193 @@
+"""``voxlink bench ground``: N simulated drones drive a real ground station (a subprocess) over loopback.
+
+Each drone has its own PUSH socket, stream id and object, sends a stream info every 2 s (and a last
+one with ``last_seq``) and ``rate`` views a second of random K-bit codes with poses, evenly spread.
+While it runs the ground's CPU time and memory are read from ``/proc``; at the end the ground gets
+SIGTERM and its ``ground.json`` gives every count. The report (``<out>/bench.json``): views sent and
+applied, views lost, applied views/s, capture-to-applied latency p50 / p99 (ms, the ground's), CPU
+(% of one core), peak and final resident memory (MiB) and RSS over time, the ground's exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from voxlink import camera
+from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
+
+
+def _proc_sample(pid: int) -> tuple[float, float, float]:
+    """``(CPU seconds user + system, RSS MiB, peak RSS MiB)`` of a process (Linux ``/proc``; zeros elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        status = Path(f"/proc/{pid}/status").read_text()
+        kb = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith(("VmRSS", "VmHWM"))}
+        return cpu, kb.get("VmRSS", 0) / 1024, kb.get("VmHWM", 0) / 1024
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0, 0.0
+
+
+def _read_status(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model: str | None = None,
+              out: str | Path = "bench/ground", backend: str = "torch", drain_timeout_s: float = 120.0) -> dict:
+    """Run the benchmark (see the module docstring) and write ``<out>/bench.json``.
+
+    Args:
+        drones: streams (1..256). rate: views per second per drone. seconds: sending time.
+        model: the ground's model. out: output folder (the ground's files in ``out/ground``).
+        backend: the ground's decoder backend. drain_timeout_s: how long to wait for the ground to
+            apply what was sent after the drones stop.
+
+    Returns:
+        the report dict.
+
+    Raises:
+        RuntimeError: the ground did not start.
+    """
+    import zmq
+
+    from ground.demo import _free_port
+    from voxlink.weights import load_model
+
+    out = Path(out)
+    gout = out / "ground"
+    if gout.exists():
+        import shutil
+
+        shutil.rmtree(gout)
+    out.mkdir(parents=True, exist_ok=True)
+    m, _, _ = load_model(model)
+    K_bits, fp = m.cfg.code_bits, m.fingerprint()
+    port = _free_port()
+    cmd = [sys.executable, "-m", "voxlink.cli", "ground", "--bind", f"tcp://127.0.0.1:{port}", "--socket", "pull",
+           "--out", str(gout), "--idle-timeout", "3600", "--backend", backend]
+    if model:
+        cmd += ["--model", str(model)]
+    errlog = (out / "ground.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=errlog, stderr=subprocess.STDOUT)
+    status_path = gout / "ground.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not status_path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the ground exited with {proc.returncode}; see {out / 'ground.log'}")
+        time.sleep(0.2)
+    if not status_path.exists():
+        proc.kill()
+        raise RuntimeError(f"the ground did not start in 120 s; see {out / 'ground.log'}")
+    ctx = zmq.Context()
+    socks = []
+    for _ in range(drones):
+        s = ctx.socket(zmq.PUSH)
+        s.setsockopt(zmq.SNDHWM, 100000)
+        s.setsockopt(zmq.LINGER, 5000)
+        s.connect(f"tcp://127.0.0.1:{port}")
+        socks.append(s)
+    rng = np.random.default_rng(0)
+    poses = camera.orbit_poses(64, rng)
+    K = camera.intrinsics(128)
+    epoch = time.time()
+    seqs = [0] * drones
+
+    def info(d, last=False):
+        return encode_info(StreamInfo(stream=d, seq=0, fingerprint=bytes.hex(fp), code_bits=K_bits, K=K, model=m.cfg.name,
+                                      frame=m.cfg.frame, epoch_unix=epoch, first_seq=0,
+                                      last_seq=seqs[d] - 1 if seqs[d] else None))
+
+    for d in range(drones):
+        socks[d].send(info(d))
+    time.sleep(0.5)
+    samples = []  # (t, cpu s, rss MiB)
+    cpu0 = _proc_sample(proc.pid)[0]
+    t0 = time.time()
+    period = 1.0 / rate
+    n_total = int(seconds * rate)
+    schedule = sorted((k * period + d * period / drones, d) for d in range(drones) for k in range(n_total))
+    next_info, next_sample = t0 + 2.0, t0
+    sent = 0
+    for t_rel, d in schedule:
+        while True:
+            now = time.time()
+            if now >= next_sample:
+                cpu, rss, _ = _proc_sample(proc.pid)
+                samples.append((now - t0, cpu - cpu0, rss))
+                next_sample = now + 1.0
+            if now >= next_info:
+                for dd in range(drones):
+                    socks[dd].send(info(dd))
+                next_info = now + 2.0
+            wait = t0 + t_rel - now
+            if wait <= 0:
+                break
+            time.sleep(min(wait, 0.05))
+        code = np.where(rng.random(K_bits) > 0.5, 1.0, -1.0)
+        from voxlink.models.binarizer import pack_bits
+
+        msg = CodeMessage(stream=d, object_id=d, seq=seqs[d], t_ms=int((time.time() - epoch) * 1000),
+                          fingerprint=fingerprint32(fp), n_bits=K_bits, payload=pack_bits(code),
+                          pose=poses[seqs[d] % len(poses)])
+        socks[d].send(encode_code(msg))
+        seqs[d] += 1
+        sent += 1
+    t_sent = time.time()
+    for d in range(drones):
+        socks[d].send(info(d, last=True))
+    # wait until the ground has applied everything (or the drain timeout)
+    applied, t_applied = 0, t_sent
+    deadline = time.time() + drain_timeout_s
+    while time.time() < deadline:
+        st = _read_status(status_path)
+        if st.get("views_applied", 0) != applied:
+            applied, t_applied = st.get("views_applied", 0), time.time()
+        if applied >= sent:
+            break
+        now = time.time()
+        if now >= next_sample:
+            cpu, rss, _ = _proc_sample(proc.pid)
+            samples.append((now - t0, cpu - cpu0, rss))
+            next_sample = now + 1.0
+        time.sleep(0.2)
+    cpu, rss, peak = _proc_sample(proc.pid)
+    wall = max(time.time() - t0, 1e-6)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = -9
+    errlog.close()
+    for s in socks:
+        s.close(0)
+    ctx.term()
+    final = _read_status(status_path)
+    applied = final.get("views_applied", applied)
+    rss_series = [r for _, _, r in samples]
+    half = len(rss_series) // 2
+    report = {
+        "drones": drones, "rate_per_drone": rate, "seconds": seconds, "views_sent": sent, "views_applied": applied,
+        "views_lost": sent - applied, "applied_views_per_s": applied / max(t_applied - t0, 1e-6),
+        "offered_views_per_s": drones * rate, "latency_ms": final.get("latency_ms"),
+        "cpu_percent_of_one_core": 100.0 * (cpu - cpu0) / wall, "rss_mib_final": rss, "rss_mib_peak": peak,
+        "rss_mib_first_half_max": max(rss_series[:half]) if half else None,
+        "rss_mib_second_half_max": max(rss_series[half:]) if half else None,
+        "ground_exit_code": code, "duplicates": final.get("duplicates"), "missing_views": final.get("missing_views"),
+        "rejected": final.get("rejected"), "output_errors": final.get("output_errors"),
+        "queue_at_end": final.get("queue"), "rss_series": [[round(t, 1), round(r, 1)] for t, _, r in samples],
+        "ground": final,
+    }
+    (out / "bench.json").write_text(json.dumps(report, indent=1, allow_nan=False, default=str))
+    return report

@@ -1,0 +1,148 @@
+"""The ground over real sockets: CURVE both ways (a sender without the right keys gets nothing
+applied) and gap recovery over the back channel from the edge's code log."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from edge.daemon import CodeLog, EdgeConfig, EdgeDaemon, make_socket
+from ground.demo import _free_port
+from voxlink import camera
+from voxlink.models import ImplicitModel, get_config
+from voxlink.models.binarizer import pack_bits
+from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
+from voxlink.weights import save_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    m = ImplicitModel(get_config("tiny")).eval()
+    return save_model(m, tmp_path_factory.mktemp("m") / "tiny.safetensors"), m
+
+
+def _view(m, seq, stream=2):
+    rng = np.random.default_rng(seq)
+    return encode_code(CodeMessage(stream=stream, object_id=1, seq=seq, t_ms=seq * 100,
+                                   fingerprint=fingerprint32(m.fingerprint()), n_bits=64,
+                                   payload=pack_bits(np.where(rng.random(64) > 0.5, 1.0, -1.0)),
+                                   pose=camera.orbit_poses(1, rng)[0]))
+
+
+def _info(m, stream=2, **kw):
+    return encode_info(StreamInfo(stream=stream, seq=0, fingerprint=bytes.hex(m.fingerprint()), code_bits=64,
+                                  K=camera.intrinsics(), model="tiny", epoch_unix=time.time(), **kw))
+
+
+def _start(tmp_path, path, **kw):
+    from ground.station import GroundConfig, GroundStation
+
+    port = _free_port()
+    st = GroundStation(GroundConfig(bind=[f"tcp://127.0.0.1:{port}"], model=str(path), out=str(tmp_path / "out"),
+                                    socket="pull", record=False, **kw))
+    t = threading.Thread(target=st.run, kwargs={"duration_s": 120}, daemon=True)
+    t.start()
+    return st, t, port
+
+
+def _wait(cond, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not cond():
+        time.sleep(0.05)
+    return cond()
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
+def test_curve_both_ways_and_a_sender_without_keys_gets_nothing_applied(tmp_path, tiny):
+    import zmq.auth
+
+    path, m = tiny
+    keys, allow = tmp_path / "keys", tmp_path / "allow"
+    keys.mkdir()
+    allow.mkdir()
+    g_pub, g_sec = zmq.auth.create_certificates(str(keys), "ground")
+    d_pub, d_sec = zmq.auth.create_certificates(str(keys), "drone")
+    _, x_sec = zmq.auth.create_certificates(str(keys), "stranger")  # a key pair the ground does not allow
+    shutil.copy(d_pub, allow)
+    st, t, port = _start(tmp_path, path, curve_secret_file=str(g_sec), curve_allow_dir=str(allow))
+    ctx = zmq.Context()
+    ep = f"tcp://127.0.0.1:{port}"
+    try:
+        # the edge's own socket code, with the ground's public key file and the drone's certificate
+        drone = make_socket(ctx, EdgeConfig(connect=[ep], socket="push", curve_server_key=str(g_pub),
+                                            curve_secret_file=str(d_sec)))
+        plain = ctx.socket(zmq.PUSH)
+        plain.setsockopt(zmq.LINGER, 0)
+        plain.connect(ep)
+        stranger = make_socket(ctx, EdgeConfig(connect=[ep], socket="push", curve_server_key=str(g_pub),
+                                               curve_secret_file=str(x_sec)))
+        stranger.setsockopt(zmq.LINGER, 0)
+        for s, stream in ((plain, 7), (stranger, 8)):
+            for buf in [_info(m, stream)] + [_view(m, i, stream) for i in range(3)]:
+                s.send(buf, zmq.NOBLOCK)
+        drone.send(_info(m))
+        for i in range(3):
+            drone.send(_view(m, i))
+        assert _wait(lambda: st.stats["views"] >= 3), "the drone with allowed keys was not heard"
+        time.sleep(1.0)  # time for the others to have been applied, if they could be
+        assert st.stats["views"] == 3 and set(st.streams) == {2}, "a sender without allowed keys got views applied"
+    finally:
+        st.stop.set()
+        t.join(timeout=20)
+        for s in (drone, plain, stranger):
+            s.close(0)
+        ctx.term()
+
+
+def test_curve_configuration_errors_are_clear(tmp_path):
+    from edge.daemon import curve_keys
+
+    with pytest.raises(ValueError, match="both"):
+        curve_keys(EdgeConfig(curve_server_key="x" * 40))
+    with pytest.raises(ValueError, match="certificate|secret"):
+        curve_keys(EdgeConfig(curve_server_key="x" * 40, curve_secret_file=str(tmp_path / "none.key_secret")))
+
+
+def test_gaps_are_recovered_from_the_edge_code_log(tmp_path, tiny):
+    path, m = tiny
+    bport = _free_port()
+    st, t, port = _start(tmp_path, path, backchannel=[f"tcp://127.0.0.1:{bport}"], request_interval_s=0.5)
+    ctx = zmq.Context()
+    log = CodeLog(tmp_path / "log")
+    views = [_view(m, i) for i in range(10)]
+    for v in views:
+        log.append(v)
+    # the edge's back-channel answerer, exactly as the daemon runs it
+    edge = SimpleNamespace(cfg=EdgeConfig(backchannel=[f"tcp://127.0.0.1:{bport}"], stream_id=2, info_interval_s=0.2),
+                           stop=threading.Event(), stats=Counter())
+    bc = threading.Thread(target=EdgeDaemon._backchannel, args=(edge, ctx, log), daemon=True)
+    bc.start()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        push.send(_info(m, first_seq=0, backchannel=True))
+        for i in (0, 1, 2, 6, 7):  # 3, 4, 5 lost in a link cut; 8 and 9 after it
+            push.send(views[i])
+        push.send(_info(m, first_seq=0, last_seq=9, backchannel=True))
+        assert _wait(lambda: st.stats["views"] >= 10, 30), f"only {st.stats['views']} of 10 views; {dict(edge.stats)}"
+        summary = st.snapshot((2, 1))
+    finally:
+        st.stop.set()
+        edge.stop.set()
+        t.join(timeout=20)
+        bc.join(timeout=5)
+        push.close(0)
+        log.close()
+        ctx.term()
+    assert st.delivery[2].missing_count() == 0 and st.stats["recovered"] == 5 and edge.stats["backchannel_resent"] >= 5
+    assert summary["views"] == 10 and summary["missing_views"] == 0
+    assert sorted(seq for seq, how in summary["late_views"] if how == "backchannel") == [3, 4, 5, 8, 9]
