@@ -131,7 +131,8 @@ def test_loopback_edge_to_ground_to_files(tmp_path, real_mesh_files):
     assert iou > 0.4, f"IoU {iou:.3f}"
     d = tmp_path / "g" / f"s{s.stream}_o{s.object_id}" / "snap-000"
     js = json.loads((d / "session.json").read_text())
-    assert js["views"] == n and js["point_source"] == "depth" and js["bytes"] == n * (24 + 128)
+    # wire bytes: 24-byte header, 28-byte pose, 128-byte code
+    assert js["views"] == n and js["point_source"] == "depth" and js["bytes"] == n * (24 + 28 + 128)
     pts = trimesh.load(d / "points.ply").vertices
     assert len(pts) > 100 and np.abs(pts).max() < 1.0, "points back-projected with K and the poses stay near the object"
 
