@@ -8,10 +8,11 @@ Channels:
   This is what a restarted ground rebuilds from and what ``voxlink ground --replay`` plays.
 - ``/voxlink/views`` (JSON, JSON schema ``voxlink.View``): per accepted code its header fields and
   pose, readable in Foxglove's raw message panel.
-- ``/voxlink/points``, ``/voxlink/depth``, ``/voxlink/camera_pose``, ``/voxlink/calibration`` (JSON,
-  Foxglove's ``foxglove.PointCloud``, ``foxglove.RawImage``, ``foxglove.PoseInFrame`` and
-  ``foxglove.CameraCalibration`` schemas as JSON schema): the ground's outputs at every snapshot
-  (fused cloud) and per view (depth image, camera pose with its calibration).
+- ``/voxlink/points``, ``/voxlink/voxels``, ``/voxlink/depth``, ``/voxlink/camera_pose``,
+  ``/voxlink/calibration`` (JSON, Foxglove's ``foxglove.PointCloud``, ``foxglove.RawImage``,
+  ``foxglove.PoseInFrame`` and ``foxglove.CameraCalibration`` schemas as JSON schema): the ground's
+  outputs, at every snapshot the fused cloud, the occupied voxel centres and the latest depth image
+  (``32FC1``, metres), and per view its camera pose with the calibration.
 
 The file is written without chunks and flushed after every batch of records, so a ground that is
 killed keeps every record up to its last flush; :func:`read_wire` reads such an unfinished file (no
@@ -111,7 +112,8 @@ class Recorder:
         self.ch["wire"] = self.w.register_channel(WIRE_TOPIC, WIRE_ENCODING, 0)
         sid = self.w.register_schema("voxlink.View", "jsonschema", json.dumps(_VIEW_SCHEMA).encode())
         self.ch["views"] = self.w.register_channel("/voxlink/views", "json", sid)
-        for topic, name in (("points", "foxglove.PointCloud"), ("depth", "foxglove.RawImage"),
+        for topic, name in (("points", "foxglove.PointCloud"), ("voxels", "foxglove.PointCloud"),
+                            ("depth", "foxglove.RawImage"),
                             ("camera_pose", "foxglove.PoseInFrame"), ("calibration", "foxglove.CameraCalibration")):
             sid = self.w.register_schema(name, "jsonschema", json.dumps(FOXGLOVE_SCHEMAS[name]).encode())
             self.ch[topic] = self.w.register_channel(f"/voxlink/{topic}", "json", sid)
@@ -152,14 +154,17 @@ class Recorder:
                "encoding": "32FC1", "step": int(d.shape[1] * 4), "data": base64.b64encode(d.tobytes()).decode()}
         self._add("depth", t, json.dumps(img).encode())
 
-    def points(self, frame_id: str, pts: np.ndarray, t: float) -> None:
-        """Record a point cloud (float32 [N, 3] metres) as ``foxglove.PointCloud`` (x, y, z float32)."""
+    def points(self, frame_id: str, pts: np.ndarray, t: float, topic: str = "points") -> None:
+        """Record a point cloud (float32 [N, 3] metres) as ``foxglove.PointCloud`` (x, y, z float32).
+
+        ``topic``: ``points`` (the fused cloud) or ``voxels`` (centres of the occupied voxels, p > 0.4).
+        """
         p = np.ascontiguousarray(pts, np.float32)
         pc = {"timestamp": _stamp(t), "frame_id": frame_id,
               "pose": {"position": {"x": 0.0, "y": 0.0, "z": 0.0}, "orientation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}},
               "point_stride": 12, "fields": [{"name": n, "offset": 4 * i, "type": 7} for i, n in enumerate("xyz")],
               "data": base64.b64encode(p.tobytes()).decode()}
-        self._add("points", t, json.dumps(pc).encode())
+        self._add(topic, t, json.dumps(pc).encode())
 
     def flush(self, sync: bool = False) -> None:
         """Hand buffered records to the OS; ``os.fsync`` when ``sync`` or every ``fsync_interval_s``."""

@@ -738,7 +738,11 @@ class GroundStation:
                     n += 1  # another snapshot holds that name: take the next, never overwrite
             self._snap_index[str(parent)] = n + 1
             if self.recorder is not None:
-                self._record(lambda r: r.points(f"{s.name}", pts, time.time()))
+                t_now = time.time()
+                vox = np.argwhere(occ > TAU).astype(np.float64) @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]
+                self._record(lambda r: (r.points(s.name, pts, t_now),
+                                        r.points(s.name, vox.astype(np.float32), t_now, topic="voxels"),
+                                        s.last_depth is not None and r.depth(f"{s.name}/camera", s.last_depth, t_now)))
             return final, summary
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1031,8 +1035,12 @@ class GroundStation:
                     views_window += sum(r is not None for r in self.handle_many(batch))
             now = time.monotonic()
             with self.lock:
+                # an object is idle when its last view is old AND no views wait in the queue (a decode
+                # backlog is not a quiet link); a snapshot never ends the object either way
+                backlog = self.q.qsize() >= self.cfg.batch
                 for key, s in list(self.sessions.items()):
-                    if s.views > s.snap_views and now - s.last_t > self.cfg.idle_timeout_s and now >= s.retry_after:
+                    if not backlog and s.views > s.snap_views and now - s.last_t > self.cfg.idle_timeout_s \
+                            and now >= s.retry_after:
                         self.snapshot(key, "idle")
                 if self.cfg.backchannel and now - last_request >= min(self.cfg.request_interval_s, 1.0):
                     self.request_missing(now)

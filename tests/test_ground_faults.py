@@ -332,3 +332,31 @@ def test_multipart_and_oversized_messages_are_counted(tmp_path, tiny):
     rej = st.all_rejected()
     assert rej.get("multipart") == 1 and rej.get("too_large") == 1
     assert st.stats["views"] == 1
+
+
+def test_record_is_a_standard_mcap_with_foxglove_outputs(tmp_path, tiny):
+    from mcap.reader import make_reader
+
+    st = station(tmp_path, tiny[0])
+    st.open_record()
+    st.handle(info(tiny))
+    for seq in range(3):
+        st.handle(view(tiny, seq))
+    st.snapshot((2, 1))
+    st.close_record()
+    with open(st.recorder.path, "rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        schemas = {s.name for s in summary.schemas.values()}
+        assert {"foxglove.PointCloud", "foxglove.RawImage", "foxglove.PoseInFrame",
+                "foxglove.CameraCalibration"} <= schemas
+        by_topic: dict[str, list] = {}
+        for _, channel, message in reader.iter_messages():
+            by_topic.setdefault(channel.topic, []).append(message.data)
+    assert len(by_topic["/voxlink/wire"]) == 4, "the stream info and the three views, as received"
+    assert by_topic["/voxlink/wire"][1] == view(tiny, 0)
+    assert [json.loads(d)["seq"] for d in by_topic["/voxlink/views"]] == [0, 1, 2]
+    cloud = json.loads(by_topic["/voxlink/points"][0])
+    assert cloud["point_stride"] == 12 and [f["name"] for f in cloud["fields"]] == ["x", "y", "z"]
+    assert len(by_topic["/voxlink/camera_pose"]) == 3 and len(by_topic["/voxlink/calibration"]) == 3
+    assert json.loads(by_topic["/voxlink/depth"][0])["encoding"] == "32FC1"
