@@ -81,13 +81,13 @@ def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out:
     keep: dict = {}
     per_view: dict = {}  # key -> (raw depth maps, poses): the station keeps no per-view arrays in memory
 
-    def listen(s):
+    def listen(s, seq, raw_depth, pose):
         keep[(s.stream, s.object_id)] = s
         depths, poses = per_view.setdefault((s.stream, s.object_id), ([], []))
-        depths.append(s.last_raw_depth)
-        poses.append(s.last_pose)
+        depths.append(raw_depth)
+        poses.append(pose)
 
-    ground.listeners.append(listen)
+    ground.depth_listeners.append(listen)
     gt = threading.Thread(target=ground.run, daemon=True, name="ground")
     gt.start()
     time.sleep(0.3)
@@ -107,7 +107,7 @@ def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out:
         deadline = time.time() + 60
         while time.time() < deadline:
             s = keep.get((1, oid))
-            if s is not None and s.views >= views:
+            if s is not None and len(per_view[(1, oid)][0]) >= views:  # every view fused and its depth decoded
                 break
             time.sleep(0.05)
         s = keep.get((1, oid))

@@ -25,8 +25,11 @@ reconstruction. Each snapshot is written into a temporary folder and renamed int
 
 ``NNN`` counts up and never reuses a folder; ``<out>/ground.json`` (rewritten atomically every
 ``status_interval_s`` and at exit) names each object's latest snapshot and holds every count.
-Depth maps are written to ``<out>/.work/`` as views arrive (nothing per view is kept in memory);
-the occupancy grid is decoded only when someone needs it (snapshot, viewer).
+Work is split by urgency: a view's code is fused into its object's recurrent state at once (batched
+across objects: that is the latency ``ground.json`` reports); its depth map (and the points
+back-projected from it) is decoded when the station has time, in batches, and at the latest before a
+snapshot or when the viewer asks, then written to ``<out>/.work/`` (no per-view arrays are kept in
+memory); the occupancy grid is decoded only when someone needs it (snapshot, viewer).
 
 Durable record: every accepted message is appended as received to ``<out>/record/*.mcap``
 (:mod:`ground.record`); a ground started again on the same ``out`` replays it first, so a restart
@@ -151,8 +154,10 @@ class ObjectSession:
         views, bytes: applied views and their wire bytes. first_seq, last_seq: lowest and highest
         unwrapped sequence numbers applied. late: sequence numbers (wire) that came late, with how
         (``link``: after a higher one; ``backchannel``: asked back), at most 10,000. points:
-        downsampled fused cloud float32 [N, 3]. last_depth, last_raw_depth: the latest view's depth
-        map (masked / raw, metres). last_pose: its pose. latency_ms: recent capture-to-applied
+        fused cloud, chunks of float32 [n, 3] (see :meth:`GroundStation.fused_points`). pending: views
+        fused whose depth map is not decoded yet: ``(seq, unwrapped seq, payload, pose, K)``.
+        last_depth, last_raw_depth: the latest decoded view's depth map (masked / raw, metres).
+        last_pose: its pose. latency_ms: recent capture-to-applied
         latencies. snap_views: views at the last snapshot. snapshots: folders written. last_t:
         monotonic time of the last view.
     """
@@ -168,7 +173,10 @@ class ObjectSession:
     first_seq: int | None = None
     last_seq: int | None = None
     late: list = field(default_factory=list)
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
+    points: list = field(default_factory=list)
+    n_points: int = 0
+    pending: list = field(default_factory=list)
+    depth_u: int | None = None
     last_depth: np.ndarray | None = None
     last_raw_depth: np.ndarray | None = None
     last_pose: np.ndarray | None = None
@@ -215,7 +223,9 @@ class GroundStation:
         self.stop = threading.Event()
         self.lock = threading.RLock()
         self._rx_lock = threading.Lock()
-        self.listeners: list = []  # callables(session) after every applied view (the viewer, the demo)
+        self.listeners: list = []  # callables(session) after every applied view (the viewer)
+        # callables(session, seq, raw depth float32 [H, W] metres, pose [4, 4] or None) per decoded depth map
+        self.depth_listeners: list = []
         self._log_at: dict[str, tuple[float, int]] = {}
         self.latency_all: deque = deque(maxlen=100000)
         self.recorder = None
@@ -243,17 +253,15 @@ class GroundStation:
         log.info("decoder backend: %s", dec.name)
         return dec
 
-    # -- the model: every call into it is in these two methods -------------------------------------
+    # -- the model: every call into it is in these three methods -----------------------------------
     @torch.no_grad()
-    def _fuse_views(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo]]) -> tuple[np.ndarray, np.ndarray]:
+    def _fuse_views(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo]]) -> None:
         """Fuse one view into each of several *distinct* objects in one batched model call.
 
         Args:
-            items: ``(session, message, stream info)``; each session at most once.
-
-        Returns:
-            depth float32 [B, H, W] metres and mask bool [B, H, W], one per item (the decoded depth map
-            and where the decoded mask is above 0.5).
+            items: ``(session, message, stream info)``; each session at most once. The message
+                carries the view's pose (camera-to-object [4, 4] or None) and the info its intrinsics
+                ``K`` [3, 3], for a model that uses them.
         """
         codes = torch.stack([unpack_bits(m.payload, self.K_bits) for _, m, _ in items])
         states = [s.state if s.state is not None else self.net.init_state(1) for s, _, _ in items]
@@ -262,6 +270,15 @@ class GroundStation:
         for i, (s, _, _) in enumerate(items):
             s.state = tuple(t[i:i + 1].clone() for t in new)
             s.dirty = True
+
+    @torch.no_grad()
+    def _depths(self, payloads: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Decode views' depth maps in one batched call.
+
+        Returns:
+            depth float32 [B, H, W] metres and mask bool [B, H, W] (decoded mask above 0.5), one per payload.
+        """
+        codes = torch.stack([unpack_bits(p, self.K_bits) for p in payloads])
         depth, mask = self.net.decode_depth(codes)
         return depth.numpy().astype(np.float32), mask.numpy() > 0.5
 
@@ -540,14 +557,10 @@ class GroundStation:
 
     def _apply(self, views: list[tuple]) -> list[ObjectSession]:
         sessions = [self._session(v[0]) for v in views]
-        depth, mask = self._fuse_views([(s, v[0], v[1]) for s, v in zip(sessions, views)])
+        self._fuse_views([(s, v[0], v[1]) for s, v in zip(sessions, views)])
         now = time.time()
         for k, (s, (msg, info, u, late, t_recv, source)) in enumerate(zip(sessions, views)):
-            d = np.where(mask[k], depth[k], 0.0).astype(np.float32)
-            s.last_depth, s.last_raw_depth, s.last_pose = d, depth[k], msg.pose
-            self._write_depth(s, msg.seq, d)
-            if msg.pose is not None:
-                self._add_points(s, camera.backproject(d, info.K, msg.pose).astype(np.float32))
+            s.pending.append((msg.seq, u, msg.payload, msg.pose, info.K))
             s.views += 1
             s.bytes += len(msg.payload) + 24 + (28 if msg.pose is not None else 0)
             s.first_seq = u if s.first_seq is None else min(s.first_seq, u)
@@ -570,17 +583,60 @@ class GroundStation:
                     f(s)
                 except Exception:  # noqa: BLE001 - a listener's bug is not the station's
                     log.exception("listener failed")
+            if len(s.pending) >= 4 * self.cfg.batch:  # bounded memory: never let one object's backlog grow
+                self.process_depths(only=s)
         return sessions
+
+    def process_depths(self, budget: int | None = None, only: ObjectSession | None = None) -> int:
+        """Decode pending depth maps (batched across objects): write their PNGs, add their points.
+
+        Args:
+            budget: at most this many views (None: all). only: just this object's.
+
+        Returns:
+            how many views' depth maps were decoded.
+        """
+        todo = []
+        for s in ([only] if only is not None else list(self.sessions.values())):
+            take = s.pending if budget is None else s.pending[:max(budget - len(todo), 0)]
+            todo += [(s, p) for p in take]
+            del s.pending[:len(take)]
+            if budget is not None and len(todo) >= budget:
+                break
+        for j in range(0, len(todo), max(1, self.cfg.batch)):
+            chunk = todo[j:j + self.cfg.batch]
+            try:
+                depth, mask = self._depths([p[2] for _, p in chunk])
+            except Exception as e:  # noqa: BLE001 - counted, the views stay applied
+                log.exception("internal error decoding depth maps")
+                self._reject("internal_error", repr(e))
+                continue
+            for k, (s, (seq, u, _, pose, K)) in enumerate(chunk):
+                d = np.where(mask[k], depth[k], 0.0).astype(np.float32)
+                if s.depth_u is None or u >= s.depth_u:
+                    s.depth_u, s.last_depth, s.last_raw_depth, s.last_pose = u, d, depth[k], pose
+                self._write_depth(s, seq, d)
+                if pose is not None:
+                    self._add_points(s, camera.backproject(d, K, pose).astype(np.float32))
+                self.stats["depth_maps"] += 1
+                for f in self.depth_listeners:
+                    try:
+                        f(s, seq, depth[k], pose)
+                    except Exception:  # noqa: BLE001
+                        log.exception("depth listener failed")
+        return len(todo)
 
     def _add_points(self, s: ObjectSession, pts: np.ndarray) -> None:
         """Append points and keep the cloud voxel-downsampled within ``max_points`` (bounded memory)."""
-        s.points = np.concatenate([s.points, pts]) if len(s.points) else pts
-        if len(s.points) > self.cfg.max_points:
-            s.points = self._downsample(s.points)
-            if len(s.points) > self.cfg.max_points * 3 // 4:
-                keep = np.random.default_rng(len(s.points)).choice(len(s.points), self.cfg.max_points // 2, replace=False)
-                s.points = s.points[np.sort(keep)]
+        s.points.append(pts)
+        s.n_points += len(pts)
+        if s.n_points > self.cfg.max_points:
+            merged = self._downsample(np.concatenate(s.points))
+            if len(merged) > self.cfg.max_points * 3 // 4:
+                keep = np.random.default_rng(len(merged)).choice(len(merged), self.cfg.max_points // 2, replace=False)
+                merged = merged[np.sort(keep)]
                 self.stats["points_thinned"] += 1
+            s.points, s.n_points = [merged], len(merged)
 
     def _downsample(self, pts: np.ndarray) -> np.ndarray:
         if len(pts) == 0:
@@ -632,10 +688,12 @@ class GroundStation:
         From back-projected depth maps where views carry poses; otherwise from the occupancy grid's
         surface voxels (``session.json`` says which).
         """
-        pts = s.points
-        if len(pts):
+        self.process_depths(only=s)
+        if s.n_points:
+            s.points = [self._downsample(np.concatenate(s.points))]
+            s.n_points = len(s.points[0])
             s.point_source = "depth"
-            return self._downsample(pts)
+            return s.points[0]
         occ = self._occupancy(s) > TAU
         from scipy import ndimage
 
@@ -693,6 +751,7 @@ class GroundStation:
         tmp = parent / f".tmp-snap-{n:03d}-{os.getpid()}-{time.monotonic_ns()}"
         tmp.mkdir()
         try:
+            self.process_depths(only=s)
             occ = self._occupancy(s)
             vs = voxel_size(occ.shape[0])
             np.savez_compressed(tmp / "occupancy.npz", occupancy=occ.astype(np.float32), voxel_min=np.float32(-0.5),
@@ -821,7 +880,8 @@ class GroundStation:
             "rejected": rejected, "rejected_total": sum(rejected.values()),
             "output_errors": stats.get("output_errors", 0), "snapshots": stats.get("snapshots", 0),
             "snapshots_failed": stats.get("snapshots_failed", 0), "record_errors": stats.get("record_errors", 0),
-            "queue": self.q.qsize(), "latency_ms": {"p50": float(np.percentile(lat, 50)),
+            "queue": self.q.qsize(), "depth_backlog": sum(len(s.pending) for s in self.sessions.values()),
+            "latency_ms": {"p50": float(np.percentile(lat, 50)),
                                                     "p99": float(np.percentile(lat, 99))},
             "record": None if self.recorder is None else str(self.recorder.path),
             "stats": stats, "streams": streams, "objects": objects})
@@ -1033,6 +1093,9 @@ class GroundStation:
             if batch:
                 with self.lock:
                     views_window += sum(r is not None for r in self.handle_many(batch))
+            if self.q.qsize() == 0:  # spare time: decode depth maps of applied views
+                with self.lock:
+                    self.process_depths(budget=self.cfg.batch)
             now = time.monotonic()
             with self.lock:
                 # an object is idle when its last view is old AND no views wait in the queue (a decode

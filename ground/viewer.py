@@ -106,6 +106,7 @@ class ViewerServer:
                 if s.views == 0:
                     continue
                 occ = st.occupancy(s)  # decoded here, only when the page asks
+                st.process_depths(only=s)
                 idx = np.argwhere(occ > 0.4).astype(np.float64)
                 vox = idx @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]
                 pts = st.fused_points(s)

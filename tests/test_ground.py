@@ -77,7 +77,7 @@ def test_files_are_consistent(tmp_path, tiny_model_file):
     st = _station(tmp_path, path)
     st.handle(_info(m))
     depths = []
-    st.listeners.append(lambda s: depths.append(s.last_depth))
+    st.depth_listeners.append(lambda s, seq, raw, pose: depths.append(s.last_depth))
     for i in range(3):
         st.handle(_code(m, i))
     summary = st.finalise((2, 1))
