@@ -360,3 +360,15 @@ def test_record_is_a_standard_mcap_with_foxglove_outputs(tmp_path, tiny):
     assert cloud["point_stride"] == 12 and [f["name"] for f in cloud["fields"]] == ["x", "y", "z"]
     assert len(by_topic["/voxlink/camera_pose"]) == 3 and len(by_topic["/voxlink/calibration"]) == 3
     assert json.loads(by_topic["/voxlink/depth"][0])["encoding"] == "32FC1"
+
+
+def test_rejections_are_all_counted_but_logged_at_a_limited_rate(tmp_path, tiny, caplog):
+    import logging
+
+    st = station(tmp_path, tiny[0], record=False)
+    with caplog.at_level(logging.WARNING, logger="voxlink.ground"):
+        for i in range(500):
+            st.handle(b"\x00" * (30 + i % 7))
+    assert st.rejected["bad_magic"] == 500
+    lines = [r for r in caplog.records if "bad_magic" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, f"{len(lines)} log lines for 500 rejections in a burst"
