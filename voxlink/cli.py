@@ -46,13 +46,13 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 def data_make(
     out: str = typer.Option(..., "--out", help="Output dataset folder."),
     procedural: int = typer.Option(0, "--procedural", help="Number of procedural objects."),
-    meshes: Optional[list[Path]] = typer.Option(None, "--meshes", help="Mesh files or folders (OBJ/PLY/OFF/GLB); repeatable."),
+    meshes: Optional[list[Path]] = typer.Option(None, "--meshes", help="Mesh files or folders (OBJ/PLY/OFF/GLB): several after one flag, or the flag repeated."),
     views: int = typer.Option(24, "--views", help="Views per object."),
     size: int = typer.Option(128, "--size", help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Master seed (everything is deterministic from it)."),
     workers: int = typer.Option(1, "--workers", help="Parallel worker processes."),
     up: str = typer.Option("y", "--up", help="Up axis of the mesh files: y or z."),
-    mesh_split: str = typer.Option("test", "--mesh-split", help="Split of real meshes: test, train, val or auto."),
+    mesh_split: str = typer.Option("test", "--mesh-split", help="Split of real meshes: test, train, val, auto (as procedural objects) or trainval (90 % train, 10 % val)."),
 ) -> None:
     """Generate a dataset: renders (RGB, depth, mask, K, pose) and 32^3 occupancy per object."""
     from voxlink.data.make import MakeConfig, make_dataset, plan_jobs
@@ -116,6 +116,7 @@ def train_cmd(
     import dataclasses
 
     from voxlink.models.config import CONFIGS
+    from voxlink.models.fusion import FUSION_CONFIGS, FusionConfig
     from voxlink.train import TrainConfig, load_train_config, train
 
     try:
@@ -123,6 +124,8 @@ def train_cmd(
             from voxlink.models.config import get_config
 
             mcfg, tcfg = get_config(config), TrainConfig()
+        elif config in FUSION_CONFIGS:
+            mcfg, tcfg = dataclasses.replace(FUSION_CONFIGS[config]), TrainConfig()
         else:
             mcfg, tcfg = load_train_config(config)
     except (OSError, ValueError) as e:
@@ -140,7 +143,13 @@ def train_cmd(
     from voxlink.data.store import DatasetError
 
     try:
-        path = train(mcfg, tcfg, out, resume=resume, device=device, command=" ".join(["voxlink"] + sys.argv[1:]))
+        if isinstance(mcfg, FusionConfig):
+            from voxlink.train_fusion import train_fusion
+
+            path = train_fusion(mcfg, tcfg, out, resume=resume, device=device,
+                                command=" ".join(["voxlink"] + sys.argv[1:]))
+        else:
+            path = train(mcfg, tcfg, out, resume=resume, device=device, command=" ".join(["voxlink"] + sys.argv[1:]))
     except (DatasetError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"wrote {path}")
@@ -148,14 +157,17 @@ def train_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Argument("implicit-k1024", help="Model file or shipped name."),
+    model: Optional[str] = typer.Argument(None, help="Model file or shipped name (default: the shipped default)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder (any voxlink dataset, e.g. from --meshes)."),
     views: int = typer.Option(5, "--views", min=1, max=24, help="Views fused per object (scores 1..V)."),
     split: str = typer.Option("test", "--split", help="train, val, test or all."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write report.json here."),
     max_objects: Optional[int] = typer.Option(None, "--max-objects", help="Cap the number of objects."),
-    heading: str = typer.Option("canonical", "--heading",
-                                help="canonical (as authored) or random (a seeded yaw per object, as in the field)."),
+    heading: Optional[str] = typer.Option(None, "--heading",
+                                          help="canonical (as authored) or random (a seeded yaw per object, as in "
+                                               "the field); default: random for pose-aware models, else canonical."),
+    pose_noise_deg: float = typer.Option(0.0, "--pose-noise-deg", help="Rotation error of every view's pose, degrees."),
+    pose_noise_m: float = typer.Option(0.0, "--pose-noise-m", help="Position error of every view's pose, metres."),
 ) -> None:
     """mIoU per number of views and per category, depth metrics, compression; beside the trivial baseline."""
     import json
@@ -173,7 +185,7 @@ def eval_cmd(
         baseline = (extra["mean_grid"], float(extra["baseline_threshold"][0]))
     try:
         report = evaluate(m, data, split=split, views=views, baseline=baseline, max_objects=max_objects,
-                          progress=True, heading=heading)
+                          progress=True, heading=heading, pose_noise=(pose_noise_deg, pose_noise_m))
     except (DatasetError, ValueError) as e:
         _fail(str(e))
     report["model_file"] = str(model)
@@ -545,9 +557,34 @@ def _codec_model(path: Path, opener):
     return model.compressor
 
 
+#: Options that take several values after one flag (``--meshes a b c``) as well as repeated.
+_MULTI_VALUE_OPTIONS = ("--meshes",)
+
+
+def expand_multi_value(argv: list[str]) -> list[str]:
+    """Rewrite ``--meshes a b c`` as ``--meshes a --meshes b --meshes c`` (typer takes repeated flags only).
+
+    Values run until the next token that starts with ``-``; ``--meshes=a`` is left as it is.
+    """
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        out.append(tok)
+        i += 1
+        if tok in _MULTI_VALUE_OPTIONS:
+            first = True
+            while i < len(argv) and not argv[i].startswith("-"):
+                if not first:
+                    out.append(tok)
+                out.append(argv[i])
+                first = False
+                i += 1
+    return out
+
+
 def main() -> None:
     """Console entry point (``voxlink``)."""
-    app()
+    app(args=expand_multi_value(sys.argv[1:]), prog_name="voxlink")
 
 
 if __name__ == "__main__":

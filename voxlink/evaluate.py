@@ -18,17 +18,19 @@ import torch
 
 from voxlink.data.dataset import MultiViewDataset
 from voxlink.data.store import manifest_hash
-from voxlink.models.implicit import ImplicitModel, iou
+from voxlink.models.implicit import iou
 
 
 @torch.no_grad()
-def evaluate(model: ImplicitModel, data: str | Path, split: str = "test", views: int = 5,
+def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
              baseline: tuple[torch.Tensor, float] | None = None, max_objects: int | None = None,
-             progress: bool = False, heading: str = "canonical") -> dict:
-    """Score a model on a dataset split.
+             progress: bool = False, heading: str | None = None, pose_noise: tuple[float, float] = (0.0, 0.0),
+             seed: int = 0) -> dict:
+    """Score a model on a dataset split, beside the trivial and the geometric baselines.
 
     Args:
-        model: implicit model (eval mode is set here).
+        model: an implicit model (:class:`~voxlink.models.implicit.ImplicitModel`) or a pose-aware
+            fusion model (:class:`~voxlink.models.fusion.FusionModel`); eval mode is set here.
         data: dataset folder.
         split: ``train``, ``val``, ``test`` or ``all``; a split with no objects falls back to ``all``
             (a dataset made only from meshes is all ``test`` anyway).
@@ -36,29 +38,42 @@ def evaluate(model: ImplicitModel, data: str | Path, split: str = "test", views:
         baseline: ``(mean_grid [R, R, R], threshold)`` of the trivial baseline, scored on the same objects.
         max_objects: cap on the number of objects.
         progress: show a progress bar.
-        heading: ``canonical`` or ``random`` (a seeded yaw per object; see :mod:`voxlink.data.dataset`).
+        heading: ``canonical`` or ``random`` (a seeded yaw per object; see :mod:`voxlink.data.dataset`);
+            ``None``: ``random`` for pose-aware models (what a drone meets), ``canonical`` otherwise.
+        pose_noise: ``(degrees, metres)``: every view's pose given to the model (and to the hulls) is
+            off by exactly this rotation and shift, in random directions (seeded), as a drone knows it.
+        seed: seed of the pose noise.
 
     Returns:
         the report dict: ``miou`` {"1": .., ..}, ``miou_std`` {..}, ``miou_by_category`` {cat: miou@views},
-        ``depth`` {absrel, rmse, delta1}, ``compression_ratio``, ``bits_per_view``, ``bytes_per_view``,
-        ``objects``, ``frame``, ``baseline_miou``, ``per_object`` [{id, category, iou}], ``data_manifest``.
+        ``hull_true_miou`` and ``hull_decoded_miou`` {"1": ..}: the silhouette hull (tau = 0.5) of the
+        true masks and of the masks decoded from the codes (where the model decodes masks), on the same
+        views and poses; ``silhouette_iou`` of the decoded masks; ``depth`` {absrel, rmse, delta1},
+        ``compression_ratio``, ``bits_per_view``, ``bytes_per_view``, ``objects``, ``frame``,
+        ``baseline_miou``, ``per_object`` [{id, category, iou}], ``data_manifest``.
     """
     from tqdm import tqdm
 
+    from voxlink.models.projection import silhouette_hull
+
     model.eval()
+    pose_aware = bool(getattr(model, "needs_pose", False))
+    heading = heading or ("random" if pose_aware else "canonical")
+    if heading not in ("canonical", "random"):
+        raise ValueError(f"heading must be canonical or random, got {heading!r}")
+    frame = "object" if pose_aware else model.cfg.frame
     try:
-        ds = MultiViewDataset(data, split, views, train=False, frame=model.cfg.frame, with_depth=True,
-                              heading=heading)
+        ds = MultiViewDataset(data, split, views, train=False, frame=frame, with_depth=True, heading=heading)
     except ValueError:
-        if heading not in ("canonical", "random"):
-            raise
-        ds = MultiViewDataset(data, "all", views, train=False, frame=model.cfg.frame, with_depth=True, heading=heading)
+        ds = MultiViewDataset(data, "all", views, train=False, frame=frame, with_depth=True, heading=heading)
         split = "all"
     n = len(ds) if max_objects is None else min(len(ds), max_objects)
-    ious = np.zeros((n, views))
+    gen = torch.Generator().manual_seed(seed)
+    ious, hull_t, hull_d = np.zeros((n, views)), np.zeros((n, views)), np.zeros((n, views))
     base = np.zeros(n)
     cats, per_object = [], []
     d_abs, d_sq, d_delta, d_n = 0.0, 0.0, 0.0, 0
+    sil_inter, sil_n = 0.0, 0
     payload_bytes = []
     for i in tqdm(range(n), desc="eval", unit="obj", disable=None if progress else True):
         it = ds[i]
@@ -66,14 +81,27 @@ def evaluate(model: ImplicitModel, data: str | Path, split: str = "test", views:
         codes = model.encode(imgs)
         if model.cfg.binarize:
             payload_bytes.append(len(model.compress(imgs[:1])[0]))
+        v_n = min(views, len(codes))
+        K = it["K"].expand(v_n, 3, 3)
+        pose = it["pose_grid"][:v_n]
+        if pose_noise[0] or pose_noise[1]:
+            from voxlink.train_fusion import perturb_poses
+
+            pose = perturb_poses(pose, pose_noise[0], pose_noise[1], gen, exact=True)
         state = model.init_state(1)
         target = it["occupancy"][None]
-        for v in range(min(views, len(codes))):
-            state = model.step(codes[v:v + 1], state)
+        depth, mask = model.decode_depth(codes)
+        true_mask = it["depth"][:v_n] > 0
+        for v in range(v_n):
+            state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=K[v:v + 1])
             ious[i, v] = float(iou(model.occupancy(state), target)[0])
+            hull_t[i, v] = float(iou(silhouette_hull(true_mask[:v + 1], K[:v + 1], pose[:v + 1])[None], target, 0.5)[0])
+            hull_d[i, v] = float(iou(silhouette_hull(mask[:v + 1], K[:v + 1], pose[:v + 1])[None], target, 0.5)[0])
         if baseline is not None:
             base[i] = float(iou(baseline[0][None], target, baseline[1])[0])
-        depth, _ = model.decode_depth(codes)
+        pm = mask[:v_n] > 0.5
+        sil_inter += float(((pm & true_mask).sum((1, 2)) / (pm | true_mask).sum((1, 2)).clamp(min=1)).sum())
+        sil_n += v_n
         true = it["depth"]
         m = true > 0
         if m.any():
@@ -92,12 +120,18 @@ def evaluate(model: ImplicitModel, data: str | Path, split: str = "test", views:
     for c, x in zip(cats, ious[:, views - 1]):
         by_cat[c].append(x)
     bits = model.cfg.code_bits * (1 if model.cfg.binarize else 32)
+    per_views = lambda a: {str(v + 1): round(float(a[:, v].mean()), 4) for v in range(views)}  # noqa: E731
     report = {
-        "model": model.cfg.name, "frame": model.cfg.frame, "heading": heading, "split": split, "objects": n, "views": views,
-        "miou": {str(v + 1): round(float(ious[:, v].mean()), 4) for v in range(views)},
+        "model": model.cfg.name, "family": getattr(model, "family", "implicit"), "frame": model.cfg.frame,
+        "heading": heading, "pose_noise": {"deg": pose_noise[0], "m": pose_noise[1]},
+        "split": split, "objects": n, "views": views,
+        "miou": per_views(ious),
         "miou_std": {str(v + 1): round(float(ious[:, v].std()), 4) for v in range(views)},
         "miou_by_category": {c: round(float(np.mean(x)), 4) for c, x in sorted(by_cat.items())},
         "objects_by_category": {c: len(x) for c, x in sorted(by_cat.items())},
+        "hull_true_miou": per_views(hull_t),
+        "hull_decoded_miou": per_views(hull_d),
+        "silhouette_iou": round(sil_inter / max(sil_n, 1), 4),
         "depth": {"absrel": round(d_abs / max(d_n, 1), 4), "rmse": round(math.sqrt(d_sq / max(d_n, 1)), 4),
                   "delta1": round(d_delta / max(d_n, 1), 4)},
         "compression_ratio": round(model.compression_ratio, 2),
@@ -116,8 +150,15 @@ def format_report(r: dict) -> str:
     """The report as a plain-text table (what ``voxlink eval`` prints)."""
     lines = [f"model {r['model']} (frame: {r['frame']}, heading: {r.get('heading', 'canonical')}) on {r['objects']} objects ({r['split']})",
              f"compression {r['compression_ratio']}:1, {r['bits_per_view']} bits = {r['bytes_per_view']} bytes per view",
-             "views  " + "  ".join(f"{k:>6}" for k in r["miou"]),
-             "mIoU   " + "  ".join(f"{v:6.3f}" for v in r["miou"].values())]
+             "views                 " + "  ".join(f"{k:>6}" for k in r["miou"]),
+             "mIoU                  " + "  ".join(f"{v:6.3f}" for v in r["miou"].values())]
+    if "hull_true_miou" in r:
+        lines.append("hull of true masks    " + "  ".join(f"{v:6.3f}" for v in r["hull_true_miou"].values()))
+        lines.append("hull of decoded masks " + "  ".join(f"{v:6.3f}" for v in r["hull_decoded_miou"].values()))
+        lines.append(f"decoded silhouette IoU {r['silhouette_iou']:.3f}")
+    noise = r.get("pose_noise") or {}
+    if noise.get("deg") or noise.get("m"):
+        lines.append(f"pose noise: {noise['deg']} degrees, {noise['m']} m per view")
     if "baseline_miou" in r:
         lines.append(f"trivial baseline (mean training grid, threshold {r['baseline_threshold']:.2f}): "
                      f"mIoU {r['baseline_miou']:.3f}")

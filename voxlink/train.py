@@ -54,6 +54,16 @@ class TrainConfig:
         val_objects: objects of the validation split used per pass.
         workers: DataLoader worker processes.
         threads: torch intra-op threads (0 = torch's default).
+        mask_weight: weight of the silhouette loss (fusion models).
+        min_views: views per object are drawn in min_views..max_views (fusion models).
+        heading: ``canonical`` or ``random`` (a fresh yaw per object and step: fusion models).
+        backgrounds: ``plain`` or ``textured`` training backgrounds (:mod:`voxlink.data.backgrounds`).
+        pose_noise_deg, pose_noise_m: pose noise in training, up to these magnitudes per view
+            (degrees, metres; fusion models).
+        bf16: bfloat16 autocast on the CPU (fusion models).
+        channels_last: channels-last memory format for the 2D encoder and decoder (fusion models).
+        warm_start: model file or shipped name whose matching weights (same name and shape) start
+            the run (fusion models).
     """
 
     data: str = "data/proc"
@@ -72,17 +82,36 @@ class TrainConfig:
     val_objects: int = 64
     workers: int = 0
     threads: int = 0
+    mask_weight: float = 1.0
+    min_views: int = 1
+    heading: str = "canonical"
+    backgrounds: str = "plain"
+    pose_noise_deg: float = 0.0
+    pose_noise_m: float = 0.0
+    bf16: bool = False
+    channels_last: bool = False
+    warm_start: str = ""
 
 
 def load_train_config(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
     """Read a training TOML (``[model]`` table or ``model = "name"``, and ``[train]``).
 
+    A ``[model]`` table with ``family = "fusion"`` (or a fusion config name such as ``fusion-cpu``)
+    gives a :class:`voxlink.models.fusion.FusionConfig`; anything else an implicit model's config.
+
     Raises:
         FileNotFoundError: no file. ValueError: unknown keys or model name.
     """
+    from voxlink.models.fusion import FUSION_CONFIGS, FusionConfig
+
     d = tomllib.loads(Path(path).read_text())
     m = d.get("model", "cpu")
-    mcfg = get_config(m) if isinstance(m, str) else ModelConfig.from_dict(m)
+    if isinstance(m, str) and m in FUSION_CONFIGS:
+        mcfg = dataclasses.replace(FUSION_CONFIGS[m])
+    elif isinstance(m, dict) and m.get("family") == "fusion":
+        mcfg = FusionConfig.from_dict({k: v for k, v in m.items() if k != "family"})
+    else:
+        mcfg = get_config(m) if isinstance(m, str) else ModelConfig.from_dict(m)
     if isinstance(m, str) and "model_overrides" in d:
         mcfg = dataclasses.replace(mcfg, **d["model_overrides"])
     t = d.get("train", {})

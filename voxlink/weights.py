@@ -24,6 +24,21 @@ DEFAULT_MODEL = "implicit-k1024"
 FORMAT = "voxlink-model-1"
 
 
+def _implicit():
+    return ModelConfig, ImplicitModel
+
+
+def _fusion():
+    from voxlink.models.fusion import FusionConfig, FusionModel
+
+    return FusionConfig, FusionModel
+
+
+#: Model families a model file may hold (its ``voxlink.family`` metadata; files without it are
+#: implicit models): name -> a function returning ``(config class, model class)``.
+FAMILIES = {"implicit": _implicit, "fusion": _fusion}
+
+
 class ModelFileError(ValueError):
     """A model file is missing, corrupt, of another format, or does not match what the caller needs."""
 
@@ -75,7 +90,8 @@ def save_model(model: ImplicitModel, path: str | Path, meta: dict | None = None,
     tensors = {k: _cast(v) for k, v in model.state_dict().items()}
     for k, v in (extra or {}).items():
         tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
-    md = {"voxlink.format": FORMAT, "voxlink.config": json.dumps(model.cfg.to_dict()),
+    md = {"voxlink.format": FORMAT, "voxlink.family": getattr(model, "family", "implicit"),
+          "voxlink.config": json.dumps(model.cfg.to_dict()),
           "voxlink.meta": json.dumps(meta or {}), "voxlink.fingerprint": bytes.hex(model.fingerprint())}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,14 +126,18 @@ def load_model(name_or_path: str | Path | None = None, code_bits: int | None = N
         raise ModelFileError(f"corrupt or unreadable model file {path}: {e}") from e
     if md.get("voxlink.format") != FORMAT:
         raise ModelFileError(f"{path} is not a voxlink model file (format {md.get('voxlink.format')!r})")
+    family = md.get("voxlink.family", "implicit")
+    if family not in FAMILIES:
+        raise ModelFileError(f"{path}: unknown model family {family!r} (this voxlink knows {sorted(FAMILIES)})")
+    config_cls, model_cls = FAMILIES[family]()
     try:
-        cfg = ModelConfig.from_dict(json.loads(md["voxlink.config"]))
+        cfg = config_cls.from_dict(json.loads(md["voxlink.config"]))
         meta = json.loads(md.get("voxlink.meta", "{}"))
     except (KeyError, ValueError) as e:
         raise ModelFileError(f"{path}: bad model config metadata: {e}") from e
     if code_bits is not None and cfg.code_bits != code_bits:
         raise ModelFileError(f"{path} is a K={cfg.code_bits} model, but K={code_bits} is needed")
-    model = ImplicitModel(cfg)
+    model = model_cls(cfg)
     extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     weights = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items() if not k.startswith("extra.")}
     try:

@@ -73,11 +73,16 @@ class MultiViewDataset(Dataset):
         frame: ``object`` or ``view`` (module docstring).
         seed: seed of the fixed evaluation views.
         with_depth: also return depth maps and masks.
-        heading: ``canonical`` (as authored) or ``random`` (a seeded yaw per object; module docstring).
+        heading: ``canonical`` (as authored) or ``random`` (a yaw per object about gravity: seeded in
+            evaluation, drawn afresh every time in training; module docstring).
+        backgrounds: training backgrounds: ``plain`` (a random flat colour per view, 3D-R2N2) or
+            ``textured`` (ground planes, noise and clutter: :mod:`voxlink.data.backgrounds`).
 
     Items are dicts: ``images`` float32 [V, 3, H, W] in [0, 1]; ``occupancy`` float32 [R, R, R]
     (0/1, in the chosen frame, ``[x, y, z]``); ``grid_to_world`` float32 [4, 4] (maps voxel
-    indices to the object frame of the poses); ``pose`` float32 [V, 4, 4]; ``K`` float32 [3, 3];
+    indices to the object frame of the poses); ``pose`` float32 [V, 4, 4] camera-to-object;
+    ``pose_grid`` float32 [V, 4, 4] the same cameras in the grid's frame (where the occupancy grid
+    is the axis-aligned unit cube: what a pose-aware model is given); ``K`` float32 [3, 3];
     ``depth`` float32 [V, H, W] metres and ``mask`` bool [V, H, W] if ``with_depth``; ``index`` int.
 
     Raises:
@@ -85,12 +90,14 @@ class MultiViewDataset(Dataset):
     """
 
     def __init__(self, root, split: str = "train", max_views: int = 5, train: bool = True, frame: str = "object",
-                 seed: int = 0, with_depth: bool = False, heading: str = "canonical"):
+                 seed: int = 0, with_depth: bool = False, heading: str = "canonical", backgrounds: str = "plain"):
         if frame not in FRAMES:
             raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
         if heading not in ("canonical", "random"):
             raise ValueError(f"heading must be canonical or random, got {heading!r}")
-        self.heading = heading
+        if backgrounds not in ("plain", "textured"):
+            raise ValueError(f"backgrounds must be plain or textured, got {backgrounds!r}")
+        self.heading, self.backgrounds = heading, backgrounds
         self.store = DatasetStore(root)
         self.indices = self.store.split(split)
         if not self.indices:
@@ -122,22 +129,31 @@ class MultiViewDataset(Dataset):
         rgb = self.store.read(idx, "rgb")[ids]
         depth = self.store.read(idx, "depth")[ids]
         mask = depth > 0
-        if self.train:  # 3D-R2N2: plain background of a random colour per view
+        if self.train and self.backgrounds == "textured":
+            from voxlink.data.backgrounds import composite
+
+            rgb = composite(rgb, mask, np.random.default_rng(np.random.randint(2**31)))
+        elif self.train:  # 3D-R2N2: plain background of a random colour per view
             bg = np.random.randint(0, 256, size=(len(ids), 1, 1, 3), dtype=np.uint8)
             rgb = np.where(mask[..., None], rgb, bg)
         pose = self.store.read(idx, "pose")[ids]
         occ = torch.from_numpy(self.store.read(idx, "occupancy").astype(np.float32))
         g2w = torch.from_numpy(_grid_to_world(self.resolution))
+        turn = np.eye(4)  # grid frame -> object frame rotation
         if self.frame == "object" and self.heading == "random":
-            psi = float(np.random.default_rng([self.seed, idx, 7]).uniform(0, 2 * math.pi))
+            psi = (float(np.random.uniform(0, 2 * math.pi)) if self.train
+                   else float(np.random.default_rng([self.seed, idx, 7]).uniform(0, 2 * math.pi)))
             occ = (rotate_grid_y(occ, psi) > 0.5).float()
-            g2w = torch.from_numpy(yaw_matrix(-psi).astype(np.float32)) @ g2w
+            turn = yaw_matrix(-psi)
         if self.frame == "view":
             az = camera.azimuth_of(pose[0])
             occ = (rotate_grid_y(occ, -az) > 0.5).float()
-            g2w = torch.from_numpy(yaw_matrix(az).astype(np.float32)) @ g2w
+            turn = yaw_matrix(az)
+        g2w = torch.from_numpy(turn.astype(np.float32)) @ g2w
+        pose_grid = (np.linalg.inv(turn) @ pose.astype(np.float64)).astype(np.float32)
         item = {"images": to_input(rgb), "occupancy": occ, "grid_to_world": g2w,
-                "pose": torch.from_numpy(pose), "K": torch.from_numpy(self.store.K.astype(np.float32)), "index": idx}
+                "pose": torch.from_numpy(pose), "pose_grid": torch.from_numpy(pose_grid),
+                "K": torch.from_numpy(self.store.K.astype(np.float32)), "index": idx}
         if self.with_depth:
             item["depth"] = torch.from_numpy(depth)
             item["mask"] = torch.from_numpy(mask)

@@ -61,7 +61,7 @@ class MakeConfig:
         seed: master seed.
         split: (train, val) fractions for procedural objects; the rest is test.
         mesh_split: split of real meshes: ``test`` (default: never trained on), ``train``, ``val``,
-            or ``auto`` (same rule as procedural objects).
+            ``auto`` (same rule as procedural objects) or ``trainval`` (90 % train, 10 % val, by seed).
         shard_size: objects per shard file.
         orbit: viewpoint distribution.
     """
@@ -100,9 +100,11 @@ def plan_jobs(n_procedural: int, meshes: list[Path], seed: int, up: str = "y") -
 
 
 def _split_of(job: Job, cfg: MakeConfig) -> str:
-    if job.kind == "mesh" and cfg.mesh_split != "auto":
+    if job.kind == "mesh" and cfg.mesh_split not in ("auto", "trainval"):
         return cfg.mesh_split
     u = _rng(cfg.seed, job.index, 3).random()
+    if job.kind == "mesh" and cfg.mesh_split == "trainval":
+        return "train" if u < 0.9 else "val"
     return "train" if u < cfg.split[0] else ("val" if u < cfg.split[0] + cfg.split[1] else "test")
 
 
@@ -120,7 +122,7 @@ def make_object(job: Job, cfg: MakeConfig) -> dict:
     """
     global _RENDERER
     from voxlink.data.meshes import load_mesh
-    from voxlink.data.render import Renderer
+    from voxlink.data.render import Renderer, RenderError
     from voxlink.data.voxelize import voxelize
 
     t0 = time.perf_counter()
@@ -145,7 +147,12 @@ def make_object(job: Job, cfg: MakeConfig) -> dict:
     K = camera.intrinsics(cfg.size, cfg.fov_deg)
     if _RENDERER is None or _RENDERER.size != cfg.size:
         _RENDERER = Renderer(cfg.size)
-    rgb, depth = _RENDERER.render(parts, K, poses, bgs)
+    try:
+        rgb, depth = _RENDERER.render(parts, K, poses, bgs)
+    except RenderError as e:  # this mesh cannot be drawn: skip it with its reason, keep the context fresh
+        _RENDERER.close()
+        _RENDERER = None
+        return {"error": f"{job.path or name}: cannot render: {e}", "index": job.index}
     t2 = time.perf_counter()
     occ = voxelize(geom, cfg.resolution)
     t3 = time.perf_counter()
@@ -192,8 +199,8 @@ def make_dataset(out: str | Path, jobs: list[Job], cfg: MakeConfig, workers: int
         raise ValueError("nothing to make: give --procedural N > 0 and/or --meshes PATH")
     if cfg.views < 1 or cfg.size < 16 or cfg.resolution < 4 or cfg.shard_size < 1:
         raise ValueError(f"bad dataset parameters: views={cfg.views} size={cfg.size} resolution={cfg.resolution}")
-    if cfg.mesh_split not in ("train", "val", "test", "auto"):
-        raise ValueError(f"mesh split must be train, val, test or auto, got {cfg.mesh_split!r}")
+    if cfg.mesh_split not in ("train", "val", "test", "auto", "trainval"):
+        raise ValueError(f"mesh split must be train, val, test, auto or trainval, got {cfg.mesh_split!r}")
     if str(out).strip() in ("", "."):
         raise ValueError("give a dataset folder with --out (not an empty path or the current folder)")
     if out.exists() and not out.is_dir():

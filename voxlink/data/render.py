@@ -79,6 +79,7 @@ def to_pyrender_meshes(parts: list[trimesh.Trimesh]):
     pyrender = _pyrender()
     out = []
     for p in parts:
+        p = _drawable(p)
         smooth = not (p.visual.kind == "face")
         try:
             out.append(pyrender.Mesh.from_trimesh(p, smooth=smooth))
@@ -88,6 +89,34 @@ def to_pyrender_meshes(parts: list[trimesh.Trimesh]):
             plain.visual.face_colors = [180, 180, 180, 255]
             out.append(pyrender.Mesh.from_trimesh(plain, smooth=False))
     return out
+
+
+def _base_colour(material) -> np.ndarray:
+    """RGBA uint8 [4] base colour of a trimesh material (PBR ``baseColorFactor`` or the diffuse colour)."""
+    for attr in ("baseColorFactor", "diffuse", "main_color"):
+        c = getattr(material, attr, None)
+        if c is not None:
+            c = np.asarray(c, dtype=np.float64).ravel()
+            if c.size >= 3:
+                if c.max() <= 1.0 and c.dtype.kind == "f" and attr == "baseColorFactor":
+                    c = c * 255.0
+                rgba = np.append(c[:3], c[3] if c.size > 3 else 255.0)
+                return np.clip(rgba, 0, 255).astype(np.uint8)
+    return np.array([180, 180, 180, 255], np.uint8)
+
+
+def _drawable(p: trimesh.Trimesh) -> trimesh.Trimesh:
+    """The part as pyrender can draw it: a textured material without per-vertex texture coordinates
+    (pyrender's textured shader fails to compile for it) is drawn in the material's base colour."""
+    vis = p.visual
+    if getattr(vis, "kind", None) == "texture" or isinstance(vis, trimesh.visual.texture.TextureVisuals):
+        uv = getattr(vis, "uv", None)
+        if uv is None or len(uv) != len(p.vertices):
+            colour = _base_colour(getattr(vis, "material", None))
+            plain = trimesh.Trimesh(p.vertices, p.faces, process=False)
+            plain.visual.face_colors = np.tile(colour, (len(p.faces), 1))
+            return plain
+    return p
 
 
 class Renderer:

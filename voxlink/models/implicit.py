@@ -38,6 +38,9 @@ class ImplicitModel(nn.Module):
         float32 [B, R, R, R] indexed ``[x, y, z]``.
     """
 
+    family = "implicit"
+    needs_pose = False
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -79,8 +82,9 @@ class ImplicitModel(nn.Module):
         if codes.shape[-1] != self.cfg.code_bits:
             raise CodeError(f"model expects {self.cfg.code_bits}-bit codes, got {codes.shape[-1]}")
 
-    def step(self, codes: torch.Tensor, state):
-        """Fuse one view per object into the state.
+    def step(self, codes: torch.Tensor, state, pose=None, K=None):
+        """Fuse one view per object into the state (the 3D-LSTM's update; ``pose`` and ``K`` are
+        accepted for the common model interface and ignored: the paper's model does not use poses).
 
         Shape:
             codes float32 [B, K]; state ``(h, s)`` [B, N_h, G, G, G] each -> new state.

@@ -1,0 +1,117 @@
+"""Differentiable projection of voxel centres into views (PyTorch), in voxlink's one camera convention.
+
+The convention is documented once, in :mod:`voxlink.camera` (OpenCV pinhole: x right, y down, z
+forward; intrinsics ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` with the centre of the top-left pixel
+at ``(0, 0)``; poses camera-to-world ``T_c2w``, metres). These are the batched torch versions of
+:func:`voxlink.camera.project`, used by the pose-aware fusion model and the silhouette-hull baselines.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def voxel_centres(resolution: int, voxel_min: float = -0.5, extent: float = 1.0,
+                  device=None) -> torch.Tensor:
+    """Centres of a cubic grid's voxels in the grid's (world) frame, in ``[x, y, z]`` index order.
+
+    Args:
+        resolution: R, voxels per side.
+        voxel_min: lower corner of the grid in metres (the unit cube's ``-0.5``).
+        extent: side of the grid in metres.
+
+    Returns:
+        float32 [R^3, 3] metres; row ``(i * R + j) * R + k`` is voxel ``[i, j, k]``.
+
+    Shape:
+        -> [R^3, 3].
+    """
+    s = extent / resolution
+    g = voxel_min + (torch.arange(resolution, dtype=torch.float32, device=device) + 0.5) * s
+    x, y, z = torch.meshgrid(g, g, g, indexing="ij")
+    return torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+
+
+def project(points: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project world points into N cameras.
+
+    Args:
+        points: float [P, 3] metres, world frame (shared by all cameras).
+        K: float [N, 3, 3] intrinsics, pixels.
+        T_c2w: float [N, 4, 4] camera-to-world poses.
+
+    Returns:
+        ``uv`` float [N, P, 2] pixels (u column, v row; pixel centres at integers) and ``z`` float
+        [N, P] depth along the optical axis in metres (``<= 0`` behind the camera).
+
+    Shape:
+        points [P, 3], K [N, 3, 3], T_c2w [N, 4, 4] -> uv [N, P, 2], z [N, P].
+    """
+    R = T_c2w[:, :3, :3]
+    t = T_c2w[:, :3, 3]
+    # camera coordinates: X_c = R^T (X_w - t)
+    pc = torch.einsum("nji,npj->npi", R, points[None] - t[:, None, :])
+    z = pc[..., 2]
+    zs = torch.where(z.abs() < 1e-6, torch.full_like(z, 1e-6), z)
+    u = K[:, None, 0, 0] * pc[..., 0] / zs + K[:, None, 0, 2]
+    v = K[:, None, 1, 1] * pc[..., 1] / zs + K[:, None, 1, 2]
+    return torch.stack([u, v], dim=-1), z
+
+
+def sample_maps(maps: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear samples of per-view image maps at projected points, and whether each point is inside.
+
+    Args:
+        maps: float [N, C, H, W] (e.g. mask probability and depth).
+        uv: float [N, P, 2] pixel coordinates (pixel centres at integers, as :func:`project` gives).
+
+    Returns:
+        ``values`` float [N, C, P] (border values beyond the image) and ``inside`` bool [N, P]
+        (the point falls on the image).
+
+    Shape:
+        maps [N, C, H, W], uv [N, P, 2] -> [N, C, P], [N, P].
+    """
+    n, c, h, w = maps.shape
+    gx = (uv[..., 0] + 0.5) / w * 2.0 - 1.0
+    gy = (uv[..., 1] + 0.5) / h * 2.0 - 1.0
+    grid = torch.stack([gx, gy], dim=-1)[:, None]  # [N, 1, P, 2]
+    vals = torch.nn.functional.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="border",
+                                           align_corners=False)[:, :, 0]
+    inside = (gx >= -1.0) & (gx <= 1.0) & (gy >= -1.0) & (gy <= 1.0)
+    return vals, inside
+
+
+def silhouette_hull(masks: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor, resolution: int = 32,
+                    threshold: float = 0.5, footprint: int = 1) -> torch.Tensor:
+    """Visual hull (Laurentini 1994) of silhouettes on a voxel grid: a voxel is occupied when its centre
+    projects inside the silhouette in every view that sees it (a voxel outside a view is not carved).
+
+    Args:
+        masks: float or bool [V, H, W] silhouettes (probabilities are thresholded at ``threshold``).
+        K: float [V, 3, 3] intrinsics. T_c2w: float [V, 4, 4] camera-to-world poses (the grid's frame).
+        resolution: R.
+        threshold: silhouette threshold.
+        footprint: odd side in pixels of the square a voxel centre reads (1: the centre's pixel, the
+            classic hull; 5: about a voxel's footprint at 2 m, which keeps thin parts).
+
+    Returns:
+        float32 [R, R, R] in {0, 1}, indexed ``[x, y, z]`` over the unit cube.
+
+    Shape:
+        masks [V, H, W] -> [R, R, R].
+    """
+    pts = voxel_centres(resolution, device=masks.device)
+    uv, z = project(pts, K.float(), T_c2w.float())
+    m = (masks.float() > threshold).float()[:, None]
+    if footprint > 1:
+        m = torch.nn.functional.max_pool2d(m, footprint, stride=1, padding=footprint // 2)
+    # nearest sampling: a pixel is in or out
+    n, _, h, w = m.shape
+    ui = torch.round(uv[..., 0]).long()
+    vi = torch.round(uv[..., 1]).long()
+    inside = (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h) & (z > 0)
+    idx = vi.clamp(0, h - 1) * w + ui.clamp(0, w - 1)
+    vals = torch.gather(m.view(n, -1), 1, idx)
+    keep = torch.where(inside, vals, torch.ones_like(vals))
+    return keep.amin(0).view(resolution, resolution, resolution)

@@ -1,0 +1,273 @@
+"""Training of the pose-aware fusion model (:mod:`voxlink.models.fusion`).
+
+Each step takes ``batch_size`` objects with ``min_views..max_views`` views each, as a drone flies them:
+a fresh random heading per object (the grid turns with it; the model is given the poses in the grid's
+frame), the orbit's random elevation and distance per view, textured backgrounds, and per-view pose
+noise. The loss is Golts & Schechner Eq. 15 on the refined grid plus the silhouette (BCE) and depth
+(L1 on the true silhouette, metres) losses of every view, all through the binarizer's
+straight-through gradient, so that the K bits carry the silhouette and depth the ground needs.
+
+The run folder gets ``checkpoint.pt`` (resumable), ``log.jsonl`` and ``model.safetensors``, like
+:func:`voxlink.train.train`; ``warm_start`` copies the matching weights of another model file (the
+shipped implicit model's E_K and depth decoder, or an earlier fusion model) before step 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from voxlink.data.dataset import MultiViewDataset
+from voxlink.data.store import manifest_hash
+from voxlink.models.fusion import FusionConfig, FusionModel
+from voxlink.models.implicit import iou, occupancy_loss
+from voxlink.models.projection import silhouette_hull
+from voxlink.train import TrainConfig, _collate, best_threshold, git_commit, mean_grid, recalibrate_bn
+
+log = logging.getLogger(__name__)
+
+
+def perturb_poses(pose: torch.Tensor, angle_deg: float, dist_m: float, generator: torch.Generator | None = None,
+                  exact: bool = False) -> torch.Tensor:
+    """Poses as a drone knows them: each view turned about its camera centre and shifted.
+
+    Args:
+        pose: float [..., 4, 4] camera-to-world poses.
+        angle_deg: rotation noise in degrees (about a uniformly random axis).
+        dist_m: translation noise in metres (in a uniformly random direction).
+        generator: torch generator (the only randomness).
+        exact: every view gets exactly ``angle_deg`` and ``dist_m`` (evaluation); otherwise uniform
+            magnitudes in ``[0, angle_deg]`` and ``[0, dist_m]`` (training).
+
+    Returns:
+        float32 [..., 4, 4] perturbed poses.
+    """
+    shape = pose.shape
+    p = pose.reshape(-1, 4, 4).float().clone()
+    n = len(p)
+    axis = torch.randn(n, 3, generator=generator)
+    axis = axis / axis.norm(dim=1, keepdim=True).clamp(min=1e-9)
+    mag = torch.ones(n) if exact else torch.rand(n, generator=generator)
+    theta = math.radians(angle_deg) * mag
+    kx = torch.zeros(n, 3, 3)
+    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    kx = kx - kx.transpose(1, 2)
+    s, c = torch.sin(theta)[:, None, None], torch.cos(theta)[:, None, None]
+    R = torch.eye(3) + s * kx + (1 - c) * (kx @ kx)  # Rodrigues
+    p[:, :3, :3] = R @ p[:, :3, :3]
+    d = torch.randn(n, 3, generator=generator)
+    d = d / d.norm(dim=1, keepdim=True).clamp(min=1e-9)
+    p[:, :3, 3] += d * (dist_m * (torch.ones(n) if exact else torch.rand(n, generator=generator)))[:, None]
+    return p.view(shape)
+
+
+def fusion_losses(out: dict, target: torch.Tensor, true_depth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three losses of a fusion model's training step.
+
+    Args:
+        out: :meth:`FusionModel.forward`'s dict. target: float [B, R, R, R] (0/1).
+        true_depth: float [B, V, H, W] metres (0 = background).
+
+    Returns:
+        ``loss3d`` (Eq. 15), ``loss_mask`` (BCE of the silhouette), ``loss_depth`` (L1 in metres on the
+        true silhouette), each a scalar.
+    """
+    mask = true_depth > 0
+    l3d = occupancy_loss(out["logits"].float(), target)
+    lm = torch.nn.functional.binary_cross_entropy_with_logits(out["mask_logit"].float(), mask.float())
+    d = out["depth"].float()
+    ld = (d - true_depth).abs()[mask].mean() if mask.any() else d.sum() * 0
+    return {"loss3d": l3d, "loss_mask": lm, "loss_depth": ld}
+
+
+def warm_start(model: FusionModel, source: str) -> list[str]:
+    """Copy the weights of ``source`` (a model file or shipped name) whose names and shapes match.
+
+    Returns:
+        the names copied.
+
+    Raises:
+        voxlink.weights.ModelFileError: unreadable source.
+    """
+    from voxlink.weights import load_model
+
+    src, _, _ = load_model(source)
+    own = model.state_dict()
+    take = {k: v for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(take, strict=False)
+    log.info("warm start from %s: %d of %d tensors", source, len(take), len(own))
+    return sorted(take)
+
+
+@torch.no_grad()
+def validate_fusion(model: FusionModel, ds: MultiViewDataset, n: int, device="cpu") -> dict:
+    """mIoU@5 (tau = 0.4) of the model and of the silhouette hull of its decoded masks, and the decoded
+    silhouettes' IoU, on ``n`` objects of ``ds`` (fixed views)."""
+    model.eval()
+    ious, hulls, sil = [], [], []
+    for i in range(min(n, len(ds))):
+        it = ds[i]
+        v = len(it["images"])
+        K = it["K"].expand(v, 3, 3)
+        out = model(it["images"][None].to(device), K[None].to(device), it["pose_grid"][None].to(device))
+        p = torch.softmax(out["logits"].float(), 1)[:, 1]
+        t = it["occupancy"][None].to(device)
+        ious.append(float(iou(p, t)[0]))
+        m = torch.sigmoid(out["mask_logit"][0].float())
+        hulls.append(float(iou(silhouette_hull(m, K, it["pose_grid"])[None], t, 0.5)[0]))
+        tm = it["depth"] > 0
+        pm = m.cpu() > 0.5
+        sil.append(float(((pm & tm).sum((1, 2)) / (pm | tm).sum((1, 2)).clamp(min=1)).mean()))
+    model.train()
+    return {"val_miou5": float(np.mean(ious)), "val_decoded_hull_miou5": float(np.mean(hulls)),
+            "val_silhouette_iou": float(np.mean(sil))}
+
+
+def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume: bool = False, device: str = "cpu",
+                 command: str = "", progress: bool = True) -> Path:
+    """Train a fusion model and write ``out/model.safetensors``.
+
+    Args:
+        mcfg: architecture. tcfg: training parameters (``heading``, ``backgrounds``, ``pose_noise_*``,
+            ``bf16``, ``channels_last``, ``warm_start``, ``mask_weight`` and ``min_views`` apply here).
+        out: run folder. resume: continue from ``out/checkpoint.pt``. device: ``cpu`` or ``cuda``.
+        command: the command line, recorded in the model file. progress: show a progress bar.
+
+    Returns:
+        path of the final model file.
+
+    Raises:
+        FileNotFoundError: ``resume`` without a checkpoint. voxlink.data.store.DatasetError: bad data.
+    """
+    from tqdm import tqdm
+
+    from voxlink.weights import save_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    torch.manual_seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    data = Path(tcfg.data)
+    train_ds = MultiViewDataset(data, "train", tcfg.max_views, train=True, frame="object", with_depth=True,
+                                heading=tcfg.heading, backgrounds=tcfg.backgrounds)
+    try:
+        val_ds = MultiViewDataset(data, "val", 5, train=False, frame="object", with_depth=True, heading="random")
+    except ValueError:
+        log.warning("%s has no validation split; validating on training objects", data)
+        val_ds = MultiViewDataset(data, "train", 5, train=False, frame="object", with_depth=True, heading="random")
+    bs = min(tcfg.batch_size, len(train_ds))
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=bs, shuffle=True, num_workers=tcfg.workers,
+                                         collate_fn=_collate, drop_last=True, persistent_workers=tcfg.workers > 0,
+                                         prefetch_factor=4 if tcfg.workers > 0 else None)
+    model = FusionModel(mcfg).to(device)
+    if tcfg.channels_last:
+        model.encoder.to(memory_format=torch.channels_last)
+        model.depth.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    step, elapsed = 0, 0.0
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        st = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, elapsed = st["step"], st.get("elapsed", 0.0)
+        torch.set_rng_state(st["torch_rng"])
+        np.random.set_state(st["np_rng"])
+        log.info("resumed from %s at step %d", ckpt, step)
+    elif tcfg.warm_start:
+        warm_start(model, tcfg.warm_start)
+
+    def _save_ckpt():
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                    "torch_rng": torch.get_rng_state(), "np_rng": np.random.get_state(),
+                    "model_config": mcfg.to_dict(), "train_config": dataclasses.asdict(tcfg)}, tmp)
+        tmp.replace(ckpt)
+
+    rng = np.random.default_rng([tcfg.seed, step])
+    gen = torch.Generator().manual_seed(tcfg.seed * 7919 + step)
+    logf = (out / "log.jsonl").open("a")
+    bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step", disable=not progress)
+    last_ckpt, t_start = time.time(), time.time() - elapsed
+    model.train()
+    ema: dict[str, float] = {}
+    t_data = time.perf_counter()
+    while step < tcfg.steps:
+        for batch in loader:
+            if step >= tcfg.steps:
+                break
+            t_ready = time.perf_counter()
+            lr = tcfg.lr * (tcfg.lr_decay if step >= tcfg.decay_at * tcfg.steps else 1.0)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            v = int(rng.integers(tcfg.min_views, tcfg.max_views + 1))
+            images = batch["images"][:, :v].to(device)
+            if tcfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+            b = images.shape[0]
+            pose = batch["pose_grid"][:, :v]
+            if tcfg.pose_noise_deg or tcfg.pose_noise_m:
+                pose = perturb_poses(pose, tcfg.pose_noise_deg, tcfg.pose_noise_m, gen)
+            K = batch["K"][:, None].expand(b, v, 3, 3)
+            target = batch["occupancy"].to(device)
+            true_depth = batch["depth"][:, :v].to(device)
+            with torch.autocast(device_type="cpu" if device == "cpu" else "cuda", dtype=torch.bfloat16,
+                                enabled=tcfg.bf16):
+                outp = model(images, K.to(device), pose.to(device))
+            ls = fusion_losses(outp, target, true_depth)
+            loss = ls["loss3d"] + tcfg.mask_weight * ls["loss_mask"] + tcfg.depth_weight * ls["loss_depth"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            t_done = time.perf_counter()
+            with torch.no_grad():
+                bi = float(iou(torch.softmax(outp["logits"].float(), 1)[:, 1], target).mean())
+            cur = {**{k: float(x.detach()) for k, x in ls.items()}, "iou": bi, "data_s": t_ready - t_data,
+                   "compute_s": t_done - t_ready}
+            for k, x in cur.items():
+                ema[k] = x if k not in ema else 0.95 * ema[k] + 0.05 * x
+            t_data = time.perf_counter()
+            elapsed = time.time() - t_start
+            bar.update(1)
+            bar.set_postfix(l3d=f"{ema['loss3d']:.3f}", iou=f"{ema['iou']:.3f}", mask=f"{ema['loss_mask']:.3f}",
+                            depth=f"{ema['loss_depth']:.3f}")
+            rec = {"step": step, "views": v, "lr": lr, "elapsed_s": round(elapsed, 1),
+                   **{k: round(x, 4) for k, x in ema.items()}}
+            if step % tcfg.val_every == 0 or step == tcfg.steps:
+                recalibrate_bn(model, train_ds, batches=6, batch_size=8, device=device, seed=step,
+                               forward=lambda x: model.encoder(x))
+                rec.update({k: round(x, 4) for k, x in validate_fusion(model, val_ds, tcfg.val_objects, device).items()})
+                log.info("step %d: %s", step, {k: rec[k] for k in rec if k.startswith("val_")})
+            if step % 10 == 0 or "val_miou5" in rec:
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+            if time.time() - last_ckpt > 60 * tcfg.checkpoint_minutes:
+                _save_ckpt()
+                last_ckpt = time.time()
+    bar.close()
+    _save_ckpt()
+    recalibrate_bn(model, train_ds, batches=40, batch_size=8, device=device, forward=lambda x: model.encoder(x))
+    final = out / "model.safetensors"
+    mg = mean_grid(MultiViewDataset(data, "train", 1, train=False, frame="object", heading="random"))
+    val_t = torch.stack([val_ds[i]["occupancy"] for i in range(min(len(val_ds), 256))])
+    thr, base_miou = best_threshold(mg, val_t)
+    meta = {"command": command, "data": str(data), "data_manifest": manifest_hash(data), "git_commit": git_commit(),
+            "train_config": dataclasses.asdict(tcfg), "steps": step, "train_seconds": round(elapsed, 1),
+            "final": {k: round(x, 4) for k, x in ema.items()}, "baseline_threshold": thr,
+            "baseline_val_miou": round(base_miou, 4), "frame": mcfg.frame, "family": "fusion"}
+    save_model(model.cpu(), final, meta=meta, extra={"mean_grid": mg, "baseline_threshold": torch.tensor([thr])},
+               half=True)
+    log.info("wrote %s (%d steps, %.1f min)", final, step, elapsed / 60)
+    return final
