@@ -159,14 +159,16 @@ class ObjectSession:
         last_depth, last_raw_depth: the latest decoded view's depth map (masked / raw, metres).
         last_pose: its pose. latency_ms: recent capture-to-applied
         latencies. snap_views: views at the last snapshot. snapshots: folders written. last_t:
-        monotonic time of the last view.
+        monotonic time of the last view. no_pose: sequence numbers of views that came without a pose
+        (a pose-aware model does not fuse them), at most 10,000.
     """
 
     stream: int
     object_id: int
     grid_to_world: np.ndarray
-    state: tuple | None = None
+    state: tuple | torch.Tensor | None = None
     dirty: bool = False
+    no_pose: list = field(default_factory=list)
     occupancy: np.ndarray | None = None
     views: int = 0
     bytes: int = 0
@@ -239,6 +241,14 @@ class GroundStation:
         if kind == "torch":
             log.info("decoder backend: torch")
             return self.model
+        if getattr(self.model, "family", "implicit") != "implicit":
+            from voxlink.backends import BackendUnavailable
+
+            msg = f"no ONNX Runtime ground decoder for the {self.model.family} model family yet"
+            if kind == "onnxruntime":
+                raise BackendUnavailable(msg)
+            log.info("decoder backend onnxruntime skipped (%s): torch", msg)
+            return self.model
         from export.ground_onnx import OnnxGroundDecoder, export_ground
         from voxlink.backends import BackendUnavailable
 
@@ -263,8 +273,28 @@ class GroundStation:
                 carries the view's pose (camera-to-object [4, 4] or None) and the info its intrinsics
                 ``K`` [3, 3], for a model that uses them.
         """
+        if getattr(self.model, "needs_pose", False):
+            # a pose-aware model cannot place a view without its pose: count it, name it, skip it
+            for s, m, _ in items:
+                if m.pose is None:
+                    self.stats["views_without_pose"] += 1
+                    if len(s.no_pose) < 10000:
+                        s.no_pose.append(m.seq)
+                    self._log_reject("no_pose", f"stream {m.stream} object {m.object_id} seq {m.seq}: "
+                                                "view without a pose, not fused")
+            items = [it for it in items if it[1].pose is not None]
+            if not items:
+                return
         codes = torch.stack([unpack_bits(m.payload, self.K_bits) for _, m, _ in items])
         states = [s.state if s.state is not None else self.net.init_state(1) for s, _, _ in items]
+        if isinstance(states[0], torch.Tensor):  # fusion model: one evidence tensor per object
+            pose = torch.tensor(np.stack([m.pose for _, m, _ in items]), dtype=torch.float32)
+            K = torch.tensor(np.stack([info.K for _, _, info in items]), dtype=torch.float32)
+            new = self.net.step(codes, torch.cat(states), pose=pose, K=K)
+            for i, (s, _, _) in enumerate(items):
+                s.state = new[i:i + 1].clone()
+                s.dirty = True
+            return
         batched = tuple(torch.cat(parts) for parts in zip(*states))
         new = self.net.step(codes, batched)
         for i, (s, _, _) in enumerate(items):
@@ -722,6 +752,7 @@ class GroundStation:
             "first_seq": None if s.first_seq is None else s.first_seq & 0xFFFFFFFF,
             "last_seq": None if s.last_seq is None else s.last_seq & 0xFFFFFFFF,
             "late_views": s.late, "late_count": len(s.late),
+            "views_without_pose": s.no_pose, "views_fused": s.views - len(s.no_pose),
             "missing_views": miss["missing_in_span"], "stream_missing_views": miss["stream_missing_views"],
             "never_came": miss["never_came"],
             "gaps": miss["never_came"],

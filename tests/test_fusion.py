@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,44 @@ def test_tiny_fusion_model_trains_and_evaluates(small_dataset, tmp_path):
     assert set(r["hull_true_miou"]) == {"1", "2", "3"} and 0.0 <= r["silhouette_iou"] <= 1.0
     # the hull of the true masks is a strong geometric baseline on these objects
     assert r["hull_true_miou"]["3"] > 0.3
+
+
+def test_ground_fuses_posed_views_and_names_views_without_pose(tmp_path):
+    """At the ground a pose-aware model fuses views by their poses; a view without a pose is counted
+    and named in session.json, not fused; the same views in another order give the same grid."""
+    import json
+    import time
+
+    from ground.station import GroundConfig, GroundStation
+    from voxlink.models.binarizer import pack_bits
+    from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
+    from voxlink.weights import save_model
+
+    model = _tiny()
+    path = save_model(model, tmp_path / "fusion-tiny.safetensors")
+    pose, K = _views(6, seed=4)
+    codes = [pack_bits(c) for c in model.encode(torch.rand(6, 3, 128, 128))]
+    fp = model.fingerprint()
+
+    def run(order, out, poseless=()):
+        st = GroundStation(GroundConfig(bind=[], model=str(path), out=str(out)))
+        st.handle(encode_info(StreamInfo(stream=1, seq=0, fingerprint=bytes.hex(fp), code_bits=64,
+                                         K=camera.intrinsics(), model="fusion-tiny", epoch_unix=time.time())))
+        for v in order:
+            st.handle(encode_code(CodeMessage(stream=1, object_id=3, seq=v, t_ms=v, fingerprint=fingerprint32(fp),
+                                              n_bits=64, payload=codes[v],
+                                              pose=None if v in poseless else pose[v].double().numpy())))
+        return st
+
+    a = run([0, 1, 2, 3, 4, 5], tmp_path / "a")
+    b = run([5, 3, 1, 0, 2, 4], tmp_path / "b")
+    ga, gb = a.occupancy(a.sessions[(1, 3)]), b.occupancy(b.sessions[(1, 3)])
+    assert np.allclose(ga, gb, atol=1e-5)
+    c = run([0, 1, 2, 3, 4, 5], tmp_path / "c", poseless={2, 4})
+    s = c.sessions[(1, 3)]
+    assert s.no_pose == [2, 4] and c.stats["views_without_pose"] == 2
+    summary = c.snapshot((1, 3), reason="test")
+    assert summary["views_without_pose"] == [2, 4] and summary["views_fused"] == 4
+    on_disk = json.loads((Path(summary["folder"]) / "session.json").read_text())
+    assert on_disk["views_without_pose"] == [2, 4]
+    assert not np.allclose(c.occupancy(s), ga, atol=1e-5)  # two views fewer were fused
