@@ -491,6 +491,26 @@ def bench_speed_cmd(
     typer.echo(f"wrote {out / 'speed.csv'}, {out / 'speed.md'}")
 
 
+@bench_app.command("fusion")
+def bench_fusion_cmd(
+    out: Path = typer.Option(Path("bench"), "--out", help="Output folder."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A training dataset, to time batch loading too."),
+    models: str = typer.Option("implicit-k1024,fusion-k1024", "--models",
+                               help="Comma-separated models whose ground decode time per view is compared."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads for the training-step timings."),
+) -> None:
+    """The fusion model's training-step speed-ups side by side, and ground decode time per view against the implicit model."""
+    from voxlink.bench.fusion import run
+    from voxlink.weights import ModelFileError
+
+    try:
+        text = run(out, data=data, models=models.split(","), threads=threads)
+    except (ModelFileError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(text)
+    typer.echo(f"wrote {out / 'fusion-speed.md'}")
+
+
 @codec_app.command("compress")
 def codec_compress_cmd(
     model: Path = typer.Argument(..., help="A sequential or direct model file (from voxlink bench accuracy)."),

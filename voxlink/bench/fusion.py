@@ -1,0 +1,195 @@
+"""``voxlink bench fusion``: what each training speed-up of the fusion model gives, side by side in one
+run, and the ground's decode time per view of the fusion model against the paper's implicit model.
+
+Training step (8 objects x 5 views, forward + backward + Adam, synthetic tensors so that only the
+network is timed; data loading is timed separately on a real dataset when one is given):
+
+* ``baseline``: the first design: a 3D refiner whose full-resolution convolution reads 14 channels
+  (6 evidence channels + 8 features), float32, NCHW;
+* ``+ 8-channel refiner input``: the evidence padded to 8 channels (oneDNN's blocked 3D convolution);
+* ``+ channels_last``: the 2D encoder and view decoder in channels-last memory format;
+* ``+ bf16 autocast``: bfloat16 autocast on the CPU (AVX-512 BF16 here).
+
+Ground decode (one object, one view at a time, PyTorch on the CPU): fuse one code (3D-LSTM step or
+projective evidence + min/max), decode its depth map, and decode the occupancy grid after it (the
+worst case: a viewer refreshing after every view).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from voxlink import camera
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def _batch(b: int, v: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = torch.rand(b, v, 3, 128, 128)
+    K = torch.tensor(camera.intrinsics(), dtype=torch.float32).expand(b, v, 3, 3)
+    pose = torch.tensor(np.stack([camera.orbit_poses(v, rng) for _ in range(b)]), dtype=torch.float32)
+    target = (torch.rand(b, 32, 32, 32) > 0.8).float()
+    depth = torch.rand(b, v, 128, 128) * 2
+    return images, K, pose, target, depth
+
+
+def _baseline_model(cfg):
+    """The fusion model with the first refiner design (14 channels read at full resolution)."""
+    from voxlink.models.fusion import EVIDENCE, FusionModel, Refiner3D
+
+    class _Unpadded(FusionModel):
+        def __init__(self, c):
+            super().__init__(c)
+            self.refiner = Refiner3D(len(EVIDENCE) + 1, c.refiner_channels)
+
+        def logits(self, state):
+            return self.refiner(torch.cat([state, self.height.expand(len(state), -1, -1, -1, -1)], 1))
+
+    return _Unpadded(cfg)
+
+
+def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
+    """Seconds per training step of the fusion model, one row per cumulative change.
+
+    Returns:
+        rows ``{"setting", "step_s", "speedup"}`` (speed-up against the first row).
+    """
+    from voxlink.models.fusion import FUSION_CONFIGS, FusionModel
+    from voxlink.train_fusion import fusion_losses
+
+    torch.set_num_threads(threads)
+    cfg = dataclasses.replace(FUSION_CONFIGS["fusion-cpu"])
+    images, K, pose, target, depth = _batch(8, 5)
+    rows = []
+    settings = [("baseline (float32, NCHW, 14-channel refiner input)", False, False, False),
+                ("+ 8-channel refiner input", True, False, False),
+                ("+ channels_last", True, True, False),
+                ("+ bf16 autocast", True, True, True)]
+    for name, padded, cl, bf16 in settings:
+        torch.manual_seed(0)
+        model = FusionModel(cfg) if padded else _baseline_model(cfg)
+        x = images
+        if cl:
+            model.encoder.to(memory_format=torch.channels_last)
+            model.depth.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(x, K, pose)
+            ls = fusion_losses(out, target, depth)
+            loss = ls["loss3d"] + ls["loss_mask"] + ls["loss_depth"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t = _median_time(step, repeats)
+        rows.append({"setting": name, "step_s": round(t, 3)})
+    for r in rows:
+        r["speedup"] = round(rows[0]["step_s"] / r["step_s"], 2)
+    return rows
+
+
+def data_times(data: str | Path, batches: int = 5) -> list[dict]:
+    """Seconds to load one training batch (8 objects x 8 views) with each background mode."""
+    from voxlink.data.dataset import MultiViewDataset
+
+    rows = []
+    for name, bg, bank in (("textured, drawn per view", "textured", False), ("textured, from the bank", "textured", True),
+                           ("plain colours", "plain", True)):
+        ds = MultiViewDataset(data, "train", 8, train=True, frame="object", with_depth=True, heading="random",
+                              backgrounds=bg)
+        import voxlink.data.backgrounds as B
+
+        orig = B.composite
+        if not bank:
+            B.composite = lambda rgb, mask, rng, bank=True: orig(rgb, mask, rng, bank=False)  # noqa: E731
+        try:
+            t = _median_time(lambda: [ds[i] for i in range(8)], batches)
+        finally:
+            B.composite = orig
+        rows.append({"setting": name, "batch_s": round(t, 3)})
+    return rows
+
+
+@torch.no_grad()
+def ground_decode_times(models: list[str], views: int = 24, repeats: int = 3) -> list[dict]:
+    """Milliseconds per view at the ground for each model (PyTorch, CPU, one object).
+
+    Returns:
+        rows ``{"model", "family", "fuse_ms", "depth_ms", "occupancy_ms", "total_ms"}`` per view.
+    """
+    from voxlink.weights import load_model
+
+    rows = []
+    rng = np.random.default_rng(0)
+    pose = torch.tensor(camera.orbit_poses(views, rng), dtype=torch.float32)
+    Kmat = torch.tensor(camera.intrinsics(), dtype=torch.float32)
+    for name in models:
+        model, _, _ = load_model(name)
+        codes = model.encode(torch.rand(views, 3, 128, 128))
+        acc = {"fuse": [], "depth": [], "occupancy": []}
+        for _ in range(repeats):
+            state = model.init_state(1)
+            for v in range(views):
+                t0 = time.perf_counter()
+                state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=Kmat[None])
+                t1 = time.perf_counter()
+                model.decode_depth(codes[v:v + 1])
+                t2 = time.perf_counter()
+                model.occupancy(state)
+                t3 = time.perf_counter()
+                acc["fuse"].append(t1 - t0)
+                acc["depth"].append(t2 - t1)
+                acc["occupancy"].append(t3 - t2)
+        r = {"model": name, "family": getattr(model, "family", "implicit"),
+             **{f"{k}_ms": round(1e3 * float(np.median(x)), 2) for k, x in acc.items()}}
+        r["total_ms"] = round(r["fuse_ms"] + r["depth_ms"] + r["occupancy_ms"], 2)
+        rows.append(r)
+    return rows
+
+
+def run(out: str | Path, data: str | Path | None = None, models: list[str] | None = None, threads: int = 1) -> str:
+    """Run all three measurements and write ``fusion-speed.md`` (and ``.json``) into ``out``.
+
+    Returns:
+        the Markdown text.
+    """
+    import json
+    import os
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = train_step_times(threads=threads)
+    loads = data_times(data) if data else []
+    dec = ground_decode_times(models or ["implicit-k1024", "fusion-k1024"])
+    lines = [f"# Fusion model speed ({os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s))", "",
+             "## Training step (8 objects x 5 views, forward + backward + Adam)", "",
+             "| setting | s / step | speed-up |", "|---|---|---|"]
+    lines += [f"| {r['setting']} | {r['step_s']:.3f} | {r['speedup']:.2f}x |" for r in steps]
+    if loads:
+        lines += ["", "## Loading one training batch (8 objects x 8 views, one core)", "", "| backgrounds | s / batch |",
+                  "|---|---|"]
+        lines += [f"| {r['setting']} | {r['batch_s']:.3f} |" for r in loads]
+    lines += ["", "## Ground decode per view (PyTorch CPU, one object; occupancy decoded after every view)", "",
+              "| model | family | fuse ms | depth ms | occupancy ms | total ms |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['family']} | {r['fuse_ms']} | {r['depth_ms']} | {r['occupancy_ms']} | {r['total_ms']} |"
+              for r in dec]
+    text = "\n".join(lines) + "\n"
+    (out / "fusion-speed.md").write_text(text)
+    (out / "fusion-speed.json").write_text(json.dumps({"train_step": steps, "data": loads, "ground_decode": dec}, indent=1))
+    return text
