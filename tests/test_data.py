@@ -288,3 +288,33 @@ def test_random_heading_turns_the_object_frame_target_only(small_dataset):
         assert (changed == 0) if frame == "view" else (changed >= 4), (frame, changed)
     with pytest.raises(ValueError, match="heading"):
         MultiViewDataset(small_dataset, frame="object", heading="north", **kw)
+
+
+def test_texture_without_uvs_renders_in_base_colour_and_meshes_take_several_paths(tmp_path, mesh_root):
+    """A material with a texture map but no texture coordinates (two training meshes are like that) is
+    drawn in its base colour instead of ending the dataset; ``--meshes`` takes several paths after one flag."""
+    from PIL import Image
+
+    from voxlink.data.store import DatasetStore
+
+    folder = tmp_path / "redbox"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(folder / "tex.png")
+    (folder / "redbox.mtl").write_text("newmtl red\nKd 0.9 0.05 0.05\nmap_Kd tex.png\n")
+    verts = [(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)]
+    faces = [(1, 2, 4), (1, 4, 3), (5, 7, 8), (5, 8, 6), (1, 5, 6), (1, 6, 2), (3, 4, 8), (3, 8, 7), (1, 3, 7),
+             (1, 7, 5), (2, 6, 8), (2, 8, 4)]
+    (folder / "redbox.obj").write_text("mtllib redbox.mtl\n" + "".join(f"v {x} {y} {z}\n" for x, y, z in verts)
+                                       + "usemtl red\n" + "".join(f"f {a} {b} {c}\n" for a, b, c in faces))
+    good = next(mesh_root.rglob("*.obj"))
+    out = tmp_path / "ds"
+    r = subprocess.run([sys.executable, "-m", "voxlink.cli", "data", "make", "--out", str(out), "--meshes",
+                        str(folder / "redbox.obj"), str(good), "--views", "2"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    store = DatasetStore(out)
+    assert len(store.objects) == 2 and not store.manifest["failed"]
+    i = [k for k, o in enumerate(store.objects) if o["name"] == "redbox"][0]
+    rgb, depth = store.read(i, "rgb"), store.read(i, "depth")
+    obj = rgb[depth > 0].astype(float).mean(0)
+    assert obj[0] > 1.5 * obj[1] and obj[0] > 1.5 * obj[2], f"drawn in the material's red, got {obj}"
