@@ -6,6 +6,11 @@ high-water mark drops, counted); PUSH is an option. A stream-info message goes o
 every ``info_interval_s`` (with ``first_seq`` and ``last_seq``, so the ground can count views lost at
 the start and end of the stream). SIGINT / SIGTERM stop the loop, flush the log, close the socket, exit 0.
 
+No PyTorch: the daemon stands on the runtime core only (protocol, camera, preprocess, backends, model-file
+metadata); the model file's K and fingerprint are read from its metadata (:mod:`voxlink.modelfile`) and
+checked against the encoder backend's. PyTorch is imported only by the ``torch`` backend (and, where
+it is installed, to verify a model file that records no fingerprint); the renderer only by ``orbit:``.
+
 Sequence numbers continue across restarts: the daemon starts after the last one in its code log, so
 (stream, sequence number) names one view for ever (as long as the log folder is kept).
 
@@ -32,9 +37,9 @@ import numpy as np
 
 from edge.sources import Frame, SourceEnded, SourceError, open_source
 from voxlink import camera
-from voxlink.models.binarizer import pack_bits
-from voxlink.preprocess import to_input
-from voxlink.protocol import HEADER_BYTES, KIND_CODE, CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
+from voxlink.preprocess import to_input_array
+from voxlink.protocol import (HEADER_BYTES, KIND_CODE, CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32,
+                              pack_bits)
 
 log = logging.getLogger("voxlink.edge")
 
@@ -286,19 +291,24 @@ class EdgeDaemon:
 
     def __init__(self, cfg: EdgeConfig):
         from voxlink.backends import probe
-        from voxlink.weights import load_model
+        from voxlink.modelfile import read_model_info
 
         self.cfg = cfg
+        info = read_model_info(cfg.model)  # metadata only: no PyTorch
         self.backend = probe(cfg.backend, model=cfg.model, onnx_path=cfg.onnx, engine_path=cfg.engine)
-        model, meta, _ = load_model(cfg.model)
-        if self.backend.code_bits != model.cfg.code_bits:
+        fp = info.fingerprint
+        if fp is None:  # a model file written without its fingerprint: compute it (needs PyTorch)
+            from voxlink.weights import load_model
+
+            fp = load_model(info.path)[0].fingerprint()
+        if self.backend.code_bits != info.code_bits:
             raise ValueError(f"backend {self.backend.name} produces {self.backend.code_bits}-bit codes, model "
-                             f"{model.cfg.name} expects {model.cfg.code_bits}")
-        if self.backend.fingerprint not in (b"", b"\0" * 8) and self.backend.fingerprint != model.fingerprint():
+                             f"{info.name} expects {info.code_bits}")
+        if self.backend.fingerprint not in (b"", b"\0" * 8) and self.backend.fingerprint != fp:
             raise ValueError(f"backend {self.backend.name} was built from another model (fingerprint "
-                             f"{bytes.hex(self.backend.fingerprint)} != {bytes.hex(model.fingerprint())})")
-        self.model_name, self.frame_kind = model.cfg.name, model.cfg.frame
-        self.fp = model.fingerprint()
+                             f"{bytes.hex(self.backend.fingerprint)} != {bytes.hex(fp)})")
+        self.model_name, self.frame_kind = info.name, info.frame
+        self.fp = fp
         K_frame = None
         if cfg.intrinsics:
             fx, fy, cx, cy = cfg.intrinsics
@@ -464,7 +474,7 @@ class EdgeDaemon:
                 if f is None:
                     break
                 t0 = time.perf_counter()
-                codes = self.backend.encode(to_input(f.view[None]).numpy())
+                codes = self.backend.encode(to_input_array(f.view[None]))
                 self.encode_ms.append((time.perf_counter() - t0) * 1e3)
                 msg = CodeMessage(stream=self.cfg.stream_id, object_id=self.cfg.object_id, seq=self.seq,
                                   t_ms=int((f.t - self.epoch) * 1000) & 0xFFFFFFFF, fingerprint=fingerprint32(self.fp),

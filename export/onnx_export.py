@@ -40,13 +40,15 @@ def export_onnx(model: ImplicitModel, out: str | Path, opset: int = 17) -> Path:
     """Export E_K + sign to ONNX and validate it with the ONNX checker.
 
     Args:
-        model: the implicit model (put in eval mode here).
+        model: a model with an ``encoder`` (E_K) and ``cfg.code_bits`` / ``cfg.image_size``: the implicit
+            or the fusion family (put in eval mode here).
         out: ``.onnx`` path.
         opset: ONNX opset.
 
     Returns:
-        the written path. The model's fingerprint and K are stored as metadata properties
-        ``voxlink.fingerprint`` and ``voxlink.code_bits``.
+        the written path. The model's fingerprint, K, name and family are stored as metadata properties
+        ``voxlink.fingerprint``, ``voxlink.code_bits``, ``voxlink.model`` and ``voxlink.family`` (ONNX Runtime
+        reads them as the session's custom metadata, so the drone needs no ``onnx`` package).
 
     Raises:
         onnx.checker.ValidationError: the exported graph is invalid.
@@ -64,7 +66,7 @@ def export_onnx(model: ImplicitModel, out: str | Path, opset: int = 17) -> Path:
                       dynamo=False)
     m = onnx.load(str(out))
     for k, v in (("voxlink.fingerprint", bytes.hex(model.fingerprint())), ("voxlink.code_bits", str(model.cfg.code_bits)),
-                 ("voxlink.model", model.cfg.name)):
+                 ("voxlink.model", model.cfg.name), ("voxlink.family", getattr(model, "family", "implicit"))):
         p = m.metadata_props.add()
         p.key, p.value = k, v
     onnx.checker.check_model(m)

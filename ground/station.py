@@ -61,9 +61,8 @@ import torch
 
 from ground.delivery import StreamDelivery
 from voxlink import camera
-from voxlink.data.dataset import yaw_matrix
-from voxlink.data.voxelize import grid_to_world as _g2w
-from voxlink.data.voxelize import voxel_size
+from voxlink.camera import grid_to_world as _g2w
+from voxlink.camera import voxel_size, yaw_matrix
 from voxlink.models.binarizer import compression_ratio, unpack_bits
 from voxlink.protocol import MAX_MESSAGE_BYTES, CodeMessage, ProtocolError, StreamInfo, decode
 

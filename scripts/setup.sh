@@ -26,7 +26,9 @@ PY=.venv/bin/python
 "$PY" -m pip install -q --upgrade pip >/dev/null
 # torch is pinned to the CPU build's version: an unpinned torch would pull CUDA packages.
 "$PY" -m pip install -q "torch==2.13.0"
-"$PY" -m pip install -q -e ".[test]"
+# everything: the runtime core + the edge, ground and lab extras + the test tools (a drone needs only
+# `pip install "voxlink[edge]"`, which brings no PyTorch)
+"$PY" -m pip install -q -e ".[all,test]"
 # pyrender pins PyOpenGL==3.1.0, which cannot create an OSMesa context; its other dependencies are
 # in pyproject.toml, so it goes in without its own pins.
 "$PY" -m pip install -q --no-deps "pyrender==0.1.45"

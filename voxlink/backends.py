@@ -3,13 +3,20 @@
 Every backend turns a batch of 128 x 128 RGB views into K-bit codes (+1/-1), bit-identical to
 :meth:`voxlink.models.implicit.ImplicitModel.encode` in eval mode up to pre-activations within float
 rounding of zero (counted by the parity tests). ``tensorrt``, ``cuda`` and ``pycuda`` are imported
-only inside :class:`TensorRTBackend`, so voxlink imports without them.
+only inside :class:`TensorRTBackend`, ``torch`` only inside :class:`TorchBackend`, ``onnxruntime`` only
+inside :class:`OnnxBackend`: this module is runtime core and imports NumPy only.
+
+ONNX Runtime runs a model's encoder graph (E_K + sign) found by :meth:`OnnxBackend.for_model`: the
+``NAME.onnx`` shipped beside ``NAME.safetensors`` (``scripts/export_shipped_onnx.py`` writes those),
+else one exported once into the cache (:func:`onnx_cache_dir`) where PyTorch is installed; either way
+the graph's recorded fingerprint must equal the model file's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -81,8 +88,42 @@ class TorchBackend(EncoderBackend):
             return self.model.encode(x).cpu().numpy()
 
 
+def onnx_cache_dir() -> Path:
+    """Folder of encoder graphs exported once and cached: ``$VOXLINK_CACHE/onnx``, else
+    ``$XDG_CACHE_HOME/voxlink/onnx``, else ``~/.cache/voxlink/onnx`` (not created here)."""
+    root = os.environ.get("VOXLINK_CACHE")
+    if root:
+        return Path(root) / "onnx"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "voxlink" / "onnx"
+
+
+def export_encoder_onnx(model_name_or_path: str | Path | None, out: str | Path) -> Path:
+    """Export a model file's edge encoder (E_K + sign) to ONNX at ``out``, written atomically
+    (a temporary file renamed into place). Needs PyTorch and the ``onnx`` package.
+
+    Raises:
+        ImportError: PyTorch or onnx missing. voxlink.modelfile.ModelFileError: bad model file.
+    """
+    from export.onnx_export import export_onnx
+    from voxlink.weights import load_model
+
+    model, _, _ = load_model(model_name_or_path)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        export_onnx(model, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 class OnnxBackend(EncoderBackend):
     """ONNX Runtime, trying the TensorRT, CUDA and CPU execution providers in that order.
+
+    Attributes (besides :class:`EncoderBackend`'s): path: the ONNX file. model_name: the
+    ``voxlink.model`` metadata of the graph ('' where absent).
 
     Raises:
         BackendUnavailable: onnxruntime missing or the file unreadable.
@@ -92,7 +133,6 @@ class OnnxBackend(EncoderBackend):
 
     def __init__(self, onnx_path: str | Path, providers: tuple[str, ...] | None = None):
         try:
-            import onnx
             import onnxruntime as ort
         except ImportError as e:
             raise BackendUnavailable(f"onnxruntime is not installed: {e}") from e
@@ -105,12 +145,71 @@ class OnnxBackend(EncoderBackend):
             raise BackendUnavailable(f"none of the providers {providers or self.PREFERRED} is available ({avail})")
         try:
             self.session = ort.InferenceSession(str(path), providers=chosen)
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            # metadata through ONNX Runtime itself: the onnx package is not needed on the drone
+            props = dict(self.session.get_modelmeta().custom_metadata_map)
         except Exception as e:  # onnxruntime raises its own exception types
             raise BackendUnavailable(f"cannot load {path}: {e}") from e
+        self.path = path
         self.code_bits = int(props.get("voxlink.code_bits", self.session.get_outputs()[0].shape[1]))
         self.fingerprint = bytes.fromhex(props.get("voxlink.fingerprint", "00" * 8))
+        self.model_name = props.get("voxlink.model", "")
         self.name = f"onnxruntime[{self.session.get_providers()[0]}]"
+
+    @classmethod
+    def for_model(cls, model_name_or_path: str | Path | None = None, providers: tuple[str, ...] | None = None,
+                  export: bool = True) -> "OnnxBackend":
+        """The encoder graph of a model file, without PyTorch where the graph ships with it.
+
+        Looks, in order, for ``NAME.onnx`` beside the model file (shipped models have one), then for
+        ``<cache>/NAME-<fingerprint>.onnx`` (:func:`onnx_cache_dir`); a graph whose recorded
+        ``voxlink.fingerprint`` or K differs from the model file's is skipped (logged). If none fits
+        and ``export`` is set, the graph is exported once into the cache, which needs PyTorch.
+
+        Args:
+            model_name_or_path: model file or shipped name (None: the default model).
+            providers: ONNX Runtime execution providers (default :attr:`PREFERRED`).
+            export: allow exporting into the cache.
+
+        Raises:
+            BackendUnavailable: onnxruntime missing, or no fitting graph and none can be exported
+                here (the message says why and what to run).
+            voxlink.modelfile.ModelFileError: bad model file.
+        """
+        from voxlink.modelfile import encoder_onnx_beside, read_model_info
+
+        info = read_model_info(model_name_or_path)
+        if info.fingerprint is None:
+            raise BackendUnavailable(f"{info.path} records no fingerprint, so no ONNX graph can be matched to it; "
+                                     f"use --backend torch or re-save the model")
+        cached = onnx_cache_dir() / f"{info.path.stem}-{info.fingerprint_hex}.onnx"
+        stale = []
+        for path in (encoder_onnx_beside(info.path), cached):
+            if not path.is_file():
+                continue
+            b = cls(path, providers)
+            if b.fingerprint == info.fingerprint and b.code_bits == info.code_bits:
+                log.info("encoder graph %s (fingerprint %s)", path, info.fingerprint_hex)
+                return b
+            stale.append(f"{path} (fingerprint {bytes.hex(b.fingerprint)}, K = {b.code_bits})")
+            log.warning("skipping %s: built from another model (fingerprint %s, K = %d; the model file has %s, K = %d)",
+                        path, bytes.hex(b.fingerprint), b.code_bits, info.fingerprint_hex, info.code_bits)
+        why = (f"no ONNX graph of {info.path.name} (fingerprint {info.fingerprint_hex}) beside it or in {cached.parent}"
+               + (f"; skipped stale {', '.join(stale)}" if stale else ""))
+        if not export:
+            raise BackendUnavailable(why)
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise BackendUnavailable(f"{why}, and PyTorch is not installed to export one: run "
+                                     f"`voxlink export onnx {info.path} --out {encoder_onnx_beside(info.path)}` "
+                                     f"(or scripts/export_shipped_onnx.py) where PyTorch is, or pass --onnx") from None
+        log.info("%s: exporting it once into %s", why, cached)
+        export_encoder_onnx(info.path, cached)
+        b = cls(cached, providers)
+        if b.fingerprint != info.fingerprint:
+            raise BackendUnavailable(f"the exported graph {cached} has fingerprint {bytes.hex(b.fingerprint)}, the model "
+                                     f"file records {info.fingerprint_hex} (a corrupt model file?)")
+        return b
 
     def encode(self, images: np.ndarray) -> np.ndarray:  # noqa: D102
         """Codes float32 [N, K] (+1/-1) of views float32 [N, 3, 128, 128] in [0, 1]."""
@@ -143,12 +242,16 @@ class TensorRTBackend(EncoderBackend):
 
 def probe(kind: str = "auto", model: str | None = None, onnx_path: str | None = None,
           engine_path: str | None = None) -> EncoderBackend:
-    """Pick a backend: ``auto`` tries TensorRT, then ONNX Runtime, then PyTorch, logging why each
-    one it skips was skipped.
+    """Pick a backend, logging why each one it skips was skipped.
+
+    ``auto`` tries TensorRT (with an engine), ONNX Runtime (with ``onnx_path``), PyTorch, then ONNX
+    Runtime on the model's own encoder graph (:meth:`OnnxBackend.for_model`; so a drone without
+    PyTorch runs the shipped model out of the box). ``onnxruntime`` uses ``onnx_path`` if given,
+    else the model's own graph (shipped, cached, or exported once where PyTorch is installed).
 
     Args:
         kind: ``auto``, ``tensorrt``, ``onnxruntime`` or ``torch``.
-        model: model name or file (PyTorch backend, and the fingerprint source).
+        model: model name or file (PyTorch backend, the model's ONNX graph, and the fingerprint source).
         onnx_path: ONNX file for ONNX Runtime.
         engine_path: engine file for TensorRT.
 
@@ -162,11 +265,13 @@ def probe(kind: str = "auto", model: str | None = None, onnx_path: str | None = 
     if kind in ("auto", "tensorrt"):
         tries.append(("tensorrt", lambda: TensorRTBackend(engine_path) if engine_path else
                       (_ for _ in ()).throw(BackendUnavailable("no engine file given (--engine)"))))
-    if kind in ("auto", "onnxruntime"):
-        tries.append(("onnxruntime", lambda: OnnxBackend(onnx_path) if onnx_path else
-                      (_ for _ in ()).throw(BackendUnavailable("no ONNX file given (--onnx)"))))
+    if kind == "onnxruntime" or (kind == "auto" and onnx_path):
+        tries.append(("onnxruntime", lambda: OnnxBackend(onnx_path) if onnx_path else OnnxBackend.for_model(model)))
     if kind in ("auto", "torch"):
         tries.append(("torch", lambda: TorchBackend(model)))
+    if kind == "auto" and not onnx_path:
+        # reached only where PyTorch is absent (or cannot load the model): the model's shipped graph
+        tries.append(("onnxruntime", lambda: OnnxBackend.for_model(model, export=False)))
     reasons = []
     for name, make in tries:
         try:

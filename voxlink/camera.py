@@ -185,3 +185,34 @@ def azimuth_of(T_c2o: np.ndarray) -> float:
     """
     t = np.asarray(T_c2o)[:3, 3]
     return math.atan2(t[0], t[2])
+
+
+# -- occupancy grid geometry (runtime core; the same rule as voxlink.data.voxelize) -------------------
+#: Default occupancy grid resolution (3D-R2N2's 32^3).
+GRID_RESOLUTION = 32
+#: Lower corner of the grid in the object frame (metres).
+VOXEL_MIN = -0.5
+#: Extent of the grid along each axis (metres): the grid covers the unit cube ``[-0.5, 0.5]^3``.
+GRID_EXTENT = 1.0
+
+
+def voxel_size(resolution: int = GRID_RESOLUTION) -> float:
+    """Edge length of one voxel in metres (object units): ``GRID_EXTENT / resolution``."""
+    return GRID_EXTENT / resolution
+
+
+def grid_to_world(resolution: int = GRID_RESOLUTION) -> np.ndarray:
+    """4 x 4 float64 matrix mapping voxel indices ``(i, j, k, 1)`` to the voxel centre in the object frame
+    (metres): ``VOXEL_MIN + (i + 0.5) * voxel_size``."""
+    s = voxel_size(resolution)
+    T = np.diag([s, s, s, 1.0])
+    T[:3, 3] = VOXEL_MIN + 0.5 * s
+    return T
+
+
+def yaw_matrix(angle: float) -> np.ndarray:
+    """4 x 4 float64 rotation about +Y by ``angle`` radians (right-handed)."""
+    c, s = math.cos(angle), math.sin(angle)
+    T = np.eye(4)
+    T[0, 0], T[0, 2], T[2, 0], T[2, 2] = c, s, -s, c
+    return T

@@ -286,7 +286,7 @@ def edge_cmd(
     from edge.daemon import EdgeConfig, EdgeDaemon
     from edge.sources import SourceError
     from voxlink.backends import BackendUnavailable
-    from voxlink.weights import ModelFileError
+    from voxlink.modelfile import ModelFileError  # torch-free (voxlink.weights would import torch)
 
     over = dict(source=source, connect=connect or None, bind=bind or None, model=model, backend=backend, onnx=onnx,
                 engine=engine, object_id=object_id, stream_id=stream_id, fps=fps, socket=socket, max_frames=max_frames,
@@ -489,6 +489,27 @@ def bench_speed_cmd(
         _fail(str(e))
     typer.echo((out / "speed.md").read_text())
     typer.echo(f"wrote {out / 'speed.csv'}, {out / 'speed.md'}")
+
+
+@bench_app.command("edge")
+def bench_edge_cmd(
+    python: Optional[list[Path]] = typer.Option(None, "--python", help="Interpreter(s) to measure, e.g. a torch-free "
+                                                "edge venv's bin/python (default: this one); repeat the flag for several."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default implicit-k1024)."),
+    frames: int = typer.Option(50, "--frames", min=1, help="Timed frames per backend."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the measurements as JSON here."),
+) -> None:
+    """The drone's cost in one run: install size, start-up to the first code, encode ms/frame (ONNX Runtime CPU, PyTorch CPU)."""
+    import json
+
+    from edge.bench import run
+
+    rows, text = run([str(p) for p in python] if python else None, model, frames)
+    typer.echo(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=1))
+        typer.echo(f"wrote {out}")
 
 
 @bench_app.command("fusion")

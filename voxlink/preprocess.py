@@ -3,12 +3,19 @@
 A camera frame (any size, BGR uint8 as OpenCV delivers it) becomes a 128 x 128 RGB view by a centre
 crop to a square and an area resize; the network input is that view as float32 in [0, 1], channels
 first. Training images are rendered at 128 x 128 RGB already and only go through :func:`to_input`.
+
+Runtime core: this module imports NumPy only (OpenCV inside :func:`frame_to_view`, PyTorch inside
+:func:`to_input`), so the drone runs it without PyTorch through :func:`to_input_array`.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 #: Network input size in pixels (height = width).
 IMAGE_SIZE = 128
@@ -48,6 +55,22 @@ def frame_to_view(frame: np.ndarray, size: int = IMAGE_SIZE, bgr: bool = True) -
     return f
 
 
+def to_input_array(views: np.ndarray) -> np.ndarray:
+    """RGB uint8 views to the network's input, in NumPy (bit-identical to :func:`to_input`).
+
+    Shape:
+        views: uint8 [..., H, W, 3] -> float32 [..., 3, H, W] in [0, 1] (C-contiguous), each value
+        ``float32(v) / 255`` correctly rounded, as PyTorch's division gives.
+
+    Raises:
+        ValueError: the last axis is not 3 channels.
+    """
+    a = np.asarray(views)
+    if a.ndim < 1 or a.shape[-1] != 3:
+        raise ValueError(f"expected RGB views [..., H, W, 3], got shape {a.shape}")
+    return np.ascontiguousarray(np.moveaxis(a, -1, -3), dtype=np.float32) / np.float32(255.0)
+
+
 def to_input(views: np.ndarray | torch.Tensor) -> torch.Tensor:
     """RGB uint8 views to the network's input.
 
@@ -57,6 +80,8 @@ def to_input(views: np.ndarray | torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: the last axis is not 3 channels.
     """
+    import torch
+
     t = torch.as_tensor(views)
     if t.shape[-1] != 3:
         raise ValueError(f"expected RGB views [..., H, W, 3], got shape {tuple(t.shape)}")

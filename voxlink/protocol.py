@@ -17,7 +17,7 @@ View-code message (little-endian), 24 bytes of header at any K, then the optiona
     20     4    CRC32 of bytes 0..19, the pose and the payload
     24     28   pose (if flag): camera-to-object rotation as a unit quaternion (w, x, y, z) and the
                 translation (x, y, z) in metres, 7 x float32
-    ..     ceil(K/8) payload: the code, MSB first, +1 -> 1 (``voxlink.models.binarizer.pack_bits``)
+    ..     ceil(K/8) payload: the code, MSB first, +1 -> 1 (:func:`pack_bits`)
 
 At K = 1024 a view without pose is 24 + 128 = 152 bytes; with pose 180 bytes.
 
@@ -142,6 +142,40 @@ class StreamInfo:
 def fingerprint32(fp: bytes) -> int:
     """uint32 of the first 4 bytes of an 8-byte model fingerprint (what code messages carry)."""
     return int.from_bytes(fp[:4], "big")
+
+
+def pack_bits(bits) -> bytes:
+    """Pack one code of +1/-1 (or 1/0) values into the wire payload, most significant bit first.
+
+    A value ``> 0`` becomes bit 1, anything else bit 0; the last byte is padded with zero bits.
+    Pure NumPy (the drone packs codes without PyTorch); :func:`voxlink.models.binarizer.pack_bits`
+    calls this for tensors.
+
+    Shape:
+        bits: array-like [K] (any real dtype) -> ``ceil(K / 8)`` bytes.
+
+    Raises:
+        ValueError: not one-dimensional.
+    """
+    b = np.asarray(bits)
+    if b.ndim != 1:
+        raise ValueError(f"pack_bits takes one code [K], got shape {b.shape}")
+    return np.packbits(b > 0).tobytes()
+
+
+def unpack_bits(data: bytes, k: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: the first ``k`` bits of ``data`` as +1/-1.
+
+    Returns:
+        float32 [k] of +1.0 (bit 1) and -1.0 (bit 0).
+
+    Raises:
+        ValueError: ``data`` is not ``ceil(k / 8)`` bytes.
+    """
+    if len(data) != (k + 7) // 8:
+        raise ValueError(f"a {k}-bit code is {(k + 7) // 8} bytes, got {len(data)}")
+    bits = np.unpackbits(np.frombuffer(data, np.uint8))[:k]
+    return bits.astype(np.float32) * 2.0 - 1.0
 
 
 def _quat_from_matrix(R: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@ A model file is one ``.safetensors`` file: the weights, plus string metadata ``v
 (the :class:`~voxlink.models.config.ModelConfig` as JSON), ``voxlink.meta`` (JSON: training
 command, data manifest hash, git commit, metrics) and ``voxlink.format``. Buffers that are not
 weights ride along under the ``extra.`` prefix (the mean training grid of the trivial baseline).
-Shipped weights live in ``voxlink/weights/`` and load by name (``implicit-k1024``).
+Shipped weights live in ``voxlink/weights/`` and load by name (``implicit-k1024``). Reading a model
+file's metadata (K, fingerprint, family) needs no PyTorch: see :mod:`voxlink.modelfile`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ import torch
 from voxlink.models.config import ModelConfig
 from voxlink.models.implicit import ImplicitModel
 
-#: Folder of the shipped ("embedded default") weights.
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-#: Model used when none is named.
-DEFAULT_MODEL = "implicit-k1024"
-FORMAT = "voxlink-model-1"
+# Shared with the torch-free runtime core (voxlink.modelfile), re-exported here unchanged.
+from voxlink.modelfile import (DEFAULT_MODEL, FORMAT, WEIGHTS_DIR, ModelFileError,  # noqa: E402,F401
+                               read_model_info, resolve, shipped_models)
 
 
 def _implicit():
@@ -37,31 +36,6 @@ def _fusion():
 #: Model families a model file may hold (its ``voxlink.family`` metadata; files without it are
 #: implicit models): name -> a function returning ``(config class, model class)``.
 FAMILIES = {"implicit": _implicit, "fusion": _fusion}
-
-
-class ModelFileError(ValueError):
-    """A model file is missing, corrupt, of another format, or does not match what the caller needs."""
-
-
-def shipped_models() -> list[str]:
-    """Names of the shipped models (files in :data:`WEIGHTS_DIR`)."""
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
-
-
-def resolve(name_or_path: str | Path | None) -> Path:
-    """Path of a model given by file path or shipped name (``None`` -> :data:`DEFAULT_MODEL`).
-
-    Raises:
-        ModelFileError: neither an existing file nor a shipped name.
-    """
-    s = str(name_or_path or DEFAULT_MODEL)
-    p = Path(s)
-    if p.is_file():
-        return p
-    q = WEIGHTS_DIR / f"{s}.safetensors"
-    if q.is_file():
-        return q
-    raise ModelFileError(f"no model file {s!r}; shipped models: {', '.join(shipped_models()) or 'none'}")
 
 
 def save_model(model: ImplicitModel, path: str | Path, meta: dict | None = None,

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from voxlink import protocol as _protocol
+
 #: Bits in one raw 128 x 128 RGB view at 8 bits per channel (Eq. 12 numerator).
 RAW_BITS_128 = 128 * 128 * 3 * 8
 
@@ -67,20 +69,20 @@ class Binarizer(nn.Module):
 def pack_bits(bits: torch.Tensor | np.ndarray) -> bytes:
     """Pack one code of +1/-1 (or 1/0) values into bytes, most significant bit first (+1 -> 1).
 
+    Delegates to :func:`voxlink.protocol.pack_bits` (the wire protocol owns the packing); tensors are
+    moved to the CPU first.
+
     Shape:
         bits: [K] -> ``ceil(K / 8)`` bytes.
 
     Raises:
         ValueError: not one-dimensional.
     """
-    b = np.asarray(bits.detach().cpu() if isinstance(bits, torch.Tensor) else bits)
-    if b.ndim != 1:
-        raise ValueError(f"pack_bits takes one code [K], got shape {b.shape}")
-    return np.packbits(b > 0).tobytes()
+    return _protocol.pack_bits(bits.detach().cpu().numpy() if isinstance(bits, torch.Tensor) else bits)
 
 
 def unpack_bits(data: bytes, k: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`.
+    """Inverse of :func:`pack_bits` (:func:`voxlink.protocol.unpack_bits` as a tensor).
 
     Returns:
         float32 [k] of +1/-1.
@@ -88,7 +90,4 @@ def unpack_bits(data: bytes, k: int) -> torch.Tensor:
     Raises:
         ValueError: ``data`` is not ``ceil(k / 8)`` bytes.
     """
-    if len(data) != (k + 7) // 8:
-        raise ValueError(f"a {k}-bit code is {(k + 7) // 8} bytes, got {len(data)}")
-    bits = np.unpackbits(np.frombuffer(data, np.uint8))[:k]
-    return torch.from_numpy(bits.astype(np.float32) * 2.0 - 1.0)
+    return torch.from_numpy(_protocol.unpack_bits(data, k))

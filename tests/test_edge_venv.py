@@ -1,0 +1,134 @@
+"""The drone installs without PyTorch: ``pip install ".[edge]"`` into a fresh virtual environment, then
+``voxlink edge --backend onnxruntime`` streams a lossless video's codes to a ZeroMQ subscriber here, and
+the codes are the PyTorch encoder's bits for the same frames.
+
+Slow (a venv and a pip install, about 1-3 minutes with a warm pip cache, longer without): skipped unless
+``VOXLINK_TEST_EDGE_VENV=1``. ``VOXLINK_EDGE_VENV=PATH`` keeps (and reuses) the environment there, e.g. for
+``voxlink bench edge --python PATH/bin/python``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENABLED = os.environ.get("VOXLINK_TEST_EDGE_VENV") == "1"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not ENABLED, reason="creates a venv and pip-installs voxlink[edge] from PyPI (1-3 min, "
+                                           "network): set VOXLINK_TEST_EDGE_VENV=1 to run it"),
+]
+
+
+def _copy_source(dst: Path) -> Path:
+    """The installable part of this checkout (no build outputs, runs, data or the venv)."""
+    dst.mkdir(parents=True)
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, dst / f)
+    for d in ("voxlink", "edge", "ground", "export"):
+        shutil.copytree(ROOT / d, dst / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dst
+
+
+def _edge_venv(tmp_path: Path) -> Path:
+    """A fresh venv with ``voxlink[edge]`` of this checkout installed (no torch); its directory."""
+    where = os.environ.get("VOXLINK_EDGE_VENV")
+    env_dir = Path(where) if where else tmp_path / "edge-venv"
+    py = env_dir / "bin" / "python"
+    if where and py.exists():
+        shutil.rmtree(env_dir)  # always test this checkout's code, freshly installed
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    src = _copy_source(tmp_path / "src")
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-build-isolation", f"{src}[edge]"],
+                       capture_output=True, text=True, env=env, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return env_dir
+
+
+def test_edge_extra_installs_without_torch_and_streams_pytorchs_bits(tmp_path):
+    import cv2
+    import torch
+    import zmq
+
+    from edge.bench import make_video
+    from voxlink.preprocess import frame_to_view, to_input
+    from voxlink.protocol import CodeMessage, StreamInfo, decode, fingerprint32, unpack_bits
+    from voxlink.weights import load_model
+
+    t0 = time.perf_counter()
+    env_dir = _edge_venv(tmp_path)
+    py = env_dir / "bin" / "python"
+    install_s = time.perf_counter() - t0
+    freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True).stdout.lower()
+    for heavy in ("torch", "libigl", "scikit-image", "matplotlib", "trimesh", "pyrender", "glymur", "scipy"):
+        assert f"\n{heavy}==" not in "\n" + freeze, f"{heavy} got installed with the edge extra:\n{freeze}"
+    for needed in ("numpy", "opencv-python-headless", "pyzmq", "onnxruntime", "safetensors"):
+        assert f"\n{needed}==" in "\n" + freeze, f"{needed} missing from the edge install:\n{freeze}"
+
+    # a short lossless video of real rendered views (the shipped meshes), 160 x 120: centre crop + resize
+    from voxlink.data.make import Job, MakeConfig, make_object
+
+    job = Job(index=0, kind="mesh", path=str(sorted((ROOT / "voxlink/assets/meshes").glob("*/*.obj"))[0]))
+    rgb = make_object(job, MakeConfig(views=8, seed=11))["arrays"]["rgb"]  # uint8 [8, 128, 128, 3]
+    video = tmp_path / "flight.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 10, (160, 128))
+    assert w.isOpened()
+    frames = []
+    for v in rgb:
+        f = np.zeros((128, 160, 3), np.uint8)
+        f[:, 16:144] = v[:, :, ::-1]
+        f[:, :16] = 200  # borders the centre crop removes
+        frames.append(f)
+        w.write(f)
+    w.release()
+    assert make_video  # (the bench's synthetic video is used by test_runtime_core)
+
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    cmd = [str(env_dir / "bin" / "voxlink"), "edge", "--source", str(video), "--backend", "onnxruntime",
+           "--connect", f"tcp://127.0.0.1:{port}", "--log-dir", str(tmp_path / "log"), "--stream-id", "7",
+           "--fps", "5"]  # paced: the subscriber is surely joined before the codes that count
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    codes, infos = [], []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(codes) < len(frames):
+            if sub.poll(500):
+                m = decode(sub.recv())
+                (codes if isinstance(m, CodeMessage) else infos).append(m)
+            elif proc.poll() is not None and not sub.poll(500):
+                break
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.close()
+    assert proc.returncode == 0, err[-3000:]
+    assert "onnxruntime[" in err, err[-2000:]
+
+    model, _, _ = load_model("implicit-k1024")
+    with torch.no_grad():
+        ref = model.encode(to_input(np.stack([frame_to_view(f) for f in frames]))).numpy()
+    # a PUB socket drops what it sends before the subscription arrives: every view is in the code log,
+    # and every view that crossed the link is the PyTorch encoder's bits
+    assert len(codes) >= len(frames) - 1, f"received {len(codes)} of {len(frames)} views:\n{err[-2000:]}"
+    for c in codes:
+        assert c.stream == 7 and c.n_bits == 1024 and c.fingerprint == fingerprint32(model.fingerprint())
+        assert np.array_equal(unpack_bits(c.payload, 1024), ref[c.seq]), f"view {c.seq}: codes differ from PyTorch's"
+    assert infos and isinstance(infos[0], StreamInfo) and infos[0].fingerprint == bytes.hex(model.fingerprint())
+    assert infos[0].extra.get("backend", "").startswith("onnxruntime")
+    print(f"edge venv: installed in {install_s:.0f} s; {len(codes)} views streamed bit-identical to PyTorch")
