@@ -7,8 +7,9 @@ each encoder backend that environment has (ONNX Runtime on CPU, PyTorch on CPU).
   short lossless video) to the first code message arriving at a ZeroMQ PULL socket here: interpreter
   start, imports, model metadata, backend load, warm-up, first capture and encode.
 * Import: seconds to ``import edge.daemon`` in a fresh process, and whether that pulled in torch.
-* Encode: ms per frame at batch 1 (median and mean over ``frames`` real frames after 5 warm-up
-  frames), preprocessing excluded, in a fresh process per backend.
+* Encode: ms per frame at batch 1 (median and mean over ``frames`` frames of the video after 5 warm-up
+  frames), preprocessing excluded, in a fresh process per backend and thread count (1 thread, and the
+  library's default of all cores).
 
 Only the standard library, NumPy, OpenCV and pyzmq are used here, so it runs in a torch-free edge
 environment too (``python -m edge.bench --help``).
@@ -153,7 +154,8 @@ def measure_startup(python: str | Path, backend: str, video: str | Path, model: 
             pull.close()
 
 
-def encode_timing(backend: str, video: str | Path, model: str | None = None, frames: int = 50) -> dict:
+def encode_timing(backend: str, video: str | Path, model: str | None = None, frames: int = 50,
+                  threads: int = 0) -> dict:
     """Encode time per frame at batch 1, in this process, on the CPU.
 
     Args:
@@ -161,6 +163,7 @@ def encode_timing(backend: str, video: str | Path, model: str | None = None, fra
             ``torch`` (CPU).
         video: frames to encode (cycled); preprocessing happens before timing.
         frames: timed frames.
+        threads: intra-op threads of the backend (0: the library's default, all cores).
 
     Returns:
         ``{"backend": name, "load_s": s, "encode_ms_p50": ms, "encode_ms_mean": ms, "frames": n}``.
@@ -184,8 +187,12 @@ def encode_timing(backend: str, video: str | Path, model: str | None = None, fra
     x = [to_input_array(v[None]) for v in views]
     t0 = time.perf_counter()
     if backend == "onnxruntime":
-        b = OnnxBackend.for_model(model, providers=("CPUExecutionProvider",))
+        b = OnnxBackend.for_model(model, providers=("CPUExecutionProvider",), threads=threads)
     elif backend == "torch":
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
         b = TorchBackend(model, device="cpu")
     else:
         raise ValueError(f"unknown backend {backend!r}")
@@ -198,18 +205,22 @@ def encode_timing(backend: str, video: str | Path, model: str | None = None, fra
         b.encode(x[i % len(x)])
         ms.append((time.perf_counter() - t) * 1e3)
     return {"backend": b.name, "load_s": load_s, "encode_ms_p50": float(np.median(ms)),
-            "encode_ms_mean": float(np.mean(ms)), "frames": frames}
+            "encode_ms_mean": float(np.mean(ms)), "frames": frames, "threads": threads}
 
 
-def run(pythons: list[str | Path] | None = None, model: str | None = None, frames: int = 50) -> tuple[list[dict], str]:
+def run(pythons: list[str | Path] | None = None, model: str | None = None, frames: int = 50,
+        threads: tuple[int, ...] = (1, 0)) -> tuple[list[dict], str]:
     """Measure every environment in ``pythons`` (default: this interpreter) on every backend it has.
+
+    Encode time is measured once per entry of ``threads`` (intra-op threads; 0 = the library's default,
+    all cores: on a loaded machine PyTorch's default thread pool can be many times slower than 1 thread).
 
     Returns:
         ``(rows, text)``: one dict per environment (``python``, ``site_packages_mb``, ``torch``,
         ``import_s``, ``backends``: {kind: {startup_s, encode_ms_p50, encode_ms_mean, load_s, backend}}
         or {kind: {"error": ...}}), and a Markdown table of them.
     """
-    pythons = [Path(p) for p in (pythons or [sys.executable])]
+    pythons = [Path(os.path.abspath(p)) for p in (pythons or [sys.executable])]  # abspath: keep venv symlinks
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         video = make_video(Path(tmp) / "bench.avi", n=16)
@@ -222,26 +233,34 @@ def run(pythons: list[str | Path] | None = None, model: str | None = None, frame
                 r = {}
                 try:
                     r["startup_s"] = measure_startup(py, kind, video, model)
-                    cmd = [str(py), "-m", "edge.bench", "--child-encode", kind, "--video", str(video),
-                           "--frames", str(frames)] + (["--model", str(model)] if model else [])
-                    out = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(), cwd=tempfile.gettempdir())
-                    if out.returncode:
-                        raise RuntimeError(out.stderr[-1000:])
-                    r.update(json.loads(out.stdout.strip().splitlines()[-1]))
+                    r["encode"] = {}
+                    for th in threads:
+                        cmd = [str(py), "-m", "edge.bench", "--child-encode", kind, "--video", str(video),
+                               "--frames", str(frames), "--threads", str(th)] + (["--model", str(model)] if model else [])
+                        out = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(),
+                                             cwd=tempfile.gettempdir())
+                        if out.returncode:
+                            raise RuntimeError(out.stderr[-1000:])
+                        e = json.loads(out.stdout.strip().splitlines()[-1])
+                        r["backend"] = e["backend"]
+                        r["encode"][th] = e
                 except (RuntimeError, ValueError, OSError) as e:
                     r = {"error": str(e)}
                 row["backends"][kind] = r
             rows.append(row)
-    lines = ["| environment | site-packages MB | torch | import edge.daemon s | backend | start-up to first code s "
-             "| encode ms/frame p50 (mean) |", "|---|---|---|---|---|---|---|"]
+    heads = [f"encode ms/frame p50 (mean), {th or 'default'} thread{'s' if th != 1 else ''}" for th in threads]
+    lines = ["| environment | site-packages MB | torch | import edge.daemon s | backend | start-up to first code s | "
+             + " | ".join(heads) + " |", "|---|---|---|---|---|---|" + "---|" * len(threads)]
     for row in rows:
         for kind, r in row["backends"].items() or [("-", {"error": "no backend"})]:
             cells = [row["python"], f"{row['site_packages_mb']:.0f}", "yes" if row["torch"] else "no",
                      f"{row['import_s']:.2f}" + (" (imports torch)" if row["torch_imported"] else "")]
             if "error" in r:
-                cells += [kind, "error: " + r["error"].strip().splitlines()[-1][:80] if r["error"].strip() else "error", ""]
+                msg = r["error"].strip().splitlines()[-1][:80] if r["error"].strip() else ""
+                cells += [kind, "error: " + msg] + [""] * len(threads)
             else:
-                cells += [r["backend"], f"{r['startup_s']:.2f}", f"{r['encode_ms_p50']:.2f} ({r['encode_ms_mean']:.2f})"]
+                cells += [r["backend"], f"{r['startup_s']:.2f}"]
+                cells += [f"{r['encode'][th]['encode_ms_p50']:.2f} ({r['encode'][th]['encode_ms_mean']:.2f})" for th in threads]
             lines.append("| " + " | ".join(cells) + " |")
     return rows, "\n".join(lines)
 
@@ -252,13 +271,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", action="append", default=None, help="interpreter(s) to measure (default: this one)")
     ap.add_argument("--model", default=None, help="model name or file")
     ap.add_argument("--frames", type=int, default=50, help="timed frames per backend")
+    ap.add_argument("--threads", type=int, action="append", default=None,
+                    help="intra-op threads for the encode timing (0 = library default); repeat for several "
+                         "(default: 1 and 0)")
     ap.add_argument("--child-encode", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--video", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child_encode:
-        print(json.dumps(encode_timing(a.child_encode, a.video, a.model, a.frames)))
+        print(json.dumps(encode_timing(a.child_encode, a.video, a.model, a.frames, (a.threads or [0])[0])))
         return 0
-    _, text = run(a.python, a.model, a.frames)
+    _, text = run(a.python, a.model, a.frames, tuple(a.threads or (1, 0)))
     print(text)
     return 0
 

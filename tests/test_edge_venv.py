@@ -2,9 +2,10 @@
 ``voxlink edge --backend onnxruntime`` streams a lossless video's codes to a ZeroMQ subscriber here, and
 the codes are the PyTorch encoder's bits for the same frames.
 
-Slow (a venv and a pip install, about 1-3 minutes with a warm pip cache, longer without): skipped unless
-``VOXLINK_TEST_EDGE_VENV=1``. ``VOXLINK_EDGE_VENV=PATH`` keeps (and reuses) the environment there, e.g. for
-``voxlink bench edge --python PATH/bin/python``.
+Slow, but in the default run: measured 32 s on the 2-core dev machine (23 s for the venv and the install,
+with the pip cache that ``scripts/setup.sh`` leaves warm). It needs pip to reach an index;
+``VOXLINK_TEST_EDGE_VENV=0`` skips it (offline machines). ``VOXLINK_EDGE_VENV=PATH`` builds the
+environment there and keeps it, e.g. for ``voxlink bench edge --python PATH/bin/python``.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENABLED = os.environ.get("VOXLINK_TEST_EDGE_VENV") == "1"
+ENABLED = os.environ.get("VOXLINK_TEST_EDGE_VENV", "1") != "0"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not ENABLED, reason="creates a venv and pip-installs voxlink[edge] from PyPI (1-3 min, "
-                                           "network): set VOXLINK_TEST_EDGE_VENV=1 to run it"),
+    pytest.mark.skipif(not ENABLED, reason="VOXLINK_TEST_EDGE_VENV=0: skipping the fresh-venv install of "
+                                           "voxlink[edge] (needs pip to reach an index)"),
 ]
 
 
@@ -45,12 +46,15 @@ def _edge_venv(tmp_path: Path) -> Path:
     where = os.environ.get("VOXLINK_EDGE_VENV")
     env_dir = Path(where) if where else tmp_path / "edge-venv"
     py = env_dir / "bin" / "python"
-    if where and py.exists():
-        shutil.rmtree(env_dir)  # always test this checkout's code, freshly installed
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     src = _copy_source(tmp_path / "src")
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-build-isolation", f"{src}[edge]"],
+    # the wheel is built here (this environment's setuptools), in the copy, so the checkout stays clean
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp_path / "dist"), str(src)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("voxlink-*.whl")
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{wheel}[edge]"],
                        capture_output=True, text=True, env=env, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return env_dir
@@ -61,7 +65,6 @@ def test_edge_extra_installs_without_torch_and_streams_pytorchs_bits(tmp_path):
     import torch
     import zmq
 
-    from edge.bench import make_video
     from voxlink.preprocess import frame_to_view, to_input
     from voxlink.protocol import CodeMessage, StreamInfo, decode, fingerprint32, unpack_bits
     from voxlink.weights import load_model
@@ -92,7 +95,6 @@ def test_edge_extra_installs_without_torch_and_streams_pytorchs_bits(tmp_path):
         frames.append(f)
         w.write(f)
     w.release()
-    assert make_video  # (the bench's synthetic video is used by test_runtime_core)
 
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)

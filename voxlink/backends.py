@@ -131,7 +131,8 @@ class OnnxBackend(EncoderBackend):
 
     PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
-    def __init__(self, onnx_path: str | Path, providers: tuple[str, ...] | None = None):
+    def __init__(self, onnx_path: str | Path, providers: tuple[str, ...] | None = None, threads: int = 0):
+        """Open ``onnx_path``; ``threads`` > 0 caps ONNX Runtime's intra-op threads (0: its default)."""
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -144,7 +145,10 @@ class OnnxBackend(EncoderBackend):
         if not chosen:
             raise BackendUnavailable(f"none of the providers {providers or self.PREFERRED} is available ({avail})")
         try:
-            self.session = ort.InferenceSession(str(path), providers=chosen)
+            opts = ort.SessionOptions()
+            if threads > 0:
+                opts.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
             # metadata through ONNX Runtime itself: the onnx package is not needed on the drone
             props = dict(self.session.get_modelmeta().custom_metadata_map)
         except Exception as e:  # onnxruntime raises its own exception types
@@ -157,7 +161,7 @@ class OnnxBackend(EncoderBackend):
 
     @classmethod
     def for_model(cls, model_name_or_path: str | Path | None = None, providers: tuple[str, ...] | None = None,
-                  export: bool = True) -> "OnnxBackend":
+                  export: bool = True, threads: int = 0) -> "OnnxBackend":
         """The encoder graph of a model file, without PyTorch where the graph ships with it.
 
         Looks, in order, for ``NAME.onnx`` beside the model file (shipped models have one), then for
@@ -169,6 +173,7 @@ class OnnxBackend(EncoderBackend):
             model_name_or_path: model file or shipped name (None: the default model).
             providers: ONNX Runtime execution providers (default :attr:`PREFERRED`).
             export: allow exporting into the cache.
+            threads: ONNX Runtime intra-op threads (0: its default).
 
         Raises:
             BackendUnavailable: onnxruntime missing, or no fitting graph and none can be exported
@@ -186,7 +191,7 @@ class OnnxBackend(EncoderBackend):
         for path in (encoder_onnx_beside(info.path), cached):
             if not path.is_file():
                 continue
-            b = cls(path, providers)
+            b = cls(path, providers, threads)
             if b.fingerprint == info.fingerprint and b.code_bits == info.code_bits:
                 log.info("encoder graph %s (fingerprint %s)", path, info.fingerprint_hex)
                 return b
@@ -205,7 +210,7 @@ class OnnxBackend(EncoderBackend):
                                      f"(or scripts/export_shipped_onnx.py) where PyTorch is, or pass --onnx") from None
         log.info("%s: exporting it once into %s", why, cached)
         export_encoder_onnx(info.path, cached)
-        b = cls(cached, providers)
+        b = cls(cached, providers, threads)
         if b.fingerprint != info.fingerprint:
             raise BackendUnavailable(f"the exported graph {cached} has fingerprint {bytes.hex(b.fingerprint)}, the model "
                                      f"file records {info.fingerprint_hex} (a corrupt model file?)")

@@ -497,6 +497,8 @@ def bench_edge_cmd(
                                                 "edge venv's bin/python (default: this one); repeat the flag for several."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default implicit-k1024)."),
     frames: int = typer.Option(50, "--frames", min=1, help="Timed frames per backend."),
+    threads: Optional[list[int]] = typer.Option(None, "--threads", help="Intra-op threads for the encode timing "
+                                                "(0 = the library's default); repeat for several (default: 1 and 0)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the measurements as JSON here."),
 ) -> None:
     """The drone's cost in one run: install size, start-up to the first code, encode ms/frame (ONNX Runtime CPU, PyTorch CPU)."""
@@ -504,7 +506,7 @@ def bench_edge_cmd(
 
     from edge.bench import run
 
-    rows, text = run([str(p) for p in python] if python else None, model, frames)
+    rows, text = run([str(p) for p in python] if python else None, model, frames, tuple(threads or (1, 0)))
     typer.echo(text)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
