@@ -231,7 +231,7 @@ def test_edge_runs_without_torch_and_imports_nothing_of_the_lab(tmp_path):
 def test_ground_imports_nothing_of_the_lab():
     got = _run_py(textwrap.dedent("""
         import json, sys, contextlib, io
-        import ground.station, ground.record, ground.viewer, ground.delivery
+        import ground.station, ground.record, ground.viewer, ground.delivery, ground.demo, ground.bench
         from voxlink.cli import main
         for cmd in (["ground", "--help"], ["edge", "--help"]):
             sys.argv = ["voxlink", *cmd]
