@@ -774,7 +774,7 @@ class GroundStation:
         import cv2  # noqa: F401 - fail early where OpenCV is missing
         import trimesh
 
-        from voxlink.data.binvox import write_binvox
+        from voxlink.binvox import write_binvox
 
         parent.mkdir(parents=True, exist_ok=True)
         n = self._next_snap(parent)

@@ -258,3 +258,44 @@ def test_ground_station_starts_without_the_lab(tmp_path):
     assert got[0] == 1024
     bad = [m for m in got[1] if m.startswith(LAB)]
     assert not bad, f"the ground station imported {bad} at start"
+
+
+def test_ground_writes_a_snapshot_without_the_lab(tmp_path):
+    """A snapshot (occupancy .npz and .binvox, depth PNGs, points, mesh, session.json) is written with
+    nothing of voxlink.data (its libigl voxelizer), train, bench, evaluate or matplotlib loaded; the
+    .binvox comes from the runtime core (voxlink.binvox) and reads back equal to the .npz grid."""
+    got = _run_py(textwrap.dedent(f"""
+        import json, sys, time
+        import numpy as np, torch
+        from ground.station import GroundConfig, GroundStation
+        from voxlink import camera
+        from voxlink.models import ImplicitModel, get_config
+        from voxlink.models.binarizer import pack_bits
+        from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
+        from voxlink.weights import save_model
+        torch.manual_seed(0)
+        m = ImplicitModel(get_config("tiny")).eval()
+        path = save_model(m, {str(tmp_path / "tiny.safetensors")!r})
+        st = GroundStation(GroundConfig(bind=[], model=str(path), out={str(tmp_path / "out")!r}))
+        st.handle(encode_info(StreamInfo(stream=2, seq=0, fingerprint=m.fingerprint().hex(), code_bits=64,
+                                         K=camera.intrinsics(), model="tiny", epoch_unix=time.time())))
+        with torch.no_grad():
+            codes = m.encode(torch.rand(3, 3, 128, 128))
+        poses = camera.orbit_poses(3, np.random.default_rng(0))
+        for i in range(3):
+            st.handle(encode_code(CodeMessage(stream=2, object_id=1, seq=i, t_ms=i * 100,
+                                              fingerprint=fingerprint32(m.fingerprint()), n_bits=64,
+                                              payload=pack_bits(codes[i]), pose=poses[i])))
+        summary = st.finalise((2, 1))
+        print(json.dumps({{"folder": summary["folder"], "modules": sorted(sys.modules)}}))
+    """))
+    bad = [m for m in got["modules"] if m.startswith(LAB) or m.split(".")[0] == "igl"]
+    assert not bad, f"writing a ground snapshot imported {bad}"
+    assert "voxlink.binvox" in got["modules"]
+    from voxlink.binvox import read_binvox
+
+    snap = Path(got["folder"])
+    occ, translate, scale = read_binvox(snap / "occupancy.binvox")
+    grid = np.load(snap / "occupancy.npz")["occupancy"]
+    assert (occ == (grid > 0.4)).all() and np.allclose(translate, -0.5) and scale == 1.0
+    assert len(list((snap / "depth").glob("*.png"))) == 3

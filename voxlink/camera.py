@@ -187,7 +187,7 @@ def azimuth_of(T_c2o: np.ndarray) -> float:
     return math.atan2(t[0], t[2])
 
 
-# -- occupancy grid geometry (runtime core; the same rule as voxlink.data.voxelize) -------------------
+# -- occupancy grid geometry: the one definition (voxlink.data.voxelize and .dataset import it) ---------
 #: Default occupancy grid resolution (3D-R2N2's 32^3).
 GRID_RESOLUTION = 32
 #: Lower corner of the grid in the object frame (metres).

@@ -25,18 +25,11 @@ import torch
 from torch.utils.data import Dataset
 
 from voxlink import camera
+from voxlink.camera import yaw_matrix  # noqa: F401 - one definition, in the runtime core; importable here too
 from voxlink.data.store import DatasetStore
 from voxlink.preprocess import to_input
 
 FRAMES = ("object", "view")
-
-
-def yaw_matrix(angle: float) -> np.ndarray:
-    """4 x 4 rotation about +Y by ``angle`` radians (right-handed)."""
-    c, s = math.cos(angle), math.sin(angle)
-    T = np.eye(4)
-    T[0, 0], T[0, 2], T[2, 0], T[2, 2] = c, s, -s, c
-    return T
 
 
 def rotate_grid_y(occ: torch.Tensor, angle: float) -> torch.Tensor:
@@ -161,6 +154,4 @@ class MultiViewDataset(Dataset):
 
 
 def _grid_to_world(resolution: int) -> np.ndarray:
-    from voxlink.data.voxelize import grid_to_world
-
-    return grid_to_world(resolution).astype(np.float32)
+    return camera.grid_to_world(resolution).astype(np.float32)

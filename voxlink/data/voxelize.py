@@ -24,17 +24,9 @@ import numpy as np
 import trimesh
 from scipy import ndimage
 
-#: Default grid resolution (3D-R2N2's 32^3).
-RESOLUTION = 32
-#: Lower corner of the grid in the object frame (metres).
-VOXEL_MIN = -0.5
-#: Extent of the grid along each axis (metres).
-GRID_EXTENT = 1.0
-
-
-def voxel_size(resolution: int = RESOLUTION) -> float:
-    """Edge length of one voxel in metres (object units): ``GRID_EXTENT / resolution``."""
-    return GRID_EXTENT / resolution
+# The grid's geometry lives in the runtime core (voxlink.camera); these names stay importable here.
+from voxlink.camera import GRID_EXTENT, VOXEL_MIN, grid_to_world, voxel_size  # noqa: F401
+from voxlink.camera import GRID_RESOLUTION as RESOLUTION
 
 
 def voxel_centers(resolution: int = RESOLUTION) -> np.ndarray:
@@ -45,14 +37,6 @@ def voxel_centers(resolution: int = RESOLUTION) -> np.ndarray:
     """
     g = VOXEL_MIN + (np.arange(resolution) + 0.5) * voxel_size(resolution)
     return np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1)
-
-
-def grid_to_world(resolution: int = RESOLUTION) -> np.ndarray:
-    """4 x 4 matrix that maps voxel indices ``(i, j, k, 1)`` to the voxel centre in the object frame."""
-    s = voxel_size(resolution)
-    T = np.diag([s, s, s, 1.0])
-    T[:3, 3] = VOXEL_MIN + 0.5 * s
-    return T
 
 
 def points_to_voxels(points: np.ndarray, resolution: int = RESOLUTION) -> np.ndarray:
