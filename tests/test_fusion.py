@@ -24,9 +24,12 @@ def _views(n: int, seed: int = 0):
     return pose, K
 
 
-def _tiny(seed: int = 0) -> FusionModel:
+def _tiny(seed: int = 0, name: str = "fusion-tiny") -> FusionModel:
     torch.manual_seed(seed)
-    return FusionModel(dataclasses.replace(FUSION_CONFIGS["fusion-tiny"])).eval()
+    return FusionModel(dataclasses.replace(FUSION_CONFIGS[name])).eval()
+
+
+LAYOUTS = pytest.mark.parametrize("name", ["fusion-tiny", "fusion-spatial-tiny"])
 
 
 def test_projection_matches_the_numpy_camera_convention():
@@ -51,8 +54,9 @@ def test_hull_of_true_silhouettes_contains_the_object(small_dataset):
         assert float(iou(hull[None], it["occupancy"][None], 0.5)[0]) > 0.3
 
 
-def test_same_views_in_any_order_or_repeated_give_the_same_grid():
-    model = _tiny()
+@LAYOUTS
+def test_same_views_in_any_order_or_repeated_give_the_same_grid(name):
+    model = _tiny(name=name)
     pose, K = _views(5, seed=1)
     codes = model.encode(torch.rand(5, 3, 128, 128))
 
@@ -92,15 +96,18 @@ def test_a_view_without_pose_is_refused():
         model.step(codes, model.init_state(1))
 
 
-def test_fusion_model_file_round_trip(tmp_path):
+@LAYOUTS
+def test_fusion_model_file_round_trip(tmp_path, name):
     from voxlink.weights import load_model, save_model
 
-    model = _tiny()
+    model = _tiny(name=name)
     path = save_model(model, tmp_path / "m.safetensors", meta={"x": 1}, half=True)
     loaded, meta, _ = load_model(path)
     assert isinstance(loaded, FusionModel) and loaded.fingerprint() == model.fingerprint() and meta["x"] == 1
+    assert loaded.cfg.code_layout == model.cfg.code_layout
     x = torch.rand(2, 3, 128, 128)
     assert loaded.compress(x) == model.compress(x)
+    assert len(model.compress(x)[0]) == model.cfg.code_bits // 8
 
 
 def test_pose_noise_has_the_asked_magnitude():
@@ -124,13 +131,14 @@ def test_tiny_fusion_model_trains_and_evaluates(small_dataset, tmp_path):
     tcfg = TrainConfig(data=str(small_dataset), steps=3, batch_size=2, min_views=2, max_views=3, heading="random",
                        backgrounds="textured", pose_noise_deg=2.0, pose_noise_m=0.02, val_every=2, val_objects=2,
                        channels_last=True)
-    path = train_fusion(dataclasses.replace(FUSION_CONFIGS["fusion-tiny"]), tcfg, tmp_path / "run", progress=False)
+    path = train_fusion(dataclasses.replace(FUSION_CONFIGS["fusion-spatial-tiny"]), tcfg, tmp_path / "run",
+                        progress=False)
     model, meta, extra = load_model(path)
     assert meta["family"] == "fusion" and meta["steps"] == 3 and "mean_grid" in extra
     lines = [line for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if "val_miou5" in line]
     assert lines, "validation was logged"
     r = evaluate(model, small_dataset, split="all", views=3, max_objects=3)
-    assert r["heading"] == "random" and r["family"] == "fusion"
+    assert r["heading"] == "random" and r["family"] == "fusion" and r["bytes_per_view"] == 16
     assert set(r["hull_true_miou"]) == {"1", "2", "3"} and 0.0 <= r["silhouette_iou"] <= 1.0
     # the hull of the true masks is a strong geometric baseline on these objects
     assert r["hull_true_miou"]["3"] > 0.3

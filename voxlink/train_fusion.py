@@ -88,22 +88,32 @@ def fusion_losses(out: dict, target: torch.Tensor, true_depth: torch.Tensor) -> 
 
 
 def warm_start(model: FusionModel, source: str) -> list[str]:
-    """Copy the weights of ``source`` (a model file or shipped name) whose names and shapes match.
+    """Copy the weights of ``source`` whose names and shapes match.
+
+    Args:
+        source: a model file or shipped name, or a run's ``checkpoint.pt``; several, comma-separated,
+            are applied in turn (a later one overrides an earlier one).
 
     Returns:
         the names copied.
 
     Raises:
-        voxlink.weights.ModelFileError: unreadable source.
+        voxlink.weights.ModelFileError: unreadable model file. FileNotFoundError: missing checkpoint.
     """
     from voxlink.weights import load_model
 
-    src, _, _ = load_model(source)
+    copied: set[str] = set()
     own = model.state_dict()
-    take = {k: v for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(take, strict=False)
-    log.info("warm start from %s: %d of %d tensors", source, len(take), len(own))
-    return sorted(take)
+    for src_name in [x.strip() for x in source.split(",") if x.strip()]:
+        if src_name.endswith(".pt"):
+            sd = torch.load(src_name, map_location="cpu", weights_only=False)["model"]
+        else:
+            sd = load_model(src_name)[0].state_dict()
+        take = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(take, strict=False)
+        copied |= set(take)
+        log.info("warm start from %s: %d of %d tensors", src_name, len(take), len(own))
+    return sorted(copied)
 
 
 @torch.no_grad()

@@ -4,7 +4,8 @@ The drone is unchanged: E_K + binarizer (Golts & Schechner Eq. 13), K bits a vie
 384:1). The ground uses the pose that comes with every code:
 
 1. **View decoder** — each view's K bits are decoded into that view's silhouette (mask probability)
-   and depth map in metres (:class:`voxlink.models.decoder.DepthDecoder`).
+   and depth map in metres (:class:`SpatialViewDecoder` for the spatial code the shipped model uses,
+   :class:`voxlink.models.decoder.DepthDecoder` for the 3D-R2N2 fully connected code).
 2. **Projective evidence** — every voxel centre of the 32^3 grid (in the frame of the poses) is
    projected into the view with its intrinsics and pose (:mod:`voxlink.models.projection`), as a
    visual hull does (Laurentini 1994), and reads the view's evidence there: in the silhouette or not,
@@ -61,6 +62,11 @@ class FusionConfig:
         depth_margin: metres; a voxel this far in front of the decoded surface counts as seen empty.
         depth_sigma: metres; softness of the in-front / on-surface / behind tests.
         frame: always ``pose``: the grid is the unit cube of the frame the poses are given in.
+        code_layout: ``fc``: E_K as in 3D-R2N2 (six conv stages, a fully connected layer to K values);
+            ``spatial``: a fully convolutional E_K whose K values are a grid of (H/16) x (W/16) cells
+            with K / ((H/16)(W/16)) channels each (Toderici et al.'s binarizer layout: 8 x 8 x 16 =
+            1024 bits at 128 x 128), read by a convolutional view decoder. Each bit then describes one
+            region of the view, which is what a silhouette and a depth map need.
     """
 
     name: str = "fusion-cpu"
@@ -75,6 +81,7 @@ class FusionConfig:
     depth_margin: float = 0.04
     depth_sigma: float = 0.02
     frame: str = "pose"
+    code_layout: str = "fc"
 
     def __post_init__(self):
         self.enc_channels = tuple(self.enc_channels)
@@ -86,6 +93,10 @@ class FusionConfig:
             raise ValueError("E_K needs six stages and an image size that is a multiple of 64")
         if len(self.refiner_channels) != 3 or self.resolution % 4:
             raise ValueError("the refiner has three levels: 3 refiner_channels, resolution a multiple of 4")
+        if self.code_layout not in ("fc", "spatial"):
+            raise ValueError(f"code_layout must be fc or spatial, got {self.code_layout!r}")
+        if self.code_layout == "spatial" and self.code_bits % ((self.image_size // 16) ** 2):
+            raise ValueError(f"a spatial code needs K divisible by {(self.image_size // 16) ** 2} cells")
         if self.frame != "pose":
             raise ValueError(f"a fusion model reconstructs in the poses' frame (frame = 'pose'), got {self.frame!r}")
 
@@ -109,6 +120,9 @@ FUSION_CONFIGS: dict[str, FusionConfig] = {
                                  view_channels=(256, 128, 64, 32, 16), refiner_channels=(16, 48, 96)),
     "fusion-tiny": FusionConfig(name="fusion-tiny", code_bits=64, enc_channels=(8, 8, 16, 16, 16, 16),
                                 enc_first_kernel=3, view_channels=(16, 8, 8), refiner_channels=(4, 8, 8)),
+    "fusion-spatial-tiny": FusionConfig(name="fusion-spatial-tiny", code_bits=128, enc_channels=(8, 8, 16, 16, 16, 16),
+                                        enc_first_kernel=3, view_channels=(16, 8, 8), refiner_channels=(4, 8, 8),
+                                        code_layout="spatial"),
 }
 
 
@@ -130,6 +144,79 @@ def get_fusion_config(name_or_path: str | Path) -> FusionConfig:
         m = {k: v for k, v in m.items() if k != "family"}
         return FusionConfig.from_dict(m)
     raise ValueError(f"unknown fusion config {s!r}; choose one of {sorted(FUSION_CONFIGS)} or a .toml file")
+
+
+class SpatialEncoder(nn.Module):
+    """E_K with a spatial code: four conv + LeakyReLU + 2x2 max-pool stages of 3D-R2N2's encoder
+    (stride 16), a 3x3 conv + LeakyReLU doubling the width, a 1x1 conv to ``K / ((H/16)(W/16))`` channels, BatchNorm and tanh (Toderici et al. 2017's
+    binarizer input: one code cell per 16 x 16 pixels).
+
+    Args:
+        code_bits: K. channels: the first four stage widths. first_kernel: the first conv's kernel.
+        image_size: input side (multiple of 16).
+
+    Shape:
+        input float32 [B, 3, H, W] in [0, 1] -> output float32 [B, K] in [-1, 1], flattened from
+        [B, K / ((H/16)(W/16)), H/16, W/16] (channel-major).
+
+    Raises:
+        ValueError: (at call) an input of another size.
+    """
+
+    def __init__(self, code_bits: int, channels: tuple[int, ...], first_kernel: int = 7, image_size: int = 128):
+        super().__init__()
+        layers, c_in = [], 3
+        for i, c in enumerate(channels[:4]):
+            k = first_kernel if i == 0 else 3
+            layers += [nn.Conv2d(c_in, c, k, padding=k // 2), nn.LeakyReLU(0.01), nn.MaxPool2d(2)]
+            c_in = c
+        self.features = nn.Sequential(*layers)  # the same names and shapes as Encoder2D's first stages
+        self.image_size = image_size
+        self.cells = image_size // 16
+        self.code_channels = code_bits // (self.cells * self.cells)
+        self.mix = nn.Sequential(nn.Conv2d(c_in, 2 * c_in, 3, padding=1), nn.LeakyReLU(0.01))
+        self.to_code = nn.Conv2d(2 * c_in, self.code_channels, 1)
+        self.norm = nn.BatchNorm2d(self.code_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.shape[-3:] != (3, self.image_size, self.image_size):
+            raise ValueError(f"encoder expects views [B, 3, {self.image_size}, {self.image_size}], got {tuple(x.shape)}")
+        return torch.tanh(self.norm(self.to_code(self.mix(self.features(x))))).flatten(1)
+
+
+class SpatialViewDecoder(nn.Module):
+    """A spatial code -> the view's depth map (metres) and silhouette logits.
+
+    The code is viewed as [K / c^2, c, c] (c = H/16), then a 3x3 conv and (2x nearest upsample + 3x3 conv
+    + LeakyReLU) stages, one per entry of ``channels`` after the first, a 3x3 conv to 2 channels (depth
+    offset from ``depth_offset`` metres, silhouette logit) and a bilinear upsample to the image size.
+
+    Shape:
+        code float32 [N, K] -> depth float32 [N, H, W] (metres), mask_logit float32 [N, H, W].
+    """
+
+    def __init__(self, code_bits: int, channels: tuple[int, ...], image_size: int = 128, depth_offset: float = 2.0):
+        super().__init__()
+        self.cells = image_size // 16
+        self.code_channels = code_bits // (self.cells * self.cells)
+        self.image_size, self.depth_offset = image_size, depth_offset
+        layers = [nn.Conv2d(self.code_channels, channels[0], 3, padding=1), nn.LeakyReLU(0.01)]
+        c_in = channels[0]
+        for c in channels[1:]:
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c, 3, padding=1), nn.LeakyReLU(0.01)]
+            c_in = c
+        layers.append(nn.Conv2d(c_in, 2, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+        with torch.no_grad():  # start at the background prior: about 15 % of a view is object
+            self.net[-1].bias[1] = -1.7
+
+    def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        """Depth (metres) and silhouette logits, each float32 [N, H, W], from codes [N, K]."""
+        out = self.net(code.view(-1, self.code_channels, self.cells, self.cells))
+        if out.shape[-1] != self.image_size:
+            out = torch.nn.functional.interpolate(out, size=(self.image_size, self.image_size), mode="bilinear",
+                                                  align_corners=False)
+        return out[:, 0] + self.depth_offset, out[:, 1]
 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -193,9 +280,13 @@ class FusionModel(nn.Module):
     def __init__(self, cfg: FusionConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = Encoder2D(cfg.code_bits, cfg.enc_channels, cfg.enc_first_kernel, cfg.image_size)
+        if cfg.code_layout == "spatial":
+            self.encoder = SpatialEncoder(cfg.code_bits, cfg.enc_channels, cfg.enc_first_kernel, cfg.image_size)
+            self.depth = SpatialViewDecoder(cfg.code_bits, cfg.view_channels, cfg.image_size)
+        else:
+            self.encoder = Encoder2D(cfg.code_bits, cfg.enc_channels, cfg.enc_first_kernel, cfg.image_size)
+            self.depth = DepthDecoder(cfg.code_bits, cfg.view_channels, cfg.image_size)
         self.binarizer = Binarizer() if cfg.binarize else nn.Identity()
-        self.depth = DepthDecoder(cfg.code_bits, cfg.view_channels, cfg.image_size)
         # input: the evidence, the carved hull, the voxel's height and a constant: 8 channels, a
         # multiple of oneDNN's channel blocks (voxlink bench fusion: 5 % faster a training step than
         # the 6 channels of evidence and height alone)
