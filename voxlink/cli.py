@@ -53,6 +53,7 @@ def data_make(
     workers: int = typer.Option(1, "--workers", help="Parallel worker processes."),
     up: str = typer.Option("y", "--up", help="Up axis of the mesh files: y or z."),
     mesh_split: str = typer.Option("test", "--mesh-split", help="Split of real meshes: test, train, val, auto (as procedural objects) or trainval (90 % train, 10 % val)."),
+    fmt: str = typer.Option("sharded", "--format", help="sharded (manifest.json + shards/) or npz (one interchange .npz per object; README: Data format)."),
 ) -> None:
     """Generate a dataset: renders (RGB, depth, mask, K, pose) and 32^3 occupancy per object."""
     from voxlink.data.make import MakeConfig, make_dataset, plan_jobs
@@ -69,7 +70,7 @@ def data_make(
     try:
         jobs = plan_jobs(procedural, mesh_files, seed, up=up)
         cfg = MakeConfig(views=views, size=size, seed=seed, mesh_split=mesh_split)
-        stats = make_dataset(out, jobs, cfg, workers=workers)
+        stats = make_dataset(out, jobs, cfg, workers=workers, fmt=fmt)
     except (ValueError, OSError) as e:
         _fail(str(e))
     tot = stats["load_s"] + stats["render_s"] + stats["voxelize_s"]
@@ -84,6 +85,40 @@ def data_make(
             typer.echo(f"  {m}", err=True)
         if not stats["objects"]:
             raise typer.Exit(1)
+
+
+@data_app.command("import")
+def data_import(
+    images: Path = typer.Option(..., "--images", help="Folder of the capture's images (any size)."),
+    poses: Path = typer.Option(..., "--poses", help="Camera-to-world 4x4 OpenCV poses: .json ([{image, pose, K?}]) or .txt (NAME + 16 numbers a line)."),
+    out: Path = typer.Option(..., "--out", help="The object file to write (.npz)."),
+    intrinsics: Optional[Path] = typer.Option(None, "--intrinsics", help="K.json ({\"K\": 3x3} or fx, fy, cx, cy; optional width, height); not needed if every pose has K."),
+    depth: Optional[Path] = typer.Option(None, "--depth", help="Folder of depth maps: NAME.png (16-bit, millimetres) or NAME.npy (metres)."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of masks NAME.png (nonzero = object)."),
+    mesh: Optional[Path] = typer.Option(None, "--mesh", help="The object's mesh in the poses' world frame: gives the occupancy grid."),
+    up: str = typer.Option("y", "--up", help="The world's up axis: y or z."),
+    category: str = typer.Option("other", "--category", help="Category name."),
+    name: Optional[str] = typer.Option(None, "--name", help="Object name (default: the images folder's name)."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, val or test (default: none in the file; read as test)."),
+    depth_scale: float = typer.Option(0.001, "--depth-scale", help="Metres per unit of a PNG depth map."),
+) -> None:
+    """Convert your own multi-view capture (images, poses, intrinsics, optional depth / masks / mesh) into one interchange .npz."""
+    from voxlink.data.capture import import_capture
+    from voxlink.data.meshes import MeshLoadError
+
+    if out.suffix.lower() != ".npz":
+        _fail(f"--out must name a .npz file, got {out}")
+    try:
+        r = import_capture(images, poses, out, intrinsics=intrinsics, depth=depth, masks=masks, mesh=mesh, up=up,
+                           category=category, name=name, split=split, depth_scale=depth_scale)
+    except (FileNotFoundError, ValueError, MeshLoadError) as e:
+        _fail(str(e))
+    K = r["K"]
+    typer.echo(f"wrote {r['out']}: {r['views']} views, K fx={K[0, 0]:.2f} fy={K[1, 1]:.2f} cx={K[0, 2]:.2f} "
+               f"cy={K[1, 2]:.2f}, world scale {r['scale']:.4g}, occupancy "
+               f"{'from the mesh' if r['has_occupancy'] else 'unknown (no --mesh): left out of training and scoring'}")
+    if r["skipped_images"]:
+        typer.secho(f"{len(r['skipped_images'])} image(s) without a pose skipped", fg=typer.colors.YELLOW, err=True)
 
 
 @data_app.command("show")
@@ -134,6 +169,9 @@ def train_cmd(
         tcfg = dataclasses.replace(tcfg, steps=steps)
     if data is not None:
         tcfg = dataclasses.replace(tcfg, data=str(data))
+    if tcfg.make_data and not (Path(tcfg.data) / "manifest.json").is_file() and \
+            (Path(tcfg.data).is_file() or any(Path(tcfg.data).glob("*.npz"))):
+        tcfg = dataclasses.replace(tcfg, make_data={})  # a folder of interchange .npz files is a dataset already
     if device.startswith("cuda"):
         import torch
 

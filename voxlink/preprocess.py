@@ -30,8 +30,8 @@ def frame_to_view(frame: np.ndarray, size: int = IMAGE_SIZE, bgr: bool = True) -
         bgr: whether channels are in OpenCV's BGR order.
 
     Returns:
-        uint8 [size, size, 3] RGB: centre crop to a square, then ``cv2.INTER_AREA`` resize
-        (``INTER_LINEAR`` when enlarging).
+        uint8 [size, size, 3] RGB: centre crop to a square (:func:`crop_box`), then ``cv2.INTER_AREA``
+        resize (``INTER_LINEAR`` when enlarging). The view's intrinsics: :func:`view_intrinsics`.
 
     Raises:
         ValueError: not a 2D/3-channel uint8 image, or empty.
@@ -46,13 +46,56 @@ def frame_to_view(frame: np.ndarray, size: int = IMAGE_SIZE, bgr: bool = True) -
     f = f[:, :, :3]
     if bgr:
         f = f[:, :, ::-1]
-    h, w = f.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
+    y0, x0, s = crop_box(*f.shape[:2])
     f = np.ascontiguousarray(f[y0:y0 + s, x0:x0 + s])
     if s != size:
         f = cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
     return f
+
+
+def crop_box(height: int, width: int) -> tuple[int, int, int]:
+    """The centre square that :func:`frame_to_view` keeps: ``(y0, x0, side)`` in pixels.
+
+    Raises:
+        ValueError: a non-positive size.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height} x {width}")
+    s = min(height, width)
+    return (height - s) // 2, (width - s) // 2, s
+
+
+def view_intrinsics(K: np.ndarray, height: int, width: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Intrinsics of the view :func:`frame_to_view` makes from a ``height x width`` frame with intrinsics ``K``.
+
+    The crop shifts the principal point by ``(x0, y0)``; the resize by ``r = size / side`` maps a pixel
+    centre ``x`` to ``(x + 0.5) * r - 0.5`` (OpenCV's resize; pixel centres at integers, as
+    :mod:`voxlink.camera` says). So ``fx' = r fx``, ``fy' = r fy``, ``cx' = (cx - x0 + 0.5) r - 0.5``,
+    ``cy' = (cy - y0 + 0.5) r - 0.5``; the skew, if any, scales with ``r``.
+
+    Args:
+        K: float [3, 3] intrinsics of the frame, pixels.
+        height, width: the frame's size in pixels.
+        size: the view's side in pixels.
+
+    Returns:
+        float64 [3, 3] intrinsics of the view, pixels.
+
+    Raises:
+        ValueError: ``K`` is not 3 x 3, or a non-positive size.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise ValueError(f"intrinsics must be 3 x 3, got shape {K.shape}")
+    if size < 1:
+        raise ValueError(f"view size must be positive, got {size}")
+    y0, x0, s = crop_box(height, width)
+    r = size / s
+    out = K.copy()
+    out[0, 0], out[0, 1], out[1, 1] = K[0, 0] * r, K[0, 1] * r, K[1, 1] * r
+    out[0, 2] = (K[0, 2] - x0 + 0.5) * r - 0.5
+    out[1, 2] = (K[1, 2] - y0 + 0.5) * r - 0.5
+    return out
 
 
 def to_input_array(views: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ cannot see from the images, while the ``view`` frame does not change at all.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -28,6 +29,8 @@ from voxlink import camera
 from voxlink.camera import yaw_matrix  # noqa: F401 - one definition, in the runtime core; importable here too
 from voxlink.data.store import DatasetStore
 from voxlink.preprocess import to_input
+
+log = logging.getLogger(__name__)
 
 FRAMES = ("object", "view")
 
@@ -59,7 +62,9 @@ class MultiViewDataset(Dataset):
     """Objects of one split with their views and occupancy grid.
 
     Args:
-        root: dataset folder.
+        root: dataset folder: ``voxlink data make``'s (``manifest.json``), or a folder of interchange
+            ``.npz`` object files, or one such file (:mod:`voxlink.data.interchange`). Objects whose file
+            says ``has_occupancy = False`` are left out (nothing to learn from or score against).
         split: ``train``, ``val``, ``test`` or ``all``.
         max_views: views per item.
         train: random views and background colour jitter (True) or a fixed set (False).
@@ -75,7 +80,9 @@ class MultiViewDataset(Dataset):
     (0/1, in the chosen frame, ``[x, y, z]``); ``grid_to_world`` float32 [4, 4] (maps voxel
     indices to the object frame of the poses); ``pose`` float32 [V, 4, 4] camera-to-object;
     ``pose_grid`` float32 [V, 4, 4] the same cameras in the grid's frame (where the occupancy grid
-    is the axis-aligned unit cube: what a pose-aware model is given); ``K`` float32 [3, 3];
+    is the axis-aligned unit cube: what a pose-aware model is given); ``K`` float32 [3, 3] (the
+    object's intrinsics; an interchange object whose views differ: its first returned view's);
+    ``K_views`` float32 [V, 3, 3] each returned view's intrinsics;
     ``depth`` float32 [V, H, W] metres and ``mask`` bool [V, H, W] if ``with_depth``; ``index`` int.
 
     Raises:
@@ -92,9 +99,16 @@ class MultiViewDataset(Dataset):
             raise ValueError(f"backgrounds must be plain or textured, got {backgrounds!r}")
         self.heading, self.backgrounds = heading, backgrounds
         self.store = DatasetStore(root)
-        self.indices = self.store.split(split)
+        in_split = self.store.split(split)
+        # objects without a true grid (captures imported without a mesh) can be neither trained on nor scored
+        self.indices = [j for j in in_split if self.store.has_occupancy(j)]
         if not self.indices:
-            raise ValueError(f"split {split!r} of {root} holds no objects")
+            raise ValueError(f"split {split!r} of {root} holds no objects" if not in_split else
+                             f"split {split!r} of {root} holds {len(in_split)} object(s), none with an occupancy grid "
+                             "(captures imported without --mesh): nothing to train on or score")
+        if len(self.indices) < len(in_split):
+            log.info("%s: %d object(s) of split %r have no occupancy grid (imported without a mesh): left out",
+                     root, len(in_split) - len(self.indices), split)
         self.max_views, self.train, self.frame, self.seed, self.with_depth = max_views, train, frame, seed, with_depth
         self.n_views = int(self.store.manifest["views"])
         self.resolution = int(self.store.manifest["grid"]["resolution"])
@@ -109,19 +123,20 @@ class MultiViewDataset(Dataset):
     def view_ids(self, i: int) -> np.ndarray:
         """The fixed evaluation views of item ``i`` (spread around the orbit, deterministic)."""
         rng = np.random.default_rng([self.seed, self.indices[i]])
-        k = min(self.max_views, self.n_views)
-        start = int(rng.integers(self.n_views))
-        return (start + np.round(np.arange(k) * self.n_views / k).astype(int)) % self.n_views
+        nv = self.store.n_views(self.indices[i])
+        k = min(self.max_views, nv)
+        start = int(rng.integers(nv))
+        return (start + np.round(np.arange(k) * nv / k).astype(int)) % nv
 
     def __getitem__(self, i: int) -> dict:
         idx = self.indices[i]
         if self.train:
-            ids = np.random.permutation(self.n_views)[: self.max_views]
+            ids = np.random.permutation(self.store.n_views(idx))[: self.max_views]
         else:
             ids = self.view_ids(i)
         rgb = self.store.read(idx, "rgb")[ids]
         depth = self.store.read(idx, "depth")[ids]
-        mask = depth > 0
+        mask = depth > 0 if self.store.kind == "sharded" else self.store.read(idx, "mask")[ids]
         if self.train and self.backgrounds == "textured":
             from voxlink.data.backgrounds import composite
 
@@ -144,9 +159,13 @@ class MultiViewDataset(Dataset):
             turn = yaw_matrix(az)
         g2w = torch.from_numpy(turn.astype(np.float32)) @ g2w
         pose_grid = (np.linalg.inv(turn) @ pose.astype(np.float64)).astype(np.float32)
+        if self.store.kind == "sharded":
+            K_views = np.ascontiguousarray(np.broadcast_to(self.store.K.astype(np.float32), (len(ids), 3, 3)))
+        else:
+            K_views = np.ascontiguousarray(self.store.read(idx, "K")[ids], dtype=np.float32)
         item = {"images": to_input(rgb), "occupancy": occ, "grid_to_world": g2w,
                 "pose": torch.from_numpy(pose), "pose_grid": torch.from_numpy(pose_grid),
-                "K": torch.from_numpy(self.store.K.astype(np.float32)), "index": idx}
+                "K": torch.from_numpy(K_views[0].copy()), "K_views": torch.from_numpy(K_views), "index": idx}
         if self.with_depth:
             item["depth"] = torch.from_numpy(depth)
             item["mask"] = torch.from_numpy(mask)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,15 +175,42 @@ def _worker(args):
         return {"error": f"{job.path or job.category} (#{job.index}): {type(e).__name__}: {e}", "index": job.index}
 
 
-def make_dataset(out: str | Path, jobs: list[Job], cfg: MakeConfig, workers: int = 1, progress: bool = True) -> dict:
-    """Generate a dataset folder (shards + ``manifest.json``).
+def object_members(res: dict, cfg: MakeConfig) -> dict:
+    """The interchange-format members (:mod:`voxlink.data.interchange`) of one made object.
 
     Args:
-        out: output folder (created; must not already hold a manifest of another dataset).
+        res: a successful :func:`make_object` result (``arrays`` and ``meta``).
+        cfg: the dataset parameters it was made with (intrinsics, grid).
+
+    Returns:
+        dict: ``rgb``, ``depth``, ``mask`` (``depth > 0``), ``K`` (float32 [V, 3, 3], every view the same),
+        ``pose``, ``occupancy``, ``voxel_min``, ``voxel_size``, ``category``, ``source``, ``id`` (the sharded
+        dataset's id, e.g. ``proc-000003``), ``name``, ``split``, ``has_occupancy`` (True), ``has_mask`` (True).
+    """
+    a, meta = res["arrays"], res["meta"]
+    v = a["rgb"].shape[0]
+    K = camera.intrinsics(cfg.size, cfg.fov_deg).astype(np.float32)
+    return {"rgb": a["rgb"], "depth": a["depth"], "mask": a["depth"] > 0,
+            "K": np.ascontiguousarray(np.broadcast_to(K, (v, 3, 3))), "pose": a["pose"], "occupancy": a["occupancy"],
+            "voxel_min": np.full(3, VOXEL_MIN, np.float32), "voxel_size": np.float32(GRID_EXTENT / cfg.resolution),
+            "category": meta["category"], "source": meta["source"], "id": meta["id"], "name": meta["name"],
+            "split": meta["split"],
+            "has_occupancy": True, "has_mask": True}
+
+
+def make_dataset(out: str | Path, jobs: list[Job], cfg: MakeConfig, workers: int = 1, progress: bool = True,
+                 fmt: str = "sharded") -> dict:
+    """Generate a dataset folder: shards + ``manifest.json`` (``fmt="sharded"``), or one interchange
+    ``.npz`` per object named ``<index>_<name>.npz`` (so name order is job order) plus ``make.json`` (parameters, seed, skipped objects; no
+    manifest) (``fmt="npz"``, :mod:`voxlink.data.interchange`). Both hold the same arrays for the same seed.
+
+    Args:
+        out: output folder (created; must not already hold another dataset, or anything else).
         jobs: objects to make (:func:`plan_jobs`).
         cfg: dataset parameters.
         workers: processes rendering in parallel (each has its own OpenGL context).
         progress: show a progress bar (tqdm).
+        fmt: ``sharded`` or ``npz``.
 
     Returns:
         statistics: ``objects``, ``failed`` (list of messages), ``seconds``, ``objects_per_s`` and
@@ -205,11 +233,19 @@ def make_dataset(out: str | Path, jobs: list[Job], cfg: MakeConfig, workers: int
         raise ValueError("give a dataset folder with --out (not an empty path or the current folder)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path exists and is not a folder: {out}")
-    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+    if fmt not in ("sharded", "npz"):
+        raise ValueError(f"format must be sharded or npz, got {fmt!r}")
+    made_npz = out.is_dir() and (out / "make.json").is_file() and not (out / "manifest.json").exists()
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file() and not made_npz:
         raise ValueError(f"refusing to write into {out}: it is not empty and not a voxlink dataset")
+    if (fmt == "npz" and (out / "manifest.json").is_file()) or (fmt == "sharded" and made_npz):
+        raise ValueError(f"refusing to write into {out}: it holds a dataset of the other format")
     out.mkdir(parents=True, exist_ok=True)
     for old in (out / "shards").glob("shard-*.npz") if (out / "shards").is_dir() else []:
         old.unlink()
+    if made_npz:  # files of an earlier `data make --format npz` into this folder
+        for old in json.loads((out / "make.json").read_text()).get("files", []):
+            (out / Path(old).name).unlink(missing_ok=True)
 
     t0 = time.perf_counter()
     objects, pending, failed, n_shard = [], [], [], 0
@@ -218,6 +254,15 @@ def make_dataset(out: str | Path, jobs: list[Job], cfg: MakeConfig, workers: int
     def _flush():
         nonlocal n_shard, pending
         if not pending:
+            return
+        if fmt == "npz":
+            from voxlink.data.interchange import write_object
+
+            for p in pending:  # <index>_<name>.npz: the folder's name order is the dataset's order
+                fname = f"{p['meta']['id'].split('-')[-1]}_{re.sub(r'[^A-Za-z0-9._-]+', '_', p['meta']['name'])}.npz"
+                write_object(out / fname, object_members(p, cfg))
+                objects.append({**p["meta"], "file": fname})
+            pending = []
             return
         name = f"shard-{n_shard:05d}.npz"
         write_shard(out / "shards" / name, [p["arrays"] for p in pending])
@@ -252,6 +297,16 @@ def make_dataset(out: str | Path, jobs: list[Job], cfg: MakeConfig, workers: int
 
     K = camera.intrinsics(cfg.size, cfg.fov_deg)
     splits = {s: sum(o["split"] == s for o in objects) for s in ("train", "val", "test")}
+    if fmt == "npz":
+        (out / "make.json").write_text(json.dumps({
+            "format": "voxlink-npz-folder", "data_version": DATA_VERSION, "voxlink_version": __version__,
+            "generator_version": procedural.GENERATOR_VERSION, "seed": cfg.seed,
+            "config": {**asdict(cfg), "orbit": asdict(cfg.orbit)}, "splits": splits,
+            "files": [o["file"] for o in objects], "failed": failed}, indent=1, sort_keys=True))
+        secs = time.perf_counter() - t0
+        return {"objects": len(objects), "failed": failed, "seconds": secs,
+                "objects_per_s": len(objects) / secs if secs > 0 else math.nan,
+                **{f"{k}_s": v for k, v in timing.items()}}
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "data_version": DATA_VERSION,
         "generator_version": procedural.GENERATOR_VERSION, "voxlink_version": __version__,

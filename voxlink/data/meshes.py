@@ -56,6 +56,9 @@ class LoadedMesh:
             visual (texture or colours).
         mesh: all parts concatenated (geometry only), float64 vertices in the object frame.
         scale: the factor applied to the file's units (object units per file unit).
+        meta: extra facts (``display_name`` from a catalogue).
+        transform: float64 [4, 4], the similarity that took the file's coordinates to the object frame
+            (:func:`normalization_matrix`); ``voxlink data import`` moves a capture's poses with it.
     """
 
     name: str
@@ -65,6 +68,7 @@ class LoadedMesh:
     mesh: trimesh.Trimesh
     scale: float = 1.0
     meta: dict = field(default_factory=dict)
+    transform: np.ndarray = field(default_factory=lambda: np.eye(4))
 
 
 def normalization_matrix(bounds: np.ndarray, up: str = "y") -> np.ndarray:
@@ -161,7 +165,7 @@ def load_mesh(path: str | Path, up: str = "y") -> LoadedMesh:
         category = category_from_name(name)
     return LoadedMesh(name=name, path=path, category=category, parts=parts, mesh=geom,
                       scale=float(M[0, 0] if up == "y" else np.linalg.norm(M[:3, 0])),
-                      meta={"display_name": display} if display else {})
+                      meta={"display_name": display} if display else {}, transform=M)
 
 
 def find_meshes(paths: list[str | Path]) -> list[Path]:
