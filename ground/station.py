@@ -52,7 +52,7 @@ import queue
 import shutil
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +113,8 @@ class GroundConfig:
         max_points: points kept per object (beyond, the cloud is thinned). socket: ``sub`` or
         ``pull``. backend: decoder backend: ``torch``, ``onnxruntime`` (graphs from
         ``export/ground_onnx.py``, exported on start into ``<out>/onnx``) or ``auto``.
-        batch: most views fused in one model call. record: keep the MCAP record in ``<out>/record``
+        batch: most views fused in one model call. decoded_cache: a fusion model's decoded views kept
+        for the depth maps (beyond it, a depth map is decoded again). record: keep the MCAP record in ``<out>/record``
         and rebuild from it on start. backchannel: endpoints to bind the ROUTER the edges connect to
         for gap requests (empty: none). request_interval_s: how often a missing view is asked again.
         curve_secret_file: this ground's ``zmq.auth`` certificate with its secret key (CURVE server);
@@ -135,6 +136,7 @@ class GroundConfig:
     socket: str = "sub"
     backend: str = "torch"
     batch: int = 64
+    decoded_cache: int = 1024
     record: bool = True
     backchannel: list[str] = field(default_factory=list)
     request_interval_s: float = 2.0
@@ -215,6 +217,9 @@ class GroundStation:
         self.sessions: dict[tuple[int, int], ObjectSession] = {}
         self.finished: list[dict] = []
         self.stats = Counter()  # main thread only
+        # a fusion model's decoded views (payload -> float16 depth [H, W], bool mask [H, W]), kept from
+        # fusing to writing the depth maps, oldest dropped beyond ``decoded_cache``
+        self._decoded: OrderedDict = OrderedDict()
         self.rejected = Counter()  # main thread only
         self.rx_stats = Counter()  # receiver thread only (read under _rx_lock)
         self.rx_rejected = Counter()
@@ -289,10 +294,18 @@ class GroundStation:
         if isinstance(states[0], torch.Tensor):  # fusion model: one evidence tensor per object
             pose = torch.tensor(np.stack([m.pose for _, m, _ in items]), dtype=torch.float32)
             K = torch.tensor(np.stack([info.K for _, _, info in items]), dtype=torch.float32)
-            new = self.net.step(codes, torch.cat(states), pose=pose, K=K)
-            for i, (s, _, _) in enumerate(items):
+            # the view decoder is most of a view's cost: decode once, fuse, and keep the depth maps
+            # and silhouettes for the depth PNGs and the point cloud (:meth:`_depths`)
+            depth, mask_logit = self.net.decode_views(codes)
+            mask_prob = torch.sigmoid(mask_logit)
+            ev = self.net.evidence(depth, mask_prob, K, pose)
+            new = self.net.fuse(torch.cat(states), ev)
+            for i, (s, m, _) in enumerate(items):
                 s.state = new[i:i + 1].clone()
                 s.dirty = True
+                self._decoded[m.payload] = (depth[i].numpy().astype(np.float16), mask_prob[i].numpy() > 0.5)
+            while len(self._decoded) > self.cfg.decoded_cache:
+                self._decoded.popitem(last=False)
             return
         batched = tuple(torch.cat(parts) for parts in zip(*states))
         new = self.net.step(codes, batched)
@@ -307,9 +320,15 @@ class GroundStation:
         Returns:
             depth float32 [B, H, W] metres and mask bool [B, H, W] (decoded mask above 0.5), one per payload.
         """
-        codes = torch.stack([unpack_bits(p, self.K_bits) for p in payloads])
-        depth, mask = self.net.decode_depth(codes)
-        return depth.numpy().astype(np.float32), mask.numpy() > 0.5
+        cached = [self._decoded.pop(p, None) for p in payloads]
+        todo = [p for p, c in zip(payloads, cached) if c is None]
+        if todo:
+            codes = torch.stack([unpack_bits(p, self.K_bits) for p in todo])
+            d, m = self.net.decode_depth(codes)
+            fresh = iter(zip(d.numpy(), m.numpy() > 0.5))
+            cached = [c if c is not None else next(fresh) for c in cached]
+        depth = np.stack([c[0] for c in cached]).astype(np.float32)
+        return depth, np.stack([c[1] for c in cached])
 
     @torch.no_grad()
     def _occupancy(self, s: ObjectSession) -> np.ndarray:
