@@ -217,6 +217,37 @@ def validate(model: ImplicitModel, ds: MultiViewDataset, n: int, device) -> dict
             "val_bits_varying": varying}
 
 
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float,
+                    mcfg, tcfg: TrainConfig) -> None:
+    """Write a resumable checkpoint (weights, optimiser, step, wall-clock seconds, RNG states, configs)
+    atomically: a temporary file, then a rename, so that a run killed mid-write keeps the last one."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                "torch_rng": torch.get_rng_state(), "np_rng": np.random.get_state(),
+                "model_config": mcfg.to_dict(), "train_config": dataclasses.asdict(tcfg)}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, device="cpu") -> tuple[int, float]:
+    """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` and ``opt``.
+
+    Returns:
+        ``(step, elapsed seconds)``.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    st = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["opt"])
+    torch.set_rng_state(st["torch_rng"])
+    np.random.set_state(st["np_rng"])
+    log.info("resumed from %s at step %d", path, st["step"])
+    return st["step"], st.get("elapsed", 0.0)
+
+
 def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = False, device: str = "cpu",
           command: str = "", progress: bool = True) -> Path:
     """Train an implicit model and write ``out/model.safetensors``.
@@ -283,22 +314,12 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
     if resume:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
-        st = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        step, elapsed = st["step"], st.get("elapsed", 0.0)
-        torch.set_rng_state(st["torch_rng"])
-        np.random.set_state(st["np_rng"])
-        log.info("resumed from %s at step %d", ckpt, step)
+        step, elapsed = load_checkpoint(ckpt, model, opt, device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     def _save_ckpt():
         if rank == 0:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                        "torch_rng": torch.get_rng_state(), "np_rng": np.random.get_state(),
-                        "model_config": mcfg.to_dict(), "train_config": dataclasses.asdict(tcfg)}, ckpt)
+            save_checkpoint(ckpt, model, opt, step, elapsed, mcfg, tcfg)
 
     rng = np.random.default_rng([tcfg.seed, rank, step])
     logf = (out / "log.jsonl").open("a") if rank == 0 else None

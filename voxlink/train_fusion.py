@@ -29,7 +29,8 @@ from voxlink.data.store import manifest_hash
 from voxlink.models.fusion import FusionConfig, FusionModel
 from voxlink.models.implicit import iou, occupancy_loss
 from voxlink.models.projection import silhouette_hull
-from voxlink.train import TrainConfig, _collate, best_threshold, git_commit, mean_grid, recalibrate_bn
+from voxlink.train import (TrainConfig, _collate, best_threshold, git_commit, load_checkpoint, mean_grid,
+                           recalibrate_bn, save_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -186,24 +187,12 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
     if resume:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
-        st = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        step, elapsed = st["step"], st.get("elapsed", 0.0)
-        torch.set_rng_state(st["torch_rng"])
-        np.random.set_state(st["np_rng"])
-        log.info("resumed from %s at step %d", ckpt, step)
+        step, elapsed = load_checkpoint(ckpt, model, opt, device)
     elif tcfg.warm_start:
         warm_start(model, tcfg.warm_start)
 
     def _save_ckpt():
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                    "torch_rng": torch.get_rng_state(), "np_rng": np.random.get_state(),
-                    "model_config": mcfg.to_dict(), "train_config": dataclasses.asdict(tcfg)}, tmp)
-        tmp.replace(ckpt)
+        save_checkpoint(ckpt, model, opt, step, elapsed, mcfg, tcfg)
 
     rng = np.random.default_rng([tcfg.seed, step])
     gen = torch.Generator().manual_seed(tcfg.seed * 7919 + step)

@@ -13,12 +13,33 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
+class ConfigDict:
+    """``to_dict`` / ``from_dict`` for a model-config dataclass (shared by every model family)."""
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON/TOML-serialisable); tuples become lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: unknown keys (or values the config's checks refuse).
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = set(d) - names
+        if extra:
+            raise ValueError(f"unknown {cls.__name__} keys: {sorted(extra)}")
+        return cls(**d)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigDict):
     """Architecture of an implicit model.
 
     Attributes:
@@ -66,20 +87,6 @@ class ModelConfig:
             raise ValueError("the decoder upsamples the grid 3 times: resolution must be 8 * grid, 4 dec_channels")
         if self.frame not in ("object", "view"):
             raise ValueError(f"frame must be object or view, got {self.frame!r}")
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON/TOML-serialisable)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        extra = set(d) - names
-        if extra:
-            raise ValueError(f"unknown model config keys: {sorted(extra)}")
-        return cls(**d)
-
 
 CONFIGS: dict[str, ModelConfig] = {
     "paper": ModelConfig(name="paper", enc_channels=(96, 128, 256, 256, 256, 256), hidden=128, gate_rank=0,

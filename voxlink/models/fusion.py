@@ -26,7 +26,6 @@ losses *through the binarizer*, so that the 1024 bits carry what the ground need
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from voxlink.models.binarizer import Binarizer, compression_ratio, pack_bits, unpack_bits
+from voxlink.models.binarizer import Binarizer
+from voxlink.models.codec import BitCodeModel
+from voxlink.models.config import ConfigDict
 from voxlink.models.decoder import DepthDecoder
 from voxlink.models.encoder import Encoder2D
-from voxlink.models.implicit import CodeError
 from voxlink.models.projection import project, sample_maps, voxel_centres
 
 #: Evidence channels of the fused state, and how each is pooled over views.
@@ -47,7 +47,7 @@ _POOL_MIN = (True, False, False, True, False)
 
 
 @dataclass
-class FusionConfig:
+class FusionConfig(ConfigDict):
     """Architecture of a pose-aware fusion model.
 
     Attributes:
@@ -99,19 +99,6 @@ class FusionConfig:
             raise ValueError(f"a spatial code needs K divisible by {(self.image_size // 16) ** 2} cells")
         if self.frame != "pose":
             raise ValueError(f"a fusion model reconstructs in the poses' frame (frame = 'pose'), got {self.frame!r}")
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON/TOML-serialisable)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FusionConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        extra = set(d) - names
-        if extra:
-            raise ValueError(f"unknown fusion config keys: {sorted(extra)}")
-        return cls(**d)
 
 
 FUSION_CONFIGS: dict[str, FusionConfig] = {
@@ -261,8 +248,11 @@ class Refiner3D(nn.Module):
         return self.head(torch.cat([self.dec0(u0), x], 1))
 
 
-class FusionModel(nn.Module):
+class FusionModel(BitCodeModel):
     """E_K + binarizer (edge); view decoder, projective evidence, min/max fusion and 3D refiner (ground).
+
+    ``code_bits``, ``compression_ratio``, ``compress``, ``decompress`` and ``fingerprint`` come from
+    :class:`voxlink.models.codec.BitCodeModel` (the fingerprint hashes the family name too).
 
     Args:
         cfg: :class:`FusionConfig`.
@@ -276,6 +266,7 @@ class FusionModel(nn.Module):
 
     family = "fusion"
     needs_pose = True
+    fingerprint_salt = "fusion:"
 
     def __init__(self, cfg: FusionConfig):
         super().__init__()
@@ -297,17 +288,6 @@ class FusionModel(nn.Module):
         self.register_buffer("pool_min", torch.tensor(_POOL_MIN).view(1, -1, 1, 1, 1), persistent=False)
 
     # -- edge -------------------------------------------------------------------------------------
-    @property
-    def code_bits(self) -> int:
-        """K: bits per view."""
-        return self.cfg.code_bits
-
-    @property
-    def compression_ratio(self) -> float:
-        """Golts & Schechner Eq. 12 with N = 1, m = K bits (32 K for the float32 variant)."""
-        bits = self.cfg.code_bits * (1 if self.cfg.binarize else 32)
-        return compression_ratio(bits, self.cfg.image_size, self.cfg.image_size)
-
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """E_K + binarizer (stochastic in training, ``sign`` in eval mode; Eq. 13).
 
@@ -320,10 +300,6 @@ class FusionModel(nn.Module):
         return self.binarizer(self.encoder(images))
 
     # -- ground -----------------------------------------------------------------------------------
-    def _check_code(self, codes: torch.Tensor) -> None:
-        if codes.shape[-1] != self.cfg.code_bits:
-            raise CodeError(f"model expects {self.cfg.code_bits}-bit codes, got {codes.shape[-1]}")
-
     def decode_views(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each view's depth map and silhouette logits from its code.
 
@@ -455,41 +431,3 @@ class FusionModel(nn.Module):
         h, w = depth.shape[-2:]
         return {"logits": self.logits(state), "codes": codes.view(b, v, -1), "depth": depth.view(b, v, h, w),
                 "mask_logit": mask_logit.view(b, v, h, w)}
-
-    # -- bytes ------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def compress(self, images: torch.Tensor) -> list[bytes]:
-        """Views to packed codes (``ceil(K / 8)`` bytes each, MSB first), deterministic (eval mode).
-
-        Shape:
-            images float32 [N, 3, H, W] -> N byte strings.
-
-        Raises:
-            ValueError: for the uncompressed variant (it has no bit codes).
-        """
-        if not self.cfg.binarize:
-            raise ValueError("the uncompressed variant has no binary codes to pack")
-        was = self.training
-        self.eval()
-        codes = self.encode(images)
-        self.train(was)
-        return [pack_bits(c) for c in codes]
-
-    def decompress(self, payloads: list[bytes]) -> torch.Tensor:
-        """Packed codes back to +1/-1 codes float32 [N, K].
-
-        Raises:
-            CodeError: a payload of the wrong size.
-        """
-        try:
-            return torch.stack([unpack_bits(p, self.cfg.code_bits) for p in payloads])
-        except ValueError as e:
-            raise CodeError(str(e)) from e
-
-    def fingerprint(self) -> bytes:
-        """8-byte model fingerprint: SHA-256 of the family, config and every weight (the wire protocol carries it)."""
-        h = hashlib.sha256(("fusion:" + repr(sorted(self.cfg.to_dict().items()))).encode())
-        for k, t in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
-        return h.digest()[:8]

@@ -9,24 +9,18 @@ those of the paper's implicit model.
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import torch
 from torch import nn
 
-from voxlink.models.binarizer import Binarizer, compression_ratio, pack_bits, unpack_bits
+from voxlink.models.binarizer import Binarizer
+from voxlink.models.codec import BitCodeModel, CodeError  # noqa: F401 (CodeError: part of this module's API)
 from voxlink.models.config import ModelConfig
 from voxlink.models.decoder import Decoder3D, DepthDecoder
 from voxlink.models.encoder import Encoder2D
 from voxlink.models.lstm3d import LSTM3DGrid
 
 
-class CodeError(ValueError):
-    """A code of the wrong length (or a payload of the wrong size) for this model."""
-
-
-class ImplicitModel(nn.Module):
+class ImplicitModel(BitCodeModel):
     """E_K + binarizer + 3D-LSTM + 3D decoder (+ depth decoder).
 
     Args:
@@ -51,17 +45,6 @@ class ImplicitModel(nn.Module):
         self.depth = DepthDecoder(cfg.code_bits, cfg.depth_channels, cfg.image_size)
 
     # -- edge -------------------------------------------------------------------------------------
-    @property
-    def code_bits(self) -> int:
-        """K: bits (values) per view."""
-        return self.cfg.code_bits
-
-    @property
-    def compression_ratio(self) -> float:
-        """Eq. 12 with N = 1, m = K (binarized), or m = 32 K for the float32 uncompressed variant."""
-        bits = self.cfg.code_bits * (1 if self.cfg.binarize else 32)
-        return compression_ratio(bits, self.cfg.image_size, self.cfg.image_size)
-
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """E_K followed by the binarizer (stochastic in training mode, ``sign`` in eval mode).
 
@@ -77,10 +60,6 @@ class ImplicitModel(nn.Module):
     def init_state(self, batch: int = 1, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero 3D-LSTM state for ``batch`` objects."""
         return self.lstm.init_state(batch, device=device)
-
-    def _check_code(self, codes: torch.Tensor) -> None:
-        if codes.shape[-1] != self.cfg.code_bits:
-            raise CodeError(f"model expects {self.cfg.code_bits}-bit codes, got {codes.shape[-1]}")
 
     def step(self, codes: torch.Tensor, state, pose=None, K=None):
         """Fuse one view per object into the state (the 3D-LSTM's update; ``pose`` and ``K`` are
@@ -133,44 +112,6 @@ class ImplicitModel(nn.Module):
         h, w = depth.shape[-2:]
         return {"logits": self.decoder(state[0]), "codes": codes, "depth": depth.view(b, v, h, w),
                 "mask_logit": mask_logit.view(b, v, h, w)}
-
-    # -- bytes ------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def compress(self, images: torch.Tensor) -> list[bytes]:
-        """Views to packed codes (``ceil(K / 8)`` bytes each, MSB first), deterministic (eval mode).
-
-        Shape:
-            images float32 [N, 3, H, W] -> N byte strings.
-
-        Raises:
-            ValueError: for the uncompressed variant (it has no bit codes).
-        """
-        if not self.cfg.binarize:
-            raise ValueError("the uncompressed variant has no binary codes to pack")
-        was = self.training
-        self.eval()
-        codes = self.encode(images)
-        self.train(was)
-        return [pack_bits(c) for c in codes]
-
-    def decompress(self, payloads: list[bytes]) -> torch.Tensor:
-        """Packed codes back to +1/-1 codes float32 [N, K].
-
-        Raises:
-            CodeError: a payload of the wrong size.
-        """
-        try:
-            return torch.stack([unpack_bits(p, self.cfg.code_bits) for p in payloads])
-        except ValueError as e:
-            raise CodeError(str(e)) from e
-
-    def fingerprint(self) -> bytes:
-        """8-byte model fingerprint: SHA-256 of the config and every weight (the wire protocol carries it)."""
-        h = hashlib.sha256(repr(sorted(self.cfg.to_dict().items())).encode())
-        for k, t in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
-        return h.digest()[:8]
 
 
 def occupancy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,84 @@
+"""What every bit-code model family shares (CompressAI's manner: ``compress`` gives bytes,
+``decompress`` gives the codes back): the code length K, the compression ratio (Golts & Schechner
+Eq. 12), packing to bytes and the model fingerprint the wire protocol carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from voxlink.models.binarizer import compression_ratio, pack_bits, unpack_bits
+
+
+class CodeError(ValueError):
+    """A code of the wrong length (or a payload of the wrong size) for this model."""
+
+
+class BitCodeModel(nn.Module):
+    """Base of the models whose drone side is E_K + binarizer (``self.encode``) with ``self.cfg``
+    holding ``code_bits``, ``binarize`` and ``image_size``.
+
+    Subclasses set ``family`` (the model-file family), ``needs_pose`` and ``fingerprint_salt`` (a
+    prefix hashed before the config, so that two families never share a fingerprint).
+    """
+
+    family = "implicit"
+    needs_pose = False
+    fingerprint_salt = ""
+
+    @property
+    def code_bits(self) -> int:
+        """K: bits (values) per view."""
+        return self.cfg.code_bits
+
+    @property
+    def compression_ratio(self) -> float:
+        """Eq. 12 with N = 1, m = K (binarized), or m = 32 K for a float32 (uncompressed) variant."""
+        bits = self.cfg.code_bits * (1 if self.cfg.binarize else 32)
+        return compression_ratio(bits, self.cfg.image_size, self.cfg.image_size)
+
+    def _check_code(self, codes: torch.Tensor) -> None:
+        if codes.shape[-1] != self.cfg.code_bits:
+            raise CodeError(f"model expects {self.cfg.code_bits}-bit codes, got {codes.shape[-1]}")
+
+    @torch.no_grad()
+    def compress(self, images: torch.Tensor) -> list[bytes]:
+        """Views to packed codes (``ceil(K / 8)`` bytes each, MSB first), deterministic (eval mode).
+
+        Shape:
+            images float32 [N, 3, H, W] -> N byte strings.
+
+        Raises:
+            ValueError: for an uncompressed variant (it has no bit codes).
+        """
+        if not self.cfg.binarize:
+            raise ValueError("the uncompressed variant has no binary codes to pack")
+        was = self.training
+        self.eval()
+        codes = self.encode(images)
+        self.train(was)
+        return [pack_bits(c) for c in codes]
+
+    def decompress(self, payloads: list[bytes]) -> torch.Tensor:
+        """Packed codes back to +1/-1 codes float32 [N, K].
+
+        Raises:
+            CodeError: a payload of the wrong size.
+        """
+        try:
+            return torch.stack([unpack_bits(p, self.cfg.code_bits) for p in payloads])
+        except ValueError as e:
+            raise CodeError(str(e)) from e
+
+    def fingerprint(self) -> bytes:
+        """8-byte model fingerprint: SHA-256 of the family salt, the config and every weight (the wire
+        protocol carries it)."""
+        h = hashlib.sha256((self.fingerprint_salt + repr(sorted(self.cfg.to_dict().items()))).encode())
+        for k, t in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
+        return h.digest()[:8]
