@@ -23,9 +23,9 @@ def main() -> None:
     recs = [json.loads(line) for line in open(a.log)]
     val = [r for r in recs if "val_miou5" in r]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot([r["elapsed_s"] / 60 for r in val], [r["val_miou5"] for r in val], "o-", label="validation mIoU@5 (64 objects)")
+    ax.plot([r["elapsed_s"] / 60 for r in val], [r["val_miou5"] for r in val], "o-", label="validation mIoU@5")
     ax.plot([r["elapsed_s"] / 60 for r in recs], [r["iou"] for r in recs], lw=0.8, alpha=0.6,
-            label="training-batch IoU (EMA, 1..5 views)")
+            label="training-batch IoU (EMA)")
     for key, label in (("val_decoded_hull_miou5", "validation: hull of decoded silhouettes, mIoU@5"),
                        ("val_silhouette_iou", "validation: decoded silhouette IoU")):
         pts = [r for r in val if key in r]

@@ -237,7 +237,7 @@ def eval_cmd(
 
 @export_app.command("onnx")
 def export_onnx_cmd(
-    model: str = typer.Argument("implicit-k1024", help="Model file or shipped name."),
+    model: Optional[str] = typer.Argument(None, help="Model file or shipped name (default: the shipped default)."),
     out: Path = typer.Option(Path("encoder.onnx"), "--out", help="ONNX file to write."),
     check_meshes: Optional[list[Path]] = typer.Option(None, "--check-meshes",
                                                       help="Meshes whose rendered views check parity (default: shipped)."),
@@ -305,7 +305,7 @@ def edge_cmd(
     source: Optional[str] = typer.Option(None, "--source", help="Camera index, video, RTSP URL, GStreamer pipeline, image folder, or orbit:MESH."),
     connect: Optional[list[str]] = typer.Option(None, "--connect", help="ZeroMQ endpoint(s) of the ground, e.g. tcp://HOST:5555."),
     bind: Optional[list[str]] = typer.Option(None, "--bind", help="Bind instead (the ground connects)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default implicit-k1024)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default: the shipped default, fusion-k1024)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="auto, tensorrt, onnxruntime or torch."),
     onnx: Optional[str] = typer.Option(None, "--onnx", help="Encoder ONNX for ONNX Runtime."),
     engine: Optional[str] = typer.Option(None, "--engine", help="TensorRT engine."),
@@ -348,7 +348,7 @@ ASSET_MESHES = Path(__file__).resolve().parent / "assets" / "meshes"
 def ground_cmd(
     bind: Optional[list[str]] = typer.Option(None, "--bind", help="Endpoint(s) to bind, e.g. tcp://*:5555 (drones connect)."),
     connect: Optional[list[str]] = typer.Option(None, "--connect", help="Drone endpoint(s) to connect to instead."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default implicit-k1024)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default: the shipped default, fusion-k1024)."),
     out: Path = typer.Option(Path("ground-out"), "--out", help="Output folder (one subfolder per object)."),
     socket: str = typer.Option("sub", "--socket", help="sub (default, for PUB drones) or pull (for PUSH drones)."),
     idle_timeout: float = typer.Option(30.0, "--idle-timeout", help="Seconds without views before an object is written."),
@@ -428,7 +428,7 @@ def keys_cmd(
 def demo_cmd(
     mesh: Optional[list[Path]] = typer.Option(None, "--mesh", help="Mesh files or folders (default: the shipped real meshes)."),
     views: int = typer.Option(24, "--views", min=1, max=360, help="Views per drone orbit."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model file or shipped name (default implicit-k1024)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model file or shipped name (default: the shipped default, fusion-k1024)."),
     out: Path = typer.Option(Path("out/demo"), "--out", help="Output folder."),
     fps: float = typer.Option(10.0, "--fps", help="The simulated drone's frame rate (0 = as fast as it renders)."),
 ) -> None:
@@ -492,7 +492,7 @@ def bench_ground_cmd(
     drones: int = typer.Option(10, "--drones", min=1, max=256, help="Simulated drones (streams), one object each."),
     rate: float = typer.Option(2.0, "--rate", help="Views per second per drone."),
     seconds: float = typer.Option(30.0, "--seconds", help="How long the drones send."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default implicit-k1024)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default: the shipped default, fusion-k1024)."),
     out: Path = typer.Option(Path("bench/ground"), "--out", help="The ground's output folder and bench.json."),
     backend: str = typer.Option("torch", "--backend", help="The ground's decoder backend."),
 ) -> None:
@@ -533,7 +533,7 @@ def bench_speed_cmd(
 def bench_edge_cmd(
     python: Optional[list[Path]] = typer.Option(None, "--python", help="Interpreter(s) to measure, e.g. a torch-free "
                                                 "edge venv's bin/python (default: this one); repeat the flag for several."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default implicit-k1024)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default: the shipped default, fusion-k1024)."),
     frames: int = typer.Option(50, "--frames", min=1, help="Timed frames per backend."),
     threads: Optional[list[int]] = typer.Option(None, "--threads", help="Intra-op threads for the encode timing "
                                                 "(0 = the library's default); repeat for several (default: 1 and 0)."),

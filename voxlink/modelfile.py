@@ -19,7 +19,7 @@ from pathlib import Path
 #: Folder of the shipped ("embedded default") weights.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Model used when none is named.
-DEFAULT_MODEL = "implicit-k1024"
+DEFAULT_MODEL = "fusion-k1024"
 #: Value of the ``voxlink.format`` metadata of every model file.
 FORMAT = "voxlink-model-1"
 #: Reconstruction frame of a family whose config does not say (the config classes' defaults).
