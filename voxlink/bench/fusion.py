@@ -4,6 +4,8 @@ run, and the ground's decode time per view of the fusion model against the paper
 Training step (8 objects x 5 views, forward + backward + Adam, synthetic tensors so that only the
 network is timed; data loading is timed separately on a real dataset when one is given):
 
+The network is the shipped ``fusion-k1024``'s (config ``fusion-cpu``: spatial code).
+
 * ``baseline``: the first design: a 3D refiner whose full-resolution convolution reads 14 channels
   (6 evidence channels + 8 features), float32, NCHW;
 * ``+ 8-channel refiner input``: the evidence padded to 8 channels (oneDNN's blocked 3D convolution);
@@ -72,7 +74,7 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
     from voxlink.train_fusion import fusion_losses
 
     torch.set_num_threads(threads)
-    cfg = dataclasses.replace(FUSION_CONFIGS["fusion-cpu"])
+    cfg = dataclasses.replace(FUSION_CONFIGS["fusion-cpu"])  # the shipped fusion-k1024's architecture
     images, K, pose, target, depth = _batch(8, 5)
     rows = []
     settings = [("baseline (float32, NCHW, 14-channel refiner input)", False, False, False),

@@ -102,7 +102,10 @@ class FusionConfig(ConfigDict):
 
 
 FUSION_CONFIGS: dict[str, FusionConfig] = {
-    "fusion-cpu": FusionConfig(),
+    # the shipped fusion-k1024's architecture (voxlink/configs/fusion-k1024.toml)
+    "fusion-cpu": FusionConfig(code_layout="spatial", view_channels=(128, 96, 64, 32)),
+    # the same with 3D-R2N2's fully connected code (the shipped model's warm-up run)
+    "fusion-cpu-fc": FusionConfig(name="fusion-cpu-fc"),
     "fusion-paper": FusionConfig(name="fusion-paper", enc_channels=(96, 128, 256, 256, 256, 256),
                                  view_channels=(256, 128, 64, 32, 16), refiner_channels=(16, 48, 96)),
     "fusion-tiny": FusionConfig(name="fusion-tiny", code_bits=64, enc_channels=(8, 8, 16, 16, 16, 16),
