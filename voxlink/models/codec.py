@@ -19,8 +19,8 @@ class CodeError(ValueError):
 
 
 class BitCodeModel(nn.Module):
-    """Base of the models whose drone side is E_K + binarizer (``self.encode``) with ``self.cfg``
-    holding ``code_bits``, ``binarize`` and ``image_size``.
+    """Base of the models whose drone side is E_K + binarizer (``self.encoder``, ``self.binarizer``) with
+    ``self.cfg`` holding ``code_bits``, ``binarize`` and ``image_size``.
 
     Subclasses set ``family`` (the model-file family), ``needs_pose`` and ``fingerprint_salt`` (a
     prefix hashed before the config, so that two families never share a fingerprint).
@@ -29,6 +29,18 @@ class BitCodeModel(nn.Module):
     family = "implicit"
     needs_pose = False
     fingerprint_salt = ""
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """E_K followed by the binarizer (Eq. 13: stochastic in training mode, ``sign`` in eval mode):
+        what the drone runs.
+
+        Shape:
+            images float32 [N, 3, H, W] in [0, 1] -> codes float32 [N, K].
+
+        Raises:
+            ValueError: wrong image size.
+        """
+        return self.binarizer(self.encoder(images))
 
     @property
     def code_bits(self) -> int:

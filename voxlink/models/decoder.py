@@ -52,6 +52,24 @@ class Decoder3D(nn.Module):
         self.voxel_bias[0, 1] = torch.log(p / (1 - p))
 
 
+def view_head(c_in: int, channels: tuple[int, ...]) -> list[nn.Module]:
+    """The upsampling stages of a view decoder: (2x nearest upsample + 3x3 conv + LeakyReLU) per entry of
+    ``channels``, then a 3x3 conv to 2 channels (depth offset, silhouette logit) whose silhouette bias
+    starts at the background prior (about 15 % of a view is object).
+
+    Shape:
+        [N, c_in, h, w] -> [N, 2, h * 2^len(channels), w * 2^len(channels)].
+    """
+    layers = []
+    for c in channels:
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c, 3, padding=1), nn.LeakyReLU(0.01)]
+        c_in = c
+    layers.append(nn.Conv2d(c_in, 2, 3, padding=1))
+    with torch.no_grad():
+        layers[-1].bias[1] = -1.7
+    return layers
+
+
 class DepthDecoder(nn.Module):
     """A view's code -> depth map (metres) and mask logits.
 
@@ -68,14 +86,7 @@ class DepthDecoder(nn.Module):
         self.side, self.image_size = 4, image_size
         self.c0 = channels[0]
         self.fc = nn.Linear(code_bits, channels[0] * self.side * self.side)
-        layers, c_in = [], channels[0]
-        for c in channels:
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c, 3, padding=1), nn.LeakyReLU(0.01)]
-            c_in = c
-        layers.append(nn.Conv2d(c_in, 2, 3, padding=1))
-        self.net = nn.Sequential(*layers)
-        with torch.no_grad():  # start at the background prior: about 15 % of a view is object
-            self.net[-1].bias[1] = -1.7
+        self.net = nn.Sequential(*view_head(channels[0], channels))
         self.depth_offset = depth_offset
 
     def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102

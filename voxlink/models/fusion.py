@@ -37,7 +37,7 @@ from torch import nn
 from voxlink.models.binarizer import Binarizer
 from voxlink.models.codec import BitCodeModel
 from voxlink.models.config import ConfigDict
-from voxlink.models.decoder import DepthDecoder
+from voxlink.models.decoder import DepthDecoder, view_head
 from voxlink.models.encoder import Encoder2D
 from voxlink.models.projection import project, sample_maps, voxel_centres
 
@@ -190,15 +190,8 @@ class SpatialViewDecoder(nn.Module):
         self.cells = image_size // 16
         self.code_channels = code_bits // (self.cells * self.cells)
         self.image_size, self.depth_offset = image_size, depth_offset
-        layers = [nn.Conv2d(self.code_channels, channels[0], 3, padding=1), nn.LeakyReLU(0.01)]
-        c_in = channels[0]
-        for c in channels[1:]:
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c, 3, padding=1), nn.LeakyReLU(0.01)]
-            c_in = c
-        layers.append(nn.Conv2d(c_in, 2, 3, padding=1))
-        self.net = nn.Sequential(*layers)
-        with torch.no_grad():  # start at the background prior: about 15 % of a view is object
-            self.net[-1].bias[1] = -1.7
+        self.net = nn.Sequential(nn.Conv2d(self.code_channels, channels[0], 3, padding=1), nn.LeakyReLU(0.01),
+                                 *view_head(channels[0], channels[1:]))
 
     def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
         """Depth (metres) and silhouette logits, each float32 [N, H, W], from codes [N, K]."""
@@ -289,18 +282,6 @@ class FusionModel(BitCodeModel):
         self.register_buffer("centres", voxel_centres(r), persistent=False)
         self.register_buffer("height", voxel_centres(r)[:, 1].reshape(1, 1, r, r, r).clone(), persistent=False)
         self.register_buffer("pool_min", torch.tensor(_POOL_MIN).view(1, -1, 1, 1, 1), persistent=False)
-
-    # -- edge -------------------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """E_K + binarizer (stochastic in training, ``sign`` in eval mode; Eq. 13).
-
-        Shape:
-            images float32 [N, 3, H, W] in [0, 1] -> codes float32 [N, K].
-
-        Raises:
-            ValueError: wrong image size.
-        """
-        return self.binarizer(self.encoder(images))
 
     # -- ground -----------------------------------------------------------------------------------
     def decode_views(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

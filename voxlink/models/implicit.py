@@ -44,18 +44,6 @@ class ImplicitModel(BitCodeModel):
         self.decoder = Decoder3D(cfg.hidden, cfg.dec_channels, cfg.resolution)
         self.depth = DepthDecoder(cfg.code_bits, cfg.depth_channels, cfg.image_size)
 
-    # -- edge -------------------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """E_K followed by the binarizer (stochastic in training mode, ``sign`` in eval mode).
-
-        Shape:
-            images float32 [N, 3, H, W] in [0, 1] -> codes float32 [N, K].
-
-        Raises:
-            ValueError: wrong image size.
-        """
-        return self.binarizer(self.encoder(images))
-
     # -- ground -----------------------------------------------------------------------------------
     def init_state(self, batch: int = 1, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero 3D-LSTM state for ``batch`` objects."""
