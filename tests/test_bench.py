@@ -86,7 +86,7 @@ def test_nsmall_additive_reconstruction_improves_with_iterations(small_dataset):
     assert all(b < a for a, b in zip(l1, l1[1:])), l1
 
 
-TRAIN_STEPS = 300
+TRAIN_STEPS = 600
 
 
 # -- sequential and direct --------------------------------------------------------------------------

@@ -17,10 +17,11 @@ import zmq
 
 from edge.daemon import CodeLog
 from voxlink.protocol import CodeMessage, StreamInfo, decode, fingerprint32
-from voxlink.weights import load_model, shipped_models
+from voxlink.weights import DEFAULT_MODEL, load_model, shipped_models
 
-MODEL = "implicit-k1024" if "implicit-k1024" in shipped_models() else None
-needs_model = pytest.mark.skipif(MODEL is None, reason="no shipped implicit-k1024 weights")
+# the shipped default: what the edge runs when no --model is given
+MODEL = DEFAULT_MODEL if DEFAULT_MODEL in shipped_models() else None
+needs_model = pytest.mark.skipif(MODEL is None, reason=f"no shipped {DEFAULT_MODEL} weights")
 
 
 from ground.demo import _free_port  # noqa: E402

@@ -106,12 +106,15 @@ def _base_colour(material) -> np.ndarray:
 
 
 def _drawable(p: trimesh.Trimesh) -> trimesh.Trimesh:
-    """The part as pyrender can draw it: a textured material without per-vertex texture coordinates
-    (pyrender's textured shader fails to compile for it) is drawn in the material's base colour."""
+    """The part as pyrender can draw it: a material with a texture image but without per-vertex texture
+    coordinates (pyrender's textured shader fails to compile for it) is drawn in the material's base
+    colour; every other part is returned as it is."""
     vis = p.visual
     if getattr(vis, "kind", None) == "texture" or isinstance(vis, trimesh.visual.texture.TextureVisuals):
         uv = getattr(vis, "uv", None)
-        if uv is None or len(uv) != len(p.vertices):
+        mat = getattr(vis, "material", None)
+        has_image = any(getattr(mat, a, None) is not None for a in ("image", "baseColorTexture"))
+        if has_image and (uv is None or len(uv) != len(p.vertices)):
             colour = _base_colour(getattr(vis, "material", None))
             plain = trimesh.Trimesh(p.vertices, p.faces, process=False)
             plain.visual.face_colors = np.tile(colour, (len(p.faces), 1))
