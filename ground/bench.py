@@ -104,6 +104,7 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
     seqs = [0] * drones
 
     def info(d, last=False):
+        """Drone ``d``'s stream-info message (bytes); ``last`` carries the last sequence number sent."""
         return encode_info(StreamInfo(stream=d, seq=0, fingerprint=bytes.hex(fp), code_bits=K_bits, K=K, model=m.cfg.name,
                                       frame=m.cfg.frame, epoch_unix=epoch, first_seq=0,
                                       last_seq=seqs[d] - 1 if seqs[d] else None))

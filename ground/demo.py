@@ -84,6 +84,7 @@ def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out:
     per_view: dict = {}  # key -> (raw depth maps, poses): the station keeps no per-view arrays in memory
 
     def listen(s, seq, raw_depth, pose):
+        """Keep each decoded depth map (float32 [H, W], metres) and its pose [4, 4] for the demo's scores."""
         keep[(s.stream, s.object_id)] = s
         depths, poses = per_view.setdefault((s.stream, s.object_id), ([], []))
         depths.append(raw_depth)

@@ -296,10 +296,7 @@ class GroundStation:
             K = torch.tensor(np.stack([info.K for _, _, info in items]), dtype=torch.float32)
             # the view decoder is most of a view's cost: decode once, fuse, and keep the depth maps
             # and silhouettes for the depth PNGs and the point cloud (:meth:`_depths`)
-            depth, mask_logit = self.net.decode_views(codes)
-            mask_prob = torch.sigmoid(mask_logit)
-            ev = self.net.evidence(depth, mask_prob, K, pose)
-            new = self.net.fuse(torch.cat(states), ev)
+            new, depth, mask_prob = self.net.step_decoded(codes, torch.cat(states), pose, K)
             for i, (s, m, _) in enumerate(items):
                 s.state = new[i:i + 1].clone()
                 s.dirty = True
@@ -365,6 +362,7 @@ class GroundStation:
         import zmq
 
         def curve(s):
+            """Make socket ``s`` a CURVE server with this ground's keys, where keys are configured."""
             if self._curve_keys is not None:
                 pub, sec = self._curve_keys
                 s.curve_publickey, s.curve_secretkey, s.curve_server = pub, sec, True

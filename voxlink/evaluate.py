@@ -54,7 +54,7 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
     """
     from tqdm import tqdm
 
-    from voxlink.models.projection import silhouette_hull
+    from voxlink.models.projection import perturb_poses, silhouette_hull
 
     model.eval()
     pose_aware = bool(getattr(model, "needs_pose", False))
@@ -85,18 +85,21 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         K = it["K"].expand(v_n, 3, 3)
         pose = it["pose_grid"][:v_n]
         if pose_noise[0] or pose_noise[1]:
-            from voxlink.train_fusion import perturb_poses
-
             pose = perturb_poses(pose, pose_noise[0], pose_noise[1], gen, exact=True)
         state = model.init_state(1)
         target = it["occupancy"][None]
         depth, mask = model.decode_depth(codes)
         true_mask = it["depth"][:v_n] > 0
+        h_true = h_dec = None  # the hull of the first v views is the running minimum of one-view hulls
         for v in range(v_n):
             state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=K[v:v + 1])
             ious[i, v] = float(iou(model.occupancy(state), target)[0])
-            hull_t[i, v] = float(iou(silhouette_hull(true_mask[:v + 1], K[:v + 1], pose[:v + 1])[None], target, 0.5)[0])
-            hull_d[i, v] = float(iou(silhouette_hull(mask[:v + 1], K[:v + 1], pose[:v + 1])[None], target, 0.5)[0])
+            one_t = silhouette_hull(true_mask[v:v + 1], K[v:v + 1], pose[v:v + 1])
+            one_d = silhouette_hull(mask[v:v + 1], K[v:v + 1], pose[v:v + 1])
+            h_true = one_t if h_true is None else torch.minimum(h_true, one_t)
+            h_dec = one_d if h_dec is None else torch.minimum(h_dec, one_d)
+            hull_t[i, v] = float(iou(h_true[None], target, 0.5)[0])
+            hull_d[i, v] = float(iou(h_dec[None], target, 0.5)[0])
         if baseline is not None:
             base[i] = float(iou(baseline[0][None], target, baseline[1])[0])
         pm = mask[:v_n] > 0.5

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -28,45 +27,11 @@ from voxlink.data.dataset import MultiViewDataset
 from voxlink.data.store import manifest_hash
 from voxlink.models.fusion import FusionConfig, FusionModel
 from voxlink.models.implicit import iou, occupancy_loss
-from voxlink.models.projection import silhouette_hull
+from voxlink.models.projection import perturb_poses, silhouette_hull
 from voxlink.train import (TrainConfig, _collate, best_threshold, git_commit, load_checkpoint, mean_grid,
                            recalibrate_bn, save_checkpoint)
 
 log = logging.getLogger(__name__)
-
-
-def perturb_poses(pose: torch.Tensor, angle_deg: float, dist_m: float, generator: torch.Generator | None = None,
-                  exact: bool = False) -> torch.Tensor:
-    """Poses as a drone knows them: each view turned about its camera centre and shifted.
-
-    Args:
-        pose: float [..., 4, 4] camera-to-world poses.
-        angle_deg: rotation noise in degrees (about a uniformly random axis).
-        dist_m: translation noise in metres (in a uniformly random direction).
-        generator: torch generator (the only randomness).
-        exact: every view gets exactly ``angle_deg`` and ``dist_m`` (evaluation); otherwise uniform
-            magnitudes in ``[0, angle_deg]`` and ``[0, dist_m]`` (training).
-
-    Returns:
-        float32 [..., 4, 4] perturbed poses.
-    """
-    shape = pose.shape
-    p = pose.reshape(-1, 4, 4).float().clone()
-    n = len(p)
-    axis = torch.randn(n, 3, generator=generator)
-    axis = axis / axis.norm(dim=1, keepdim=True).clamp(min=1e-9)
-    mag = torch.ones(n) if exact else torch.rand(n, generator=generator)
-    theta = math.radians(angle_deg) * mag
-    kx = torch.zeros(n, 3, 3)
-    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    kx = kx - kx.transpose(1, 2)
-    s, c = torch.sin(theta)[:, None, None], torch.cos(theta)[:, None, None]
-    R = torch.eye(3) + s * kx + (1 - c) * (kx @ kx)  # Rodrigues
-    p[:, :3, :3] = R @ p[:, :3, :3]
-    d = torch.randn(n, 3, generator=generator)
-    d = d / d.norm(dim=1, keepdim=True).clamp(min=1e-9)
-    p[:, :3, 3] += d * (dist_m * (torch.ones(n) if exact else torch.rand(n, generator=generator)))[:, None]
-    return p.view(shape)
 
 
 def fusion_losses(out: dict, target: torch.Tensor, true_depth: torch.Tensor) -> dict[str, torch.Tensor]:

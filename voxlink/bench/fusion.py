@@ -59,6 +59,7 @@ def _baseline_model(cfg):
             self.refiner = Refiner3D(len(EVIDENCE) + 1, c.refiner_channels)
 
         def logits(self, state):
+            """Refiner logits [B, 2, R, R, R] from the state [B, 5, R, R, R] and the height (6 channels)."""
             return self.refiner(torch.cat([state, self.height.expand(len(state), -1, -1, -1, -1)], 1))
 
     return _Unpadded(cfg)
@@ -91,6 +92,7 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
         def step():
+            """One training step (forward, the three losses, backward, Adam) of the timed setting."""
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = model(x, K, pose)
             ls = fusion_losses(out, target, depth)

@@ -56,6 +56,7 @@ def _patch_program_cache(pyrender) -> None:
         return
 
     def get_program(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None):
+        """pyrender's ShaderProgramCache.get_program, keyed by the context's address (see above)."""
         defines = defines or {}
         files = [f for f in (vertex_shader, fragment_shader, geometry_shader) if f is not None]
         ctx = OpenGL.contextdata.getContext()

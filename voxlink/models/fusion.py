@@ -168,7 +168,8 @@ class SpatialEncoder(nn.Module):
         self.to_code = nn.Conv2d(2 * c_in, self.code_channels, 1)
         self.norm = nn.BatchNorm2d(self.code_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Code values float32 [B, K] in [-1, 1] from views [B, 3, H, W]; ValueError for another size."""
         if x.shape[-3:] != (3, self.image_size, self.image_size):
             raise ValueError(f"encoder expects views [B, 3, {self.image_size}, {self.image_size}], got {tuple(x.shape)}")
         return torch.tanh(self.norm(self.to_code(self.mix(self.features(x))))).flatten(1)
@@ -193,7 +194,7 @@ class SpatialViewDecoder(nn.Module):
         self.net = nn.Sequential(nn.Conv2d(self.code_channels, channels[0], 3, padding=1), nn.LeakyReLU(0.01),
                                  *view_head(channels[0], channels[1:]))
 
-    def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+    def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Depth (metres) and silhouette logits, each float32 [N, H, W], from codes [N, K]."""
         out = self.net(code.view(-1, self.code_channels, self.cells, self.cells))
         if out.shape[-1] != self.image_size:
@@ -236,7 +237,8 @@ class Refiner3D(nn.Module):
         self.dec0 = nn.Sequential(nn.Conv3d(c0 + c_in, c0, 3, padding=1), nn.LeakyReLU(0.01))
         self.head = nn.Conv3d(c0 + c_in, 2, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits float32 [B, 2, R, R, R] from the refiner input [B, c_in, R, R, R]."""
         e1 = self.enc1(x)
         e2 = self.enc2(e1)
         d1 = self.dec1(torch.cat([self.up1(e2), e1], 1))
@@ -376,12 +378,26 @@ class FusionModel(BitCodeModel):
             CodeError: codes of another length than K. ValueError: no pose or intrinsics (a pose-aware
             model cannot place a view without them).
         """
+        return self.step_decoded(codes, state, pose, K)[0]
+
+    def step_decoded(self, codes: torch.Tensor, state: torch.Tensor, pose: torch.Tensor | None,
+                     K: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`step`, also returning what the view decoder made, so that a caller that wants the depth
+        maps (the ground station) does not decode the views a second time.
+
+        Returns:
+            ``(state [B, 5, R, R, R], depth float32 [B, H, W] metres, silhouette probability float32 [B, H, W])``.
+
+        Raises:
+            as :meth:`step`.
+        """
         if pose is None or K is None:
             raise ValueError("the fusion model needs each view's pose and intrinsics")
         pose = torch.as_tensor(pose, dtype=torch.float32).reshape(-1, 4, 4)
         K = torch.as_tensor(K, dtype=torch.float32).reshape(-1, 3, 3).expand(len(pose), 3, 3)
         depth, mask_logit = self.decode_views(codes)
-        return self.fuse(state, self.evidence(depth, torch.sigmoid(mask_logit), K, pose))
+        mask_prob = torch.sigmoid(mask_logit)
+        return self.fuse(state, self.evidence(depth, mask_prob, K, pose)), depth, mask_prob
 
     def logits(self, state: torch.Tensor) -> torch.Tensor:
         """3D refiner logits float32 [B, 2, R, R, R] from the fused state [B, 5, R, R, R]."""
