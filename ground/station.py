@@ -220,6 +220,9 @@ class GroundStation:
         # a fusion model's decoded views (payload -> float16 depth [H, W], bool mask [H, W]), kept from
         # fusing to writing the depth maps, oldest dropped beyond ``decoded_cache``
         self._decoded: OrderedDict = OrderedDict()
+        # the object of every applied view whose depth map is pending, in the order applied: depth maps
+        # are decoded oldest first across objects, so a fusion model's decoded views are still cached
+        self._depth_order: deque = deque()
         self.rejected = Counter()  # main thread only
         self.rx_stats = Counter()  # receiver thread only (read under _rx_lock)
         self.rx_rejected = Counter()
@@ -607,6 +610,7 @@ class GroundStation:
         now = time.time()
         for k, (s, (msg, info, u, late, t_recv, source)) in enumerate(zip(sessions, views)):
             s.pending.append((msg.seq, u, msg.payload, msg.pose, info.K))
+            self._depth_order.append(s)
             s.views += 1
             s.bytes += len(msg.payload) + 24 + (28 if msg.pose is not None else 0)
             s.first_seq = u if s.first_seq is None else min(s.first_seq, u)
@@ -643,12 +647,16 @@ class GroundStation:
             how many views' depth maps were decoded.
         """
         todo = []
-        for s in ([only] if only is not None else list(self.sessions.values())):
-            take = s.pending if budget is None else s.pending[:max(budget - len(todo), 0)]
-            todo += [(s, p) for p in take]
-            del s.pending[:len(take)]
-            if budget is not None and len(todo) >= budget:
-                break
+        if only is not None:
+            take = only.pending if budget is None else only.pending[:budget]
+            todo = [(only, p) for p in take]
+            del only.pending[:len(take)]
+        else:
+            # oldest first across objects; an entry whose view was already done (``only=``) is skipped
+            while self._depth_order and (budget is None or len(todo) < budget):
+                s = self._depth_order.popleft()
+                if s.pending and self.sessions.get((s.stream, s.object_id)) is s:
+                    todo.append((s, s.pending.pop(0)))
         for j in range(0, len(todo), max(1, self.cfg.batch)):
             chunk = todo[j:j + self.cfg.batch]
             try:
@@ -1137,12 +1145,15 @@ class GroundStation:
                     batch.append(self.q.get_nowait())
             except queue.Empty:
                 pass
+            applied = 0
             if batch:
                 with self.lock:
-                    views_window += sum(r is not None for r in self.handle_many(batch))
-            if self.q.qsize() == 0:  # spare time: decode depth maps of applied views
-                with self.lock:
-                    self.process_depths(budget=self.cfg.batch)
+                    applied = sum(r is not None for r in self.handle_many(batch))
+                    views_window += applied
+            # depth maps keep pace with the views (as many as were just applied, oldest first), and
+            # catch up in spare time: a backlog never builds up to be forced through at once
+            with self.lock:
+                self.process_depths(budget=applied + (self.cfg.batch if self.q.qsize() == 0 else 0))
             now = time.monotonic()
             with self.lock:
                 # an object is idle when its last view is old AND no views wait in the queue (a decode

@@ -14,7 +14,7 @@ from voxlink import camera
 from voxlink.data.dataset import MultiViewDataset, yaw_matrix
 from voxlink.models.fusion import FUSION_CONFIGS, FusionModel
 from voxlink.models.implicit import iou
-from voxlink.models.projection import project, silhouette_hull, voxel_centres
+from voxlink.models.projection import max_filter2d, project, silhouette_hull, voxel_centres
 
 
 def _views(n: int, seed: int = 0):
@@ -70,6 +70,25 @@ def test_same_views_in_any_order_or_repeated_give_the_same_grid(name):
     for order in ([4, 3, 2, 1, 0], [2, 0, 4, 1, 3], [0, 0, 1, 2, 2, 3, 4, 4, 4]):
         assert torch.allclose(grid(order), ref, atol=1e-5)
     assert not torch.allclose(grid([0, 1]), ref, atol=1e-5)  # views do count
+
+
+def test_batched_inference_gives_the_grid_of_training_path():
+    """The ground's chunked, in-place inference path fuses the same state as the autograd path, for a
+    batch that is not a multiple of the chunk sizes; the fast footprint maximum is max pooling's."""
+    model = _tiny()
+    pose, K = _views(19, seed=3)
+    codes = model.encode(torch.rand(19, 3, 128, 128))
+    state = model.init_state(19)
+    with torch.no_grad():
+        fast = model.step_decoded(codes, state, pose, K)
+    with torch.enable_grad():
+        ref = model.step_decoded(codes, state, pose, K)
+    for a, b in zip(fast, ref):
+        assert torch.allclose(a, b.detach(), atol=1e-5)
+    x = torch.rand(3, 2, 20, 17)
+    assert torch.equal(max_filter2d(x, 5), torch.nn.functional.max_pool2d(x, 5, stride=1, padding=2))
+    with pytest.raises(ValueError):
+        max_filter2d(x, 4)
 
 
 def test_evidence_turns_with_the_world():

@@ -39,7 +39,7 @@ from voxlink.models.codec import BitCodeModel
 from voxlink.models.config import ConfigDict
 from voxlink.models.decoder import DepthDecoder, view_head
 from voxlink.models.encoder import Encoder2D
-from voxlink.models.projection import project, sample_maps, voxel_centres
+from voxlink.models.projection import max_filter2d, project, sample_maps, voxel_centres
 
 #: Evidence channels of the fused state, and how each is pooled over views.
 EVIDENCE = ("hull", "seen_empty", "surface", "behind", "seen_object")
@@ -196,7 +196,10 @@ class SpatialViewDecoder(nn.Module):
 
     def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Depth (metres) and silhouette logits, each float32 [N, H, W], from codes [N, K]."""
-        out = self.net(code.view(-1, self.code_channels, self.cells, self.cells))
+        # channels-last all the way: measured on 2 cores, a 2x nearest upsample of [64, 64, 32, 32] took
+        # 343 ms in the default layout and 34 ms channels-last (same values)
+        x = code.reshape(-1, self.code_channels, self.cells, self.cells).contiguous(memory_format=torch.channels_last)
+        out = self.net(x)
         if out.shape[-1] != self.image_size:
             out = torch.nn.functional.interpolate(out, size=(self.image_size, self.image_size), mode="bilinear",
                                                   align_corners=False)
@@ -335,21 +338,21 @@ class FusionModel(BitCodeModel):
         # the footprint but miss its centre (measured: the hull of true masks sampled at centres kept
         # 58-70 % of a chair's or bench's voxels, 100 % with a 5 x 5 footprint), so the hull and the
         # "off the silhouette" test read the silhouette's maximum over the footprint.
-        foot = torch.nn.functional.max_pool2d(mask_prob[:, None], 5, stride=1, padding=2)[:, 0]
+        foot = max_filter2d(mask_prob, 5)
         vals, inside = sample_maps(torch.stack([mask_prob, depth, foot], 1), uv)
         inside = inside & (z > 1e-3)
         s, d, s_foot = vals[:, 0], vals[:, 1], vals[:, 2]
         front = torch.sigmoid((d - z - cfg.depth_margin) / cfg.depth_sigma)
         behind = torch.sigmoid((z - d - cfg.depth_margin) / cfg.depth_sigma)
         surface = torch.exp(-(((z - d) / (2.0 * cfg.depth_sigma)) ** 2))
-        zero, one = torch.zeros_like(s), torch.ones_like(s)
-        ev = torch.stack([
-            torch.where(inside, s_foot, one),
-            torch.where(inside, (1 - s_foot) + s * front, zero),
-            torch.where(inside, s * surface, zero),
-            torch.where(inside, s * behind, zero),
-            torch.where(inside, s, zero),
-        ], 1)
+        zero, one = torch.zeros((), dtype=s.dtype, device=s.device), torch.ones((), dtype=s.dtype, device=s.device)
+        chans = [(s_foot, one), ((1 - s_foot) + s * front, zero), (s * surface, zero), (s * behind, zero), (s, zero)]
+        if torch.is_grad_enabled():
+            ev = torch.stack([torch.where(inside, a, b) for a, b in chans], 1)
+        else:  # inference (the ground): written channel by channel into one tensor, not stacked copies
+            ev = torch.empty(len(s), len(EVIDENCE), s.shape[1], dtype=s.dtype, device=s.device)
+            for c, (a, b) in enumerate(chans):
+                torch.where(inside, a, b, out=ev[:, c])
         return ev.view(-1, len(EVIDENCE), r, r, r)
 
     def fuse(self, state: torch.Tensor, ev: torch.Tensor) -> torch.Tensor:
@@ -395,9 +398,24 @@ class FusionModel(BitCodeModel):
             raise ValueError("the fusion model needs each view's pose and intrinsics")
         pose = torch.as_tensor(pose, dtype=torch.float32).reshape(-1, 4, 4)
         K = torch.as_tensor(K, dtype=torch.float32).reshape(-1, 3, 3).expand(len(pose), 3, 3)
-        depth, mask_logit = self.decode_views(codes)
-        mask_prob = torch.sigmoid(mask_logit)
-        return self.fuse(state, self.evidence(depth, mask_prob, K, pose)), depth, mask_prob
+        if torch.is_grad_enabled():
+            depth, mask_logit = self.decode_views(codes)
+            mask_prob = torch.sigmoid(mask_logit)
+            return self.fuse(state, self.evidence(depth, mask_prob, K, pose)), depth, mask_prob
+        # inference: a few views at a time, so that the working set stays in the cache (measured on 2
+        # cores, 64 views: the view decoder 2.6 ms a view at once, 1.7 ms in chunks of 16; the evidence's
+        # element-wise chain 2.4 ms at once, 1.4 ms in chunks of 8; the same values)
+        self._check_code(codes)
+        new = torch.empty_like(state)
+        depth = torch.empty(len(codes), self.cfg.image_size, self.cfg.image_size)
+        mask_prob = torch.empty_like(depth)
+        for j in range(0, len(codes), 16):
+            d, m = self.depth(codes[j:j + 16])
+            depth[j:j + 16], mask_prob[j:j + 16] = d, torch.sigmoid(m)
+            for i in range(j, min(j + 16, len(codes)), 8):
+                sl = slice(i, i + 8)
+                new[sl] = self.fuse(state[sl], self.evidence(depth[sl], mask_prob[sl], K[sl], pose[sl]))
+        return new, depth, mask_prob
 
     def logits(self, state: torch.Tensor) -> torch.Tensor:
         """3D refiner logits float32 [B, 2, R, R, R] from the fused state [B, 5, R, R, R]."""
