@@ -1,10 +1,19 @@
-"""ONNX export of the ground's half of the implicit model, and an ONNX Runtime decoder with the same
-interface as :class:`voxlink.models.implicit.ImplicitModel` (``init_state``, ``step``, ``occupancy``,
-``decode_depth``), so the ground station runs on either.
+"""ONNX export of the ground's half of a model, and ONNX Runtime decoders with the same interface as
+the PyTorch models, so the ground station runs on either.
 
-Three graphs in one folder: ``lstm_step.onnx`` (code [B, K], h, s [B, N_h, G, G, G] -> h', s'),
-``occupancy.onnx`` (h -> occupancy probabilities [B, R, R, R]) and ``depth.onnx`` (code [N, K] ->
-depth [N, H, W] metres, mask probability [N, H, W]); dynamic batch.
+The implicit model (:class:`voxlink.models.implicit.ImplicitModel`: ``init_state``, ``step``,
+``occupancy``, ``decode_depth``): three graphs in one folder: ``lstm_step.onnx`` (code [B, K], h, s
+[B, N_h, G, G, G] -> h', s'), ``occupancy.onnx`` (h -> occupancy probabilities [B, R, R, R]) and
+``depth.onnx`` (code [N, K] -> depth [N, H, W] metres, mask probability [N, H, W]).
+
+The pose-aware fusion model (:class:`voxlink.models.fusion.FusionModel`: also ``step_decoded``): its
+networks as two graphs, ``depth.onnx`` (the view decoder, as above) and ``occupancy.onnx`` (the fused
+evidence [B, 5, R, R, R] -> the 3D refiner's occupancy probabilities [B, R, R, R]); placing each view's
+evidence with its pose and the min/max fusion between them are geometry, not learned, and stay the
+model's own PyTorch functions (:meth:`FusionModel.place`).
+
+All graphs have a dynamic batch. ``ground.json`` records the model's fingerprint: a folder whose graphs
+were exported from the same weights is reused, not exported again at every start.
 """
 
 from __future__ import annotations
@@ -50,24 +59,67 @@ class _Depth(nn.Module):
         return d, torch.sigmoid(logit)
 
 
-def export_ground(model: ImplicitModel, folder: str | Path, opset: int = 17) -> Path:
-    """Write the three ground graphs and ``ground.json`` (K, N_h, grid, fingerprint) into ``folder``."""
+class _Refine(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, state):
+        """The exported computation (see the module docstring for shapes)."""
+        return torch.softmax(self.m.logits(state), dim=1)[:, 1]
+
+
+def _graphs(family: str) -> tuple[str, ...]:
+    return ("depth.onnx", "occupancy.onnx") if family == "fusion" else ("lstm_step.onnx", "occupancy.onnx", "depth.onnx")
+
+
+def export_ground(model, folder: str | Path, opset: int = 17) -> Path:
+    """Write the ground graphs of an implicit or fusion model and ``ground.json`` (family, K, sizes,
+    fingerprint) into ``folder``; a folder that holds them for the same fingerprint already is kept.
+
+    Returns:
+        the folder.
+
+    Raises:
+        OSError: the folder cannot be written. RuntimeError: the export failed.
+    """
     folder = Path(folder)
+    family = getattr(model, "family", "implicit")
+    fp = bytes.hex(model.fingerprint())
+    try:
+        meta = json.loads((folder / "ground.json").read_text())
+        if meta.get("fingerprint") == fp and all((folder / g).is_file() for g in _graphs(family)):
+            return folder  # the cache: exported from these weights before
+    except (OSError, ValueError):
+        pass
     folder.mkdir(parents=True, exist_ok=True)
+    # the wrappers go to eval mode first: torch.onnx.export puts a module back into the mode it found it
+    # in, and a new wrapper is in training mode, which would leave the model's modules training after it
     model.eval()
     c = model.cfg
+    kw = dict(opset_version=opset, dynamo=False)
+    if family == "fusion":
+        code = torch.zeros(2, c.code_bits)
+        torch.onnx.export(_Depth(model).eval(), (code,), str(folder / "depth.onnx"), input_names=["code"],
+                          output_names=["depth", "mask"], dynamic_axes={n: {0: "batch"} for n in ("code", "depth", "mask")},
+                          **kw)
+        torch.onnx.export(_Refine(model).eval(), (model.init_state(2),), str(folder / "occupancy.onnx"), input_names=["state"],
+                          output_names=["occupancy"], dynamic_axes={"state": {0: "batch"}, "occupancy": {0: "batch"}}, **kw)
+        meta = {"family": "fusion", "code_bits": c.code_bits, "resolution": c.resolution, "fingerprint": fp,
+                "model": c.name}
+        (folder / "ground.json").write_text(json.dumps(meta, indent=1))
+        return folder
     code = torch.zeros(2, c.code_bits)
     h, s = model.init_state(2)
-    kw = dict(opset_version=opset, dynamo=False)
-    torch.onnx.export(_Step(model), (code, h, s), str(folder / "lstm_step.onnx"), input_names=["code", "h", "s"],
+    torch.onnx.export(_Step(model).eval(), (code, h, s), str(folder / "lstm_step.onnx"), input_names=["code", "h", "s"],
                       output_names=["h_out", "s_out"],
                       dynamic_axes={n: {0: "batch"} for n in ("code", "h", "s", "h_out", "s_out")}, **kw)
-    torch.onnx.export(_Occ(model), (h,), str(folder / "occupancy.onnx"), input_names=["h"], output_names=["occupancy"],
+    torch.onnx.export(_Occ(model).eval(), (h,), str(folder / "occupancy.onnx"), input_names=["h"], output_names=["occupancy"],
                       dynamic_axes={"h": {0: "batch"}, "occupancy": {0: "batch"}}, **kw)
-    torch.onnx.export(_Depth(model), (code,), str(folder / "depth.onnx"), input_names=["code"],
+    torch.onnx.export(_Depth(model).eval(), (code,), str(folder / "depth.onnx"), input_names=["code"],
                       output_names=["depth", "mask"], dynamic_axes={n: {0: "batch"} for n in ("code", "depth", "mask")}, **kw)
-    meta = {"code_bits": c.code_bits, "hidden": c.hidden, "grid": c.grid, "resolution": c.resolution,
-            "fingerprint": bytes.hex(model.fingerprint()), "model": c.name, "frame": c.frame}
+    meta = {"family": "implicit", "code_bits": c.code_bits, "hidden": c.hidden, "grid": c.grid,
+            "resolution": c.resolution, "fingerprint": fp, "model": c.name, "frame": c.frame}
     (folder / "ground.json").write_text(json.dumps(meta, indent=1))
     return folder
 
@@ -123,3 +175,66 @@ class OnnxGroundDecoder:
             raise CodeError(f"model expects {self.code_bits}-bit codes, got {codes.shape[-1]}")
         d, m = self._depth.run(None, {"code": codes.numpy().astype(np.float32)})
         return torch.from_numpy(d), torch.from_numpy(m)
+
+
+class OnnxFusionGroundDecoder:
+    """ONNX Runtime version of the fusion model's ground calls: the view decoder and the 3D refiner run
+    on ONNX Runtime (CUDA provider first where present), placing and fusing the evidence is the model's
+    own geometry (:meth:`voxlink.models.fusion.FusionModel.place`).
+
+    Args:
+        folder: graphs from :func:`export_ground`. model: the fusion model they were exported from (its
+            fingerprint must match ``ground.json``'s).
+
+    Raises:
+        voxlink.backends.BackendUnavailable: onnxruntime missing, files unreadable, or graphs of other weights.
+    """
+
+    def __init__(self, folder: str | Path, model):
+        from voxlink.backends import BackendUnavailable
+
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendUnavailable(f"onnxruntime is not installed: {e}") from e
+        folder = Path(folder)
+        try:
+            self.meta = json.loads((folder / "ground.json").read_text())
+            prov = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+            self._depth = ort.InferenceSession(str(folder / "depth.onnx"), providers=prov)
+            self._occ = ort.InferenceSession(str(folder / "occupancy.onnx"), providers=prov)
+        except Exception as e:  # OSError, ValueError and onnxruntime's own exception types
+            raise BackendUnavailable(f"cannot load the ground's ONNX graphs from {folder}: {e}") from e
+        if self.meta.get("fingerprint") != bytes.hex(model.fingerprint()):
+            raise BackendUnavailable(f"the ONNX graphs in {folder} were exported from other weights")
+        self.model = model
+        self.code_bits = int(self.meta["code_bits"])
+        self.name = f"onnxruntime[{self._depth.get_providers()[0]}]"
+
+    def init_state(self, batch: int = 1, device=None) -> torch.Tensor:
+        """As :meth:`FusionModel.init_state`."""
+        return self.model.init_state(batch)
+
+    def decode_depth(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`FusionModel.decode_depth`: depth (metres) and silhouette probability [N, H, W]."""
+        if codes.shape[-1] != self.code_bits:
+            raise CodeError(f"model expects {self.code_bits}-bit codes, got {codes.shape[-1]}")
+        d, m = self._depth.run(None, {"code": codes.numpy().astype(np.float32)})
+        return torch.from_numpy(d), torch.from_numpy(m)
+
+    def step_decoded(self, codes: torch.Tensor, state: torch.Tensor, pose, K):
+        """As :meth:`FusionModel.step_decoded`."""
+        if pose is None or K is None:
+            raise ValueError("the fusion model needs each view's pose and intrinsics")
+        pose = torch.as_tensor(pose, dtype=torch.float32).reshape(-1, 4, 4)
+        K = torch.as_tensor(K, dtype=torch.float32).reshape(-1, 3, 3).expand(len(pose), 3, 3)
+        depth, mask_prob = self.decode_depth(codes)
+        return self.model.place(state, depth, mask_prob, K, pose), depth, mask_prob
+
+    def step(self, codes: torch.Tensor, state: torch.Tensor, pose=None, K=None) -> torch.Tensor:
+        """As :meth:`FusionModel.step`."""
+        return self.step_decoded(codes, state, pose, K)[0]
+
+    def occupancy(self, state: torch.Tensor) -> torch.Tensor:
+        """As :meth:`FusionModel.occupancy`: float32 [B, R, R, R]."""
+        return torch.from_numpy(self._occ.run(None, {"state": state.numpy().astype(np.float32)})[0])

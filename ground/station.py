@@ -27,9 +27,12 @@ reconstruction. Each snapshot is written into a temporary folder and renamed int
 ``status_interval_s`` and at exit) names each object's latest snapshot and holds every count.
 Work is split by urgency: a view's code is fused into its object's recurrent state at once (batched
 across objects: that is the latency ``ground.json`` reports); its depth map (and the points
-back-projected from it) is decoded when the station has time, in batches, and at the latest before a
-snapshot or when the viewer asks, then written to ``<out>/.work/`` (no per-view arrays are kept in
-memory); the occupancy grid is decoded only when someone needs it (snapshot, viewer).
+back-projected from it) follows in the same loop iteration, as many as were just applied, oldest
+first across objects (a fusion model's depth maps come out of fusing, so this is only writing them),
+catches up in spare time, and at the latest before a snapshot or when the viewer asks; it is written
+to ``<out>/.work/`` (no per-view arrays are kept in memory). A backlog is never left to build up and be
+forced through at once: that stalled a 10-minute run for a minute at a time. The occupancy grid is
+decoded only when someone needs it (snapshot, viewer).
 
 Durable record: every accepted message is appended as received to ``<out>/record/*.mcap``
 (:mod:`ground.record`); a ground started again on the same ``out`` replays it first, so a restart
@@ -249,20 +252,13 @@ class GroundStation:
         if kind == "torch":
             log.info("decoder backend: torch")
             return self.model
-        if getattr(self.model, "family", "implicit") != "implicit":
-            from voxlink.backends import BackendUnavailable
-
-            msg = f"no ONNX Runtime ground decoder for the {self.model.family} model family yet"
-            if kind == "onnxruntime":
-                raise BackendUnavailable(msg)
-            log.info("decoder backend onnxruntime skipped (%s): torch", msg)
-            return self.model
-        from export.ground_onnx import OnnxGroundDecoder, export_ground
+        from export.ground_onnx import OnnxFusionGroundDecoder, OnnxGroundDecoder, export_ground
         from voxlink.backends import BackendUnavailable
 
         try:
             folder = export_ground(self.model, Path(self.cfg.out) / "onnx")
-            dec = OnnxGroundDecoder(folder)
+            fusion = getattr(self.model, "family", "implicit") == "fusion"
+            dec = OnnxFusionGroundDecoder(folder, self.model) if fusion else OnnxGroundDecoder(folder)
         except (BackendUnavailable, OSError, RuntimeError) as e:
             if kind == "onnxruntime":
                 raise BackendUnavailable(f"ONNX Runtime decoder unavailable: {e}") from e

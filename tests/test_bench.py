@@ -46,8 +46,10 @@ def test_nsmall_codes_are_exactly_n_m_bits_and_round_trip():
         model.decompress([b"\x00" * 100])
     with pytest.raises(ValueError, match="iterations"):
         model.encode(images, 9)
-    with pytest.raises(ValueError, match="128"):
-        model.encode(torch.rand(1, 3, 64, 64), 1)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.encode(torch.rand(1, 3, 40, 40), 1)
+    # fully convolutional: a 32 x 32 patch (what the codec trains on) codes to 16 bits per 16 x 16 block
+    assert model.encode(torch.rand(1, 3, 32, 32), 2).shape == (1, 2, 64)
     with pytest.raises(ValueError, match="multiples of 4"):
         CompressionConfig(dec_channels=(30, 32, 16, 16))
 
@@ -220,16 +222,16 @@ def test_codec_compress_and_decode_png(small_dataset, tmp_path):
     path = tmp_path / "sequential.safetensors"
     save_bench_model(model, path, {"method": "sequential", "config": model.cfg.to_dict()})
     Image.fromarray(_view(small_dataset)).save(tmp_path / "v.png")
-    r = CliRunner().invoke(app, ["codec", "compress", str(path), str(tmp_path / "v.png"), "-n", "3",
+    r = CliRunner().invoke(app, ["codec", "compress", "--model", str(path), str(tmp_path / "v.png"), "-n", "3",
                                  "--out", str(tmp_path / "codes")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "codes" / "v.vxc").stat().st_size == 3 * 128
-    r = CliRunner().invoke(app, ["codec", "decompress", str(path), str(tmp_path / "codes" / "v.vxc"),
+    r = CliRunner().invoke(app, ["codec", "decompress", "--model", str(path), str(tmp_path / "codes" / "v.vxc"),
                                  "--out", str(tmp_path / "dec")])
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "dec" / "v.png").size == (128, 128)
     (tmp_path / "bad.vxc").write_bytes(b"\x01" * 77)
-    r = CliRunner().invoke(app, ["codec", "decompress", str(path), str(tmp_path / "bad.vxc")])
+    r = CliRunner().invoke(app, ["codec", "decompress", "--model", str(path), str(tmp_path / "bad.vxc")])
     assert r.exit_code == 2 and "whole number" in r.output
 
 

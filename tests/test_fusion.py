@@ -202,3 +202,29 @@ def test_ground_fuses_posed_views_and_names_views_without_pose(tmp_path):
     on_disk = json.loads((Path(summary["folder"]) / "session.json").read_text())
     assert on_disk["views_without_pose"] == [2, 4]
     assert not np.allclose(c.occupancy(s), ga, atol=1e-5)  # two views fewer were fused
+
+
+@LAYOUTS
+def test_onnx_fusion_ground_decoder_matches_pytorch(tmp_path, name):
+    """The ground's ONNX Runtime backend for the pose-aware model fuses and refines as PyTorch does, and a
+    second start reuses the exported graphs (same weights) instead of exporting them again."""
+    from export.ground_onnx import OnnxFusionGroundDecoder, export_ground
+    from voxlink.backends import BackendUnavailable
+
+    pytest.importorskip("onnxruntime")
+    model = _tiny(name=name)
+    folder = export_ground(model, tmp_path / "onnx")
+    dec = OnnxFusionGroundDecoder(folder, model)
+    pose, K = _views(5, seed=2)
+    codes = model.encode(torch.rand(5, 3, 128, 128))
+    st_t, st_o = model.init_state(1), dec.init_state(1)
+    with torch.no_grad():
+        for i in range(5):
+            st_t = model.step(codes[i:i + 1], st_t, pose[i:i + 1], K[i:i + 1])
+            st_o = dec.step(codes[i:i + 1], st_o, pose[i:i + 1], K[i:i + 1])
+        torch.testing.assert_close(st_o, st_t, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(dec.occupancy(st_o), model.occupancy(st_t), atol=1e-4, rtol=1e-4)
+    mtime = (folder / "depth.onnx").stat().st_mtime_ns
+    assert export_ground(model, folder) == folder and (folder / "depth.onnx").stat().st_mtime_ns == mtime
+    with pytest.raises(BackendUnavailable, match="other weights"):
+        OnnxFusionGroundDecoder(folder, _tiny(seed=1, name=name))

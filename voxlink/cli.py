@@ -147,7 +147,7 @@ def train_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the number of steps."),
     data: Optional[Path] = typer.Option(None, "--data", help="Override the dataset folder."),
 ) -> None:
-    """Train an implicit model; writes checkpoints and a model.safetensors with its config."""
+    """Train a model (implicit, pose-aware fusion, or the N_small image codec: the config says which); writes checkpoints, a log and a model.safetensors with its config."""
     import dataclasses
 
     from voxlink.models.config import CONFIGS
@@ -181,7 +181,13 @@ def train_cmd(
     from voxlink.data.store import DatasetError
 
     try:
-        if isinstance(mcfg, FusionConfig):
+        from voxlink.models.rnn_compress import CompressionConfig
+
+        if isinstance(mcfg, CompressionConfig):
+            from voxlink.train_codec import train_codec
+
+            path = train_codec(mcfg, tcfg, out, resume=resume, command=" ".join(["voxlink"] + sys.argv[1:]))
+        elif isinstance(mcfg, FusionConfig):
             from voxlink.train_fusion import train_fusion
 
             path = train_fusion(mcfg, tcfg, out, resume=resume, device=device,
@@ -572,21 +578,46 @@ def bench_fusion_cmd(
     typer.echo(f"wrote {out / 'fusion-speed.md'}")
 
 
+@bench_app.command("codec")
+def bench_codec_cmd(
+    out: Path = typer.Option(Path("bench/codec"), "--out", help="Folder for codec.csv, codec.md, codec.json, codec.png."),
+    model: str = typer.Option("nsmall-k1024", "--model", help="N_small model file or shipped name."),
+    data: Path = typer.Option(Path("data/real"), "--data", help="Dataset of the real evaluation meshes."),
+    views_per_object: int = typer.Option(3, "--views-per-object", min=1, max=24, help="Views of each object."),
+    backgrounds: str = typer.Option("plain", "--backgrounds", help="plain (as rendered) or textured."),
+) -> None:
+    """Rate-distortion of the N_small image codec against JPEG 2000 at equal bytes: PSNR and MS-SSIM per view."""
+    from voxlink.bench.codec import run
+    from voxlink.data.store import DatasetError
+    from voxlink.jpeg2000 import Jpeg2000Error
+    from voxlink.weights import ModelFileError
+
+    try:
+        text = run(out, model=model, data=data, views_per_object=views_per_object, backgrounds=backgrounds)
+    except (ModelFileError, DatasetError, Jpeg2000Error, ValueError) as e:
+        _fail(str(e))
+    typer.echo(text)
+    typer.echo(f"wrote {out / 'codec.md'}, codec.csv, codec.json, codec.png")
+
+
+_CODEC_MODEL_HELP = ("N_small model: a file or shipped name (default: the shipped nsmall-k1024), or a sequential or "
+                     "direct model file from voxlink bench accuracy.")
+
+
 @codec_app.command("compress")
 def codec_compress_cmd(
-    model: Path = typer.Argument(..., help="A sequential or direct model file (from voxlink bench accuracy)."),
     images: list[Path] = typer.Argument(..., help="Image files (centre-cropped and resized to the model's size)."),
-    iterations: int = typer.Option(1, "--iterations", "-n", help="N_small iterations N: ratio 384/N at 128 x 128."),
+    iterations: int = typer.Option(1, "--iterations", "-n", help="N_small iterations N: N x 128 bytes a view, 384/N : 1."),
+    model: str = typer.Option("nsmall-k1024", "--model", help=_CODEC_MODEL_HELP),
     out: Path = typer.Option(Path("codes"), "--out", help="Folder for the .vxc code files (N x 128 bytes each)."),
 ) -> None:
     """Compress views to N_small codes (packed bits, N m / 8 bytes per view)."""
     import numpy as np
     from PIL import Image
 
-    from voxlink.bench.accuracy import open_bench_model
     from voxlink.preprocess import frame_to_view, to_input
 
-    comp = _codec_model(model, open_bench_model)
+    comp = _codec_model(model)
     out.mkdir(parents=True, exist_ok=True)
     for f in images:
         try:
@@ -605,17 +636,15 @@ def codec_compress_cmd(
 
 @codec_app.command("decompress")
 def codec_decompress_cmd(
-    model: Path = typer.Argument(..., help="The sequential or direct model file that made the codes."),
     codes: list[Path] = typer.Argument(..., help=".vxc code files."),
+    model: str = typer.Option("nsmall-k1024", "--model", help=_CODEC_MODEL_HELP),
     out: Path = typer.Option(Path("decoded"), "--out", help="Folder for the decoded PNG images."),
 ) -> None:
-    """Decode N_small codes to viewable PNG images (the ground's image view of the sequential/direct models)."""
+    """Decode N_small codes to viewable PNG images."""
     import numpy as np
     from PIL import Image
 
-    from voxlink.bench.accuracy import open_bench_model
-
-    comp = _codec_model(model, open_bench_model)
+    comp = _codec_model(model)
     out.mkdir(parents=True, exist_ok=True)
     for f in codes:
         try:
@@ -628,13 +657,26 @@ def codec_decompress_cmd(
         typer.echo(f"{f} ({c.shape[1]} iterations) -> {dst}")
 
 
-def _codec_model(path: Path, opener):
+def _codec_model(name: str):
+    """N_small from a codec model file (or shipped name), or the one inside a sequential/direct bench model."""
+    from voxlink.weights import ModelFileError, load_model, read_model_info
+
     try:
-        model, meta = opener(path)
-    except ValueError as e:
-        _fail(str(e))
+        family = read_model_info(name).family
+    except ModelFileError:
+        family = None
+    if family == "codec":
+        return load_model(name)[0]
+    if family is not None:
+        _fail(f"{name} is a {family} model; image codes need an N_small codec (e.g. nsmall-k1024)")
+    from voxlink.bench.accuracy import open_bench_model
+
+    try:
+        model, meta = open_bench_model(Path(name))
+    except (ValueError, OSError) as e:
+        _fail(f"{name}: {e}")
     if meta.get("method") not in ("sequential", "direct"):
-        _fail(f"{path} is a {meta.get('method')} model; image codes need a sequential or direct model")
+        _fail(f"{name} is a {meta.get('method')} model; image codes need a sequential or direct model")
     return model.compressor
 
 

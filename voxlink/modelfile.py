@@ -23,7 +23,7 @@ DEFAULT_MODEL = "fusion-k1024"
 #: Value of the ``voxlink.format`` metadata of every model file.
 FORMAT = "voxlink-model-1"
 #: Reconstruction frame of a family whose config does not say (the config classes' defaults).
-DEFAULT_FRAME = {"implicit": "view", "fusion": "pose"}
+DEFAULT_FRAME = {"implicit": "view", "fusion": "pose", "codec": "image"}
 
 
 class ModelFileError(ValueError):
@@ -131,7 +131,10 @@ def read_model_info(name_or_path: str | Path | None = None, code_bits: int | Non
         meta = json.loads(md.get("voxlink.meta", "{}"))
         if not isinstance(cfg, dict) or not isinstance(meta, dict):
             raise ValueError("config and meta must be JSON objects")
-        k = cfg["code_bits"]
+        if family == "codec":  # N_small: m bits per iteration at its image size
+            k = (int(cfg.get("image_size", 128)) // 16) ** 2 * int(cfg["code_channels"])
+        else:
+            k = cfg["code_bits"]
         if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             raise ValueError(f"code_bits must be a positive integer, got {k!r}")
     except (KeyError, ValueError, TypeError) as e:

@@ -64,6 +64,8 @@ class TrainConfig:
         channels_last: channels-last memory format for the 2D encoder and decoder (fusion models).
         warm_start: model file or shipped name whose matching weights (same name and shape) start
             the run (fusion models).
+        patch_size: side in pixels of the training patches (image codecs: :mod:`voxlink.train_codec`).
+        bank_views: rendered views held in memory to crop the patches from (image codecs).
     """
 
     data: str = "data/proc"
@@ -91,13 +93,16 @@ class TrainConfig:
     bf16: bool = False
     channels_last: bool = False
     warm_start: str = ""
+    patch_size: int = 32
+    bank_views: int = 4096
 
 
 def load_train_config(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
     """Read a training TOML (``[model]`` table or ``model = "name"``, and ``[train]``).
 
     A ``[model]`` table with ``family = "fusion"`` (or a fusion config name such as ``fusion-cpu``)
-    gives a :class:`voxlink.models.fusion.FusionConfig`; anything else an implicit model's config.
+    gives a :class:`voxlink.models.fusion.FusionConfig`, one with ``family = "codec"`` N_small's
+    :class:`voxlink.models.rnn_compress.CompressionConfig`; anything else an implicit model's config.
 
     Raises:
         FileNotFoundError: no file. ValueError: unknown keys or model name.
@@ -106,7 +111,11 @@ def load_train_config(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
 
     d = tomllib.loads(Path(path).read_text())
     m = d.get("model", "cpu")
-    if isinstance(m, str) and m in FUSION_CONFIGS:
+    if isinstance(m, dict) and m.get("family") == "codec":
+        from voxlink.models.rnn_compress import CompressionConfig
+
+        mcfg = CompressionConfig.from_dict({k: v for k, v in m.items() if k != "family"})
+    elif isinstance(m, str) and m in FUSION_CONFIGS:
         mcfg = dataclasses.replace(FUSION_CONFIGS[m])
     elif isinstance(m, dict) and m.get("family") == "fusion":
         mcfg = FusionConfig.from_dict({k: v for k, v in m.items() if k != "family"})
@@ -337,7 +346,8 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
             lr = tcfg.lr * (tcfg.lr_decay if step >= tcfg.decay_at * tcfg.steps else 1.0)
             for g in opt.param_groups:
                 g["lr"] = lr
-            v = int(rng.integers(1, tcfg.max_views + 1))
+            # a dataset with fewer views than max_views: at most what it has
+            v = int(rng.integers(1, min(tcfg.max_views, batch["images"].shape[1]) + 1))
             images = batch["images"][:, :v].to(device)
             target = batch["occupancy"].to(device)
             outp = net(images)

@@ -175,7 +175,8 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
             lr = tcfg.lr * (tcfg.lr_decay if step >= tcfg.decay_at * tcfg.steps else 1.0)
             for g in opt.param_groups:
                 g["lr"] = lr
-            v = int(rng.integers(tcfg.min_views, tcfg.max_views + 1))
+            have = batch["images"].shape[1]  # a dataset with fewer views than max_views: what it has
+            v = int(rng.integers(min(tcfg.min_views, have), min(tcfg.max_views, have) + 1))
             images = batch["images"][:, :v].to(device)
             if tcfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images

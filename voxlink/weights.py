@@ -33,9 +33,15 @@ def _fusion():
     return FusionConfig, FusionModel
 
 
+def _codec():
+    from voxlink.models.rnn_compress import CompressionConfig, RNNCompressor
+
+    return CompressionConfig, RNNCompressor
+
+
 #: Model families a model file may hold (its ``voxlink.family`` metadata; files without it are
 #: implicit models): name -> a function returning ``(config class, model class)``.
-FAMILIES = {"implicit": _implicit, "fusion": _fusion}
+FAMILIES = {"implicit": _implicit, "fusion": _fusion, "codec": _codec}
 
 
 def save_model(model: ImplicitModel, path: str | Path, meta: dict | None = None,

@@ -87,10 +87,19 @@ class BitCodeModel(nn.Module):
             raise CodeError(str(e)) from e
 
     def fingerprint(self) -> bytes:
-        """8-byte model fingerprint: SHA-256 of the family salt, the config and every weight (the wire
-        protocol carries it)."""
-        h = hashlib.sha256((self.fingerprint_salt + repr(sorted(self.cfg.to_dict().items()))).encode())
-        for k, t in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
-        return h.digest()[:8]
+        """8-byte model fingerprint (:func:`model_fingerprint`; the wire protocol carries it)."""
+        return model_fingerprint(self, self.fingerprint_salt)
+
+
+def model_fingerprint(model: nn.Module, salt: str = "") -> bytes:
+    """8-byte fingerprint of a model: SHA-256 of ``salt`` (the family's), its config (``model.cfg``) and
+    every weight, in name order.
+
+    Returns:
+        8 bytes.
+    """
+    h = hashlib.sha256((salt + repr(sorted(model.cfg.to_dict().items()))).encode())
+    for k, t in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
+    return h.digest()[:8]

@@ -92,7 +92,8 @@ class DepthDecoder(nn.Module):
     def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
         """Depth (metres) and mask logits, each float32 [N, H, W], from codes [N, K]."""
         x = torch.nn.functional.leaky_relu(self.fc(code), 0.01).view(-1, self.c0, self.side, self.side)
-        out = self.net(x)
+        # channels-last: PyTorch's 2x nearest upsample is ten times faster on it here (see SpatialViewDecoder)
+        out = self.net(x.contiguous(memory_format=torch.channels_last))
         if out.shape[-1] != self.image_size:
             out = torch.nn.functional.interpolate(out, size=(self.image_size, self.image_size), mode="bilinear",
                                                   align_corners=False)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from voxlink.models.binarizer import Binarizer, compression_ratio
+from voxlink.models.codec import model_fingerprint
 
 
 @dataclass
@@ -196,6 +197,8 @@ class RNNCompressor(nn.Module):
         reconstructions float32 [B, N, 3, H, W] in [0, 1] (after 1..N iterations).
     """
 
+    family = "codec"
+
     def __init__(self, cfg: CompressionConfig):
         super().__init__()
         self.cfg = cfg
@@ -212,10 +215,19 @@ class RNNCompressor(nn.Module):
         """Eq. 12: ``H W 3 8 / (N m)`` = 384 / N at 128 x 128."""
         return compression_ratio(self.bits_per_iteration, self.cfg.image_size, self.cfg.image_size, iterations)
 
+    @property
+    def code_bits(self) -> int:
+        """Bits per view and iteration at ``image_size`` (m; the model file's K)."""
+        return self.bits_per_iteration
+
+    def fingerprint(self) -> bytes:
+        """8-byte fingerprint of the config and weights (:func:`voxlink.models.codec.model_fingerprint`)."""
+        return model_fingerprint(self, "codec:")
+
     def _check(self, images: torch.Tensor, iterations: int) -> None:
-        s = self.cfg.image_size
-        if images.dim() != 4 or images.shape[1:] != (3, s, s):
-            raise ValueError(f"N_small expects images [B, 3, {s}, {s}], got {tuple(images.shape)}")
+        # fully convolutional: any side that is a multiple of 16 (training uses 32 x 32 patches)
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] % 16 or images.shape[3] % 16:
+            raise ValueError(f"N_small expects images [B, 3, H, W] with H and W multiples of 16, got {tuple(images.shape)}")
         if not 1 <= iterations <= self.cfg.max_iterations:
             raise ValueError(f"iterations must be in 1..{self.cfg.max_iterations}, got {iterations}")
 
@@ -227,7 +239,7 @@ class RNNCompressor(nn.Module):
             in [0, 1] when perfect), ``loss`` scalar: Eq. 14, mean |r_t| over pixels, channels, t.
 
         Raises:
-            ValueError: wrong image size or iterations outside 1..max_iterations.
+            ValueError: a side that is not a multiple of 16, or iterations outside 1..max_iterations.
         """
         self._check(images, iterations)
         x = images - 0.5
