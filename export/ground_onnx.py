@@ -124,6 +124,28 @@ def export_ground(model, folder: str | Path, opset: int = 17) -> Path:
     return folder
 
 
+def _open_graphs(folder: str | Path, names: tuple[str, ...]) -> tuple[dict, dict]:
+    """``(ground.json, {name: onnxruntime.InferenceSession})`` of an exported folder, CUDA provider first
+    where present.
+
+    Raises:
+        voxlink.backends.BackendUnavailable: onnxruntime missing or the files unreadable.
+    """
+    from voxlink.backends import BackendUnavailable
+
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendUnavailable(f"onnxruntime is not installed: {e}") from e
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "ground.json").read_text())
+        prov = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        return meta, {n: ort.InferenceSession(str(folder / f"{n}.onnx"), providers=prov) for n in names}
+    except Exception as e:  # OSError, ValueError and onnxruntime's own exception types
+        raise BackendUnavailable(f"cannot load the ground's ONNX graphs from {folder}: {e}") from e
+
+
 class OnnxGroundDecoder:
     """ONNX Runtime version of the ground's model calls (CUDA provider first where present).
 
@@ -132,23 +154,8 @@ class OnnxGroundDecoder:
     """
 
     def __init__(self, folder: str | Path):
-        from voxlink.backends import BackendUnavailable
-
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise BackendUnavailable(f"onnxruntime is not installed: {e}") from e
-        folder = Path(folder)
-        try:
-            self.meta = json.loads((folder / "ground.json").read_text())
-            prov = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-            self._step = ort.InferenceSession(str(folder / "lstm_step.onnx"), providers=prov)
-            self._occ = ort.InferenceSession(str(folder / "occupancy.onnx"), providers=prov)
-            self._depth = ort.InferenceSession(str(folder / "depth.onnx"), providers=prov)
-        except (OSError, ValueError, KeyError) as e:
-            raise BackendUnavailable(f"cannot load the ground's ONNX graphs from {folder}: {e}") from e
-        except Exception as e:  # onnxruntime's own exception types
-            raise BackendUnavailable(f"cannot load the ground's ONNX graphs from {folder}: {e}") from e
+        self.meta, g = _open_graphs(folder, ("lstm_step", "occupancy", "depth"))
+        self._step, self._occ, self._depth = g["lstm_step"], g["occupancy"], g["depth"]
         self.code_bits = int(self.meta["code_bits"])
         self.name = f"onnxruntime[{self._step.get_providers()[0]}]"
 
@@ -193,18 +200,8 @@ class OnnxFusionGroundDecoder:
     def __init__(self, folder: str | Path, model):
         from voxlink.backends import BackendUnavailable
 
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise BackendUnavailable(f"onnxruntime is not installed: {e}") from e
-        folder = Path(folder)
-        try:
-            self.meta = json.loads((folder / "ground.json").read_text())
-            prov = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-            self._depth = ort.InferenceSession(str(folder / "depth.onnx"), providers=prov)
-            self._occ = ort.InferenceSession(str(folder / "occupancy.onnx"), providers=prov)
-        except Exception as e:  # OSError, ValueError and onnxruntime's own exception types
-            raise BackendUnavailable(f"cannot load the ground's ONNX graphs from {folder}: {e}") from e
+        self.meta, g = _open_graphs(folder, ("depth", "occupancy"))
+        self._depth, self._occ = g["depth"], g["occupancy"]
         if self.meta.get("fingerprint") != bytes.hex(model.fingerprint()):
             raise BackendUnavailable(f"the ONNX graphs in {folder} were exported from other weights")
         self.model = model

@@ -210,31 +210,6 @@ def test_bench_accuracy_rejects_unknown_profile_and_method(small_dataset, tmp_pa
     assert res.exit_code == 2 and "unknown methods" in res.output
 
 
-def test_codec_compress_and_decode_png(small_dataset, tmp_path):
-    """Sequential-model codes to bytes (N x 128) and back to a viewable PNG."""
-    from PIL import Image
-
-    from voxlink.bench.accuracy import build, save_bench_model
-    from voxlink.cli import app
-
-    prof = get_profile("tiny")
-    model = build("sequential", prof)
-    path = tmp_path / "sequential.safetensors"
-    save_bench_model(model, path, {"method": "sequential", "config": model.cfg.to_dict()})
-    Image.fromarray(_view(small_dataset)).save(tmp_path / "v.png")
-    r = CliRunner().invoke(app, ["codec", "compress", "--model", str(path), str(tmp_path / "v.png"), "-n", "3",
-                                 "--out", str(tmp_path / "codes")])
-    assert r.exit_code == 0, r.output
-    assert (tmp_path / "codes" / "v.vxc").stat().st_size == 3 * 128
-    r = CliRunner().invoke(app, ["codec", "decompress", "--model", str(path), str(tmp_path / "codes" / "v.vxc"),
-                                 "--out", str(tmp_path / "dec")])
-    assert r.exit_code == 0, r.output
-    assert Image.open(tmp_path / "dec" / "v.png").size == (128, 128)
-    (tmp_path / "bad.vxc").write_bytes(b"\x01" * 77)
-    r = CliRunner().invoke(app, ["codec", "decompress", "--model", str(path), str(tmp_path / "bad.vxc")])
-    assert r.exit_code == 2 and "whole number" in r.output
-
-
 def test_bench_speed_times_every_block_and_says_why_a_backend_cannot_run(tmp_path):
     from voxlink.bench.speed import BLOCK_NAMES, run
 

@@ -22,29 +22,50 @@ def _tiny_codec(tmp_path, seed=0):
     return model, save_model(model, tmp_path / "codec.safetensors", meta={"steps": 0})
 
 
-def test_codec_model_file_round_trip_and_cli(tmp_path):
-    """A codec file says its family and m; it loads with the same fingerprint; the CLI codes N x 128 bytes
-    a view with it and decodes them to a viewable PNG; a reconstruction model is refused with a reason."""
+def test_codec_model_file_round_trip():
+    """A codec file says its family and m, and loads with the same fingerprint."""
+    import tempfile
+    from pathlib import Path
+
+    from voxlink.weights import load_model, read_model_info
+
+    with tempfile.TemporaryDirectory() as d:
+        model, path = _tiny_codec(Path(d))
+        info = read_model_info(path)
+        assert info.family == "codec" and info.code_bits == 1024
+        loaded, _, _ = load_model(path)
+        assert loaded.fingerprint() == model.fingerprint() and loaded.family == "codec"
+
+
+@pytest.mark.parametrize("kind", ["codec", "sequential"])
+def test_codec_cli_codes_n_x_128_bytes_and_decodes_a_png(tmp_path, kind):
+    """With a codec file, or the N_small inside a sequential model file: N x 128 bytes a view, decoded to a
+    viewable PNG; a payload that is not whole iterations and a reconstruction model are refused with a reason."""
     from PIL import Image
 
     from voxlink.cli import app
-    from voxlink.weights import load_model, read_model_info
 
-    model, path = _tiny_codec(tmp_path)
-    info = read_model_info(path)
-    assert info.family == "codec" and info.code_bits == 1024
-    loaded, _, _ = load_model(path)
-    assert loaded.fingerprint() == model.fingerprint() and loaded.family == "codec"
+    if kind == "codec":
+        path = _tiny_codec(tmp_path)[1]
+    else:
+        from voxlink.bench.accuracy import build, save_bench_model
+        from voxlink.bench.profiles import get_profile
+
+        model = build("sequential", get_profile("tiny"))
+        path = tmp_path / "sequential.safetensors"
+        save_bench_model(model, path, {"method": "sequential", "config": model.cfg.to_dict()})
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 120, 3), dtype=np.uint8)).save(tmp_path / "v.png")
-    r = CliRunner().invoke(app, ["codec", "compress", "--model", str(path), str(tmp_path / "v.png"), "-n", "2",
-                                 "--out", str(tmp_path / "codes")])
+    run = CliRunner().invoke
+    r = run(app, ["codec", "compress", "--model", str(path), str(tmp_path / "v.png"), "-n", "2", "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "codes" / "v.vxc").stat().st_size == 2 * 128
-    r = CliRunner().invoke(app, ["codec", "decompress", "--model", str(path), str(tmp_path / "codes" / "v.vxc"),
-                                 "--out", str(tmp_path / "dec")])
+    assert (tmp_path / "c" / "v.vxc").stat().st_size == 2 * 128
+    r = run(app, ["codec", "decompress", "--model", str(path), str(tmp_path / "c" / "v.vxc"), "--out", str(tmp_path / "d")])
     assert r.exit_code == 0, r.output
-    assert Image.open(tmp_path / "dec" / "v.png").size == (128, 128)
-    r = CliRunner().invoke(app, ["codec", "compress", "--model", "fusion-k1024", str(tmp_path / "v.png")])
+    assert Image.open(tmp_path / "d" / "v.png").size == (128, 128)
+    (tmp_path / "bad.vxc").write_bytes(b"\x01" * 77)
+    r = run(app, ["codec", "decompress", "--model", str(path), str(tmp_path / "bad.vxc")])
+    assert r.exit_code == 2 and "whole number" in r.output
+    r = run(app, ["codec", "compress", "--model", "fusion-k1024", str(tmp_path / "v.png")])
     assert r.exit_code == 2 and "N_small" in r.output
 
 
