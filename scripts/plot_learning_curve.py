@@ -1,4 +1,5 @@
-"""Plot a training run's validation mIoU@5 against wall-clock minutes (the model card's figure).
+"""Plot a training run's validation curve against wall-clock minutes (the model card's figure):
+mIoU@5 for a reconstruction model, PSNR after 1, 2, 4 and 8 iterations for an image codec (N_small).
 
     python scripts/plot_learning_curve.py RUN/log.jsonl OUT.png [--title TEXT] [--baseline 0.19]
 """
@@ -21,6 +22,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=float, default=None, help="mean-grid baseline mIoU to draw")
     a = ap.parse_args()
     recs = [json.loads(line) for line in open(a.log)]
+    if any("psnr" in r.get("val", {}) for r in recs):
+        return codec_curve(recs, a)
     val = [r for r in recs if "val_miou5" in r]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot([r["elapsed_s"] / 60 for r in val], [r["val_miou5"] for r in val], "o-", label="validation mIoU@5")
@@ -36,6 +39,23 @@ def main() -> None:
     ax.set_xlabel("wall-clock minutes (2 CPU cores)")
     ax.set_ylabel("IoU (Eq. 17, tau = 0.4)")
     ax.set_ylim(0, max(0.6, max(max(r.get(k, 0) for k in ("val_miou5", "val_silhouette_iou")) for r in val) + 0.05))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(a.title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=110)
+
+
+def codec_curve(recs: list[dict], a) -> None:
+    """Validation PSNR (dB) of whole 128 x 128 views after N iterations, against minutes."""
+    val = [r for r in recs if "psnr" in r.get("val", {})]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for n in (1, 2, 4, 8):
+        if n <= len(val[0]["val"]["psnr"]):
+            ax.plot([r["t"] / 60 for r in val], [r["val"]["psnr"][n - 1] for r in val], "o-", ms=3,
+                    label=f"N = {n} ({n * 128} bytes, {384 // n}:1)")
+    ax.set_xlabel("wall-clock minutes (2 CPU cores)")
+    ax.set_ylabel("validation PSNR (dB)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(a.title, fontsize=9)

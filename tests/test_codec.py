@@ -111,3 +111,16 @@ def test_bench_codec_spends_equal_bytes(small_dataset, tmp_path):
     assert "| 2 | 256 | 192:1 |" in text
     for f in ("codec.csv", "codec.md", "codec.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0
+
+
+def test_the_drone_and_the_ground_refuse_the_image_codec_with_a_reason(tmp_path):
+    """An N_small file handed to the edge or the ground is named for what it is, not a shape error."""
+    from ground.station import GroundConfig, GroundStation
+    from voxlink.backends import probe
+    from voxlink.modelfile import ModelFileError
+
+    _, path = _tiny_codec(tmp_path)
+    with pytest.raises(ModelFileError, match="image codec"):
+        probe("torch", model=str(path))
+    with pytest.raises(ModelFileError, match="image codec"):
+        GroundStation(GroundConfig(model=str(path), out=str(tmp_path / "g"), bind=[]))

@@ -262,10 +262,15 @@ def probe(kind: str = "auto", model: str | None = None, onnx_path: str | None = 
 
     Raises:
         BackendUnavailable: the requested backend (or, for ``auto``, every one) cannot run.
-        ValueError: unknown kind.
+        ValueError: unknown kind. voxlink.modelfile.ModelFileError: a bad model file, or one that is not a
+            reconstruction model (the image codec).
     """
     if kind not in ("auto", "tensorrt", "onnxruntime", "torch"):
         raise ValueError(f"unknown backend {kind!r}: choose auto, tensorrt, onnxruntime or torch")
+    if engine_path is None or kind != "tensorrt":
+        from voxlink.modelfile import require_reconstruction_model
+
+        require_reconstruction_model(model)  # an image codec is no drone model: say so, not a shape error
     tries = []
     if kind in ("auto", "tensorrt"):
         tries.append(("tensorrt", lambda: TensorRTBackend(engine_path) if engine_path else

@@ -153,3 +153,22 @@ def read_model_info(name_or_path: str | Path | None = None, code_bits: int | Non
     return ModelInfo(path=path, name=str(cfg.get("name") or path.stem), family=family, code_bits=k, fingerprint=fp,
                      frame=str(cfg.get("frame", DEFAULT_FRAME[family])), image_size=int(cfg.get("image_size", 128)),
                      config=cfg, meta=meta)
+
+
+#: Families that reconstruct 3D from per-view codes: what the edge encodes for and the ground decodes.
+RECONSTRUCTION_FAMILIES = ("implicit", "fusion")
+
+
+def require_reconstruction_model(name_or_path: str | Path | None) -> "ModelInfo":
+    """:func:`read_model_info` of a model the edge and the ground can stream with.
+
+    Raises:
+        ModelFileError: as :func:`read_model_info`, or a model of another family (the N_small image
+            codec: its codes are images, for ``voxlink codec``).
+    """
+    info = read_model_info(name_or_path)
+    if info.family not in RECONSTRUCTION_FAMILIES:
+        raise ModelFileError(f"{info.path} is a {info.family} model (an image codec, for voxlink codec); the drone "
+                             f"and the ground stream with a reconstruction model ({', '.join(RECONSTRUCTION_FAMILIES)}), "
+                             f"e.g. {DEFAULT_MODEL}")
+    return info
