@@ -221,10 +221,9 @@ class OnnxFusionGroundDecoder:
 
     def step_decoded(self, codes: torch.Tensor, state: torch.Tensor, pose, K):
         """As :meth:`FusionModel.step_decoded`."""
-        if pose is None or K is None:
-            raise ValueError("the fusion model needs each view's pose and intrinsics")
-        pose = torch.as_tensor(pose, dtype=torch.float32).reshape(-1, 4, 4)
-        K = torch.as_tensor(K, dtype=torch.float32).reshape(-1, 3, 3).expand(len(pose), 3, 3)
+        from voxlink.models.fusion import view_geometry
+
+        pose, K = view_geometry(pose, K)
         depth, mask_prob = self.decode_depth(codes)
         return self.model.place(state, depth, mask_prob, K, pose), depth, mask_prob
 

@@ -102,26 +102,24 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _libc_malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
 def _release_free_memory() -> None:
-    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    The station frees and reallocates arrays of many sizes (point clouds, batches of depth maps); glibc
-    keeps freed heap pages, and its mmap threshold rises after such frees, so the resident memory of a
-    long run crept upward with nothing leaking.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere): the
+    station frees and reallocates arrays of many sizes (point clouds, batches of depth maps), and glibc
+    otherwise keeps the freed pages resident."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @dataclass
@@ -296,9 +294,9 @@ class GroundStation:
 
     @torch.no_grad()
     def _warm_up(self) -> None:
-        """Run the model once at every batch size up to 16 before the first view: oneDNN builds its
-        kernels per shape, and measured here the first 10 s of a 100-drone run applied 68 views/s
-        instead of 140 while it did. A failure here is logged: the views will show it again."""
+        """Run the model once at every batch size up to 16 (its inference chunk) before the first view:
+        oneDNN builds its kernels per shape on first use, and this spends that time (about 1 s) at start
+        instead of on the first views. A failure here is logged: the views will show it again."""
         if getattr(self.model, "family", "implicit") != "fusion":
             return
         t0 = time.perf_counter()
@@ -761,12 +759,16 @@ class GroundStation:
             # per view made the interpreter's intern table grow for the whole run (measured: about
             # 1.2 kB a view, the resident memory of a 10-minute 100-drone run crept up with it)
             folder = os.path.join(str(self._work_dir(s)), "depth")
-            os.makedirs(folder, exist_ok=True)
             ok, png = cv2.imencode(".png", np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16))
             if not ok:
                 raise OSError("cv2.imencode failed")
             tmp = os.path.join(folder, f".{seq:010d}.png.tmp")
-            with open(tmp, "wb") as f:
+            try:
+                f = open(tmp, "wb")
+            except FileNotFoundError:  # the object's first depth map: make its folder (not every view)
+                os.makedirs(folder, exist_ok=True)
+                f = open(tmp, "wb")
+            with f:
                 f.write(png.tobytes())
             os.replace(tmp, os.path.join(folder, f"{seq:010d}.png"))  # a new file: snapshots link the old one
         except Exception as e:  # noqa: BLE001

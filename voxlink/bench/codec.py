@@ -144,7 +144,9 @@ def _markdown(rows: list[dict], n_views: int, backgrounds: str, model: str) -> s
     for n in sorted({r["iterations"] for r in rows}):
         a, j, h = by[("nsmall", n)], by[("jpeg2000", n)], by[("jpeg2000-no-header", n)]
 
-        def cell(r, key):
+        def cell(r: dict, key: str) -> str:
+            """A JPEG 2000 row's ``PSNR dB / MS-SSIM (bytes)`` (``key``: which byte count), or "not
+            reachable" with its floor's figures where OpenJPEG could not get within the budget."""
             s = f"{r['psnr_db']:.2f} dB / {r['ms_ssim']:.3f} ({r[key]:.0f})"
             return s if r["reachable"] else f"not reachable (floor: {s})"
 

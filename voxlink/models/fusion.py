@@ -175,6 +175,24 @@ class SpatialEncoder(nn.Module):
         return torch.tanh(self.norm(self.to_code(self.mix(self.features(x))))).flatten(1)
 
 
+def view_geometry(pose, K) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views' poses and intrinsics as the fusion model takes them.
+
+    Args:
+        pose: camera-to-world [B, 4, 4] (or [4, 4]), metres. K: intrinsics [B, 3, 3] or one [3, 3] shared.
+
+    Returns:
+        ``(pose float32 [B, 4, 4], K float32 [B, 3, 3])``.
+
+    Raises:
+        ValueError: no pose or no intrinsics (a pose-aware model cannot place a view without them).
+    """
+    if pose is None or K is None:
+        raise ValueError("the fusion model needs each view's pose and intrinsics")
+    pose = torch.as_tensor(pose, dtype=torch.float32).reshape(-1, 4, 4)
+    return pose, torch.as_tensor(K, dtype=torch.float32).reshape(-1, 3, 3).expand(len(pose), 3, 3)
+
+
 class SpatialViewDecoder(nn.Module):
     """A spatial code -> the view's depth map (metres) and silhouette logits.
 
@@ -299,7 +317,12 @@ class FusionModel(BitCodeModel):
             CodeError: codes of another length than K.
         """
         self._check_code(codes)
-        return self.depth(codes)
+        if torch.is_grad_enabled():
+            return self.depth(codes)
+        # inference: 16 views at a time, so that the working set stays in the cache (measured on 2
+        # cores, 64 views: 2.6 ms a view at once, 1.7 ms in chunks of 16; the same values)
+        parts = [self.depth(codes[j:j + 16]) for j in range(0, len(codes), 16)]
+        return torch.cat([d for d, _ in parts]), torch.cat([m for _, m in parts])
 
     def decode_depth(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Depth maps (metres) and silhouette probabilities, each float32 [N, H, W], from codes [N, K].
@@ -345,14 +368,14 @@ class FusionModel(BitCodeModel):
         front = torch.sigmoid((d - z - cfg.depth_margin) / cfg.depth_sigma)
         behind = torch.sigmoid((z - d - cfg.depth_margin) / cfg.depth_sigma)
         surface = torch.exp(-(((z - d) / (2.0 * cfg.depth_sigma)) ** 2))
-        zero, one = torch.zeros((), dtype=s.dtype, device=s.device), torch.ones((), dtype=s.dtype, device=s.device)
-        chans = [(s_foot, one), ((1 - s_foot) + s * front, zero), (s * surface, zero), (s * behind, zero), (s, zero)]
-        if torch.is_grad_enabled():
-            ev = torch.stack([torch.where(inside, a, b) for a, b in chans], 1)
-        else:  # inference (the ground): written channel by channel into one tensor, not stacked copies
-            ev = torch.empty(len(s), len(EVIDENCE), s.shape[1], dtype=s.dtype, device=s.device)
-            for c, (a, b) in enumerate(chans):
-                torch.where(inside, a, b, out=ev[:, c])
+        zero, one = torch.zeros_like(s), torch.ones_like(s)
+        ev = torch.stack([
+            torch.where(inside, s_foot, one),
+            torch.where(inside, (1 - s_foot) + s * front, zero),
+            torch.where(inside, s * surface, zero),
+            torch.where(inside, s * behind, zero),
+            torch.where(inside, s, zero),
+        ], 1)
         return ev.view(-1, len(EVIDENCE), r, r, r)
 
     def fuse(self, state: torch.Tensor, ev: torch.Tensor) -> torch.Tensor:
@@ -394,22 +417,10 @@ class FusionModel(BitCodeModel):
         Raises:
             as :meth:`step`.
         """
-        if pose is None or K is None:
-            raise ValueError("the fusion model needs each view's pose and intrinsics")
-        pose = torch.as_tensor(pose, dtype=torch.float32).reshape(-1, 4, 4)
-        K = torch.as_tensor(K, dtype=torch.float32).reshape(-1, 3, 3).expand(len(pose), 3, 3)
+        pose, K = view_geometry(pose, K)
+        depth, mask_prob = self.decode_depth(codes)
         if torch.is_grad_enabled():
-            depth, mask_logit = self.decode_views(codes)
-            mask_prob = torch.sigmoid(mask_logit)
             return self.fuse(state, self.evidence(depth, mask_prob, K, pose)), depth, mask_prob
-        # inference: a few views at a time, so that the working set stays in the cache (measured on 2
-        # cores, 64 views: the view decoder 2.6 ms a view at once, 1.7 ms in chunks of 16)
-        self._check_code(codes)
-        depth = torch.empty(len(codes), self.cfg.image_size, self.cfg.image_size)
-        mask_prob = torch.empty_like(depth)
-        for j in range(0, len(codes), 16):
-            d, m = self.depth(codes[j:j + 16])
-            depth[j:j + 16], mask_prob[j:j + 16] = d, torch.sigmoid(m)
         return self.place(state, depth, mask_prob, K, pose), depth, mask_prob
 
     @torch.no_grad()

@@ -88,7 +88,8 @@ def max_filter2d(x: torch.Tensor, size: int) -> torch.Tensor:
     """Maximum over a ``size`` x ``size`` square around every pixel (beyond the border: ignored).
 
     The same values as ``max_pool2d(x, size, stride=1, padding=size // 2)``, as two separable passes of
-    element-wise maxima: measured on 2 cores for [64, 1, 128, 128] and size 5, 2.6 ms against 50 ms.
+    element-wise maxima: measured on 2 cores for [64, 1, 128, 128] and size 5, 3.9 ms against 50 ms
+    (0.19 ms for the ground's chunks of 8 views).
 
     Args:
         x: float [..., H, W]. size: odd side of the square, pixels.
@@ -106,20 +107,12 @@ def max_filter2d(x: torch.Tensor, size: int) -> torch.Tensor:
     r = size // 2
     h, w = x.shape[-2:]
     p = torch.nn.functional.pad(x, (r, r, r, r), value=float("-inf"))
-    if torch.is_grad_enabled() and x.requires_grad:
-        rows = p[..., :, 0:w]
-        for i in range(1, size):
-            rows = torch.maximum(rows, p[..., :, i:i + w])
-        out = rows[..., 0:h, :]
-        for i in range(1, size):
-            out = torch.maximum(out, rows[..., i:i + h, :])
-        return out
-    rows = p[..., :, 0:w].clone()  # in place: no new tensor per pass
+    rows = p[..., :, 0:w]
     for i in range(1, size):
-        torch.maximum(rows, p[..., :, i:i + w], out=rows)
-    out = rows[..., 0:h, :].clone()
+        rows = torch.maximum(rows, p[..., :, i:i + w])
+    out = rows[..., 0:h, :]
     for i in range(1, size):
-        torch.maximum(out, rows[..., i:i + h, :], out=out)
+        out = torch.maximum(out, rows[..., i:i + h, :])
     return out
 
 
