@@ -6,6 +6,11 @@ unbounded integers: each new number is placed at the signed 32-bit distance from
 seen so far (so 0xFFFFFFFF followed by 0 is a step of +1, and 5 followed by 4 a step of -1). The set
 of applied numbers is a sorted list of disjoint half-open intervals ``[a, b)``: its size grows with
 the number of gaps, not with the number of views.
+
+An edge whose code log was wiped starts its numbers again (at 0) under a new stream-info epoch. The
+ground sees that (:meth:`StreamDelivery.restart`) and opens a new *incarnation* of the stream: its
+numbers are placed after every number the stream used before (an offset, ``base``), so the new views
+are new views, not duplicates of the old ones, and the missing-view count stays exact across it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import bisect
 
 WRAP = 1 << 32
+MASK = WRAP - 1
 #: The largest jump (ahead of the highest number seen, or behind the lowest) accepted as a sequence
 #: number of the same stream: 2^24 views is 97 days at 2 views/s. Beyond it a number is ``bad_seq``.
 MAX_SEQ_JUMP = 1 << 24
@@ -121,13 +127,53 @@ class StreamDelivery:
         self.late = 0  # applied after a higher number of the same stream
         self.recovered = 0  # applied from the back channel
         self.missing_since: dict[int, float] = {}  # unwrapped number -> when it may next be asked back (monotonic s)
+        # numbering incarnations (an edge that lost its code log starts at 0 again): wire number w of
+        # the current one is unwrapped as (w + base) mod 2^32; ``starts`` / ``bases``: each incarnation's
+        # first unwrapped number and its base, in order
+        self.base = 0
+        self.starts: list[int] = [-(1 << 62)]
+        self.bases: list[int] = [0]
+        self.restarts = 0
 
     def _ref(self) -> int | None:
         return self.seen.high if self.seen.high is not None else self.last_said
 
+    def _g(self, seq: int) -> int:
+        return (int(seq) + self.base) & MASK
+
+    def to_wire(self, u: int) -> int:
+        """The wire number (uint32) of unwrapped number ``u``, in the incarnation that ``u`` belongs to."""
+        return (u - self.bases[bisect.bisect_right(self.starts, u) - 1]) & MASK
+
+    def current_start(self) -> int:
+        """The first unwrapped number of the current incarnation (views before it cannot be asked back)."""
+        return self.starts[-1]
+
+    def restart(self, first_seq: int) -> bool:
+        """An edge restarted under a new epoch with ``first_seq`` (wire): if that number was already used
+        (at or below the highest number applied or announced), start a new incarnation whose
+        ``first_seq`` comes right after it; returns True when it did.
+
+        Views of the old incarnation that were announced and never came stay missing (``never came``):
+        the edge that could have resent them has lost its log.
+        """
+        hi = max((x for x in (self.seen.high, self.last_said) if x is not None), default=None)
+        if hi is None:
+            return False
+        if self.seen.unwrap(self._g(first_seq), hi) > hi:
+            return False  # the numbering continues (the edge kept its log): the same incarnation
+        self.base = (hi + 1 - int(first_seq)) & MASK
+        self.starts.append(hi + 1)
+        self.bases.append(hi + 1 - int(first_seq))
+        self.restarts += 1
+        self.missing_since.clear()  # the old incarnation's gaps cannot be asked back any more
+        return True
+
     def note_info(self, first_seq: int | None, last_seq: int | None) -> None:
         """Take the edge's ``first_seq`` / ``last_seq`` (wire values) from a stream info."""
         ref = self._ref()
+        first_seq = None if first_seq is None else self._g(first_seq)
+        last_seq = None if last_seq is None else self._g(last_seq)
         if first_seq is not None:
             u = self.seen.unwrap(first_seq, ref)
             if ref is None or abs(u - ref) <= MAX_SEQ_JUMP:
@@ -145,7 +191,7 @@ class StreamDelivery:
             with ``u`` the unwrapped number.
         """
         ref = self._ref()
-        u = self.seen.unwrap(seq, ref)
+        u = self.seen.unwrap(self._g(seq), ref)
         if ref is not None:
             hi = max(x for x in (self.seen.high, self.last_said) if x is not None)
             lo = min(x for x in (self.seen.low, self.first_said, hi) if x is not None)

@@ -9,10 +9,11 @@ Channels:
 - ``/voxlink/views`` (JSON, JSON schema ``voxlink.View``): per accepted code its header fields and
   pose, readable in Foxglove's raw message panel.
 - ``/voxlink/points``, ``/voxlink/voxels``, ``/voxlink/depth``, ``/voxlink/camera_pose``,
-  ``/voxlink/calibration`` (JSON, Foxglove's ``foxglove.PointCloud``, ``foxglove.RawImage``,
+  ``/voxlink/calibration`` (JSON, Foxglove's ``foxglove.PointCloud``, ``foxglove.CompressedImage``,
   ``foxglove.PoseInFrame`` and ``foxglove.CameraCalibration`` schemas as JSON schema): the ground's
-  outputs, at every snapshot the fused cloud, the occupied voxel centres and the latest depth image
-  (``32FC1``, metres), and per view its camera pose with the calibration.
+  outputs, at every snapshot the fused cloud and the occupied voxel centres, and per view its decoded
+  depth image (a 16-bit PNG in millimetres, 0 = no object: the file the ground writes), its camera pose
+  and the calibration, all three with the view's receive time and the frame ``<object>/camera``.
 
 The file is written without chunks and flushed after every batch of records, so a ground that is
 killed keeps every record up to its last flush; :func:`read_wire` reads such an unfinished file (no
@@ -55,11 +56,10 @@ FOXGLOVE_SCHEMAS = {
                        "fields": {"type": "array", "items": {"type": "object", "properties": {
                            "name": {"type": "string"}, "offset": {"type": "integer"}, "type": {"type": "integer"}}}},
                        "data": {"type": "string", "contentEncoding": "base64"}}},
-    "foxglove.RawImage": {
-        "title": "foxglove.RawImage", "type": "object",
-        "properties": {"timestamp": _TIME, "frame_id": {"type": "string"}, "width": {"type": "integer"},
-                       "height": {"type": "integer"}, "encoding": {"type": "string"}, "step": {"type": "integer"},
-                       "data": {"type": "string", "contentEncoding": "base64"}}},
+    "foxglove.CompressedImage": {
+        "title": "foxglove.CompressedImage", "type": "object",
+        "properties": {"timestamp": _TIME, "frame_id": {"type": "string"},
+                       "data": {"type": "string", "contentEncoding": "base64"}, "format": {"type": "string"}}},
     "foxglove.PoseInFrame": {
         "title": "foxglove.PoseInFrame", "type": "object",
         "properties": {"timestamp": _TIME, "frame_id": {"type": "string"}, "pose": _POSE}},
@@ -113,7 +113,7 @@ class Recorder:
         sid = self.w.register_schema("voxlink.View", "jsonschema", json.dumps(_VIEW_SCHEMA).encode())
         self.ch["views"] = self.w.register_channel("/voxlink/views", "json", sid)
         for topic, name in (("points", "foxglove.PointCloud"), ("voxels", "foxglove.PointCloud"),
-                            ("depth", "foxglove.RawImage"),
+                            ("depth", "foxglove.CompressedImage"),
                             ("camera_pose", "foxglove.PoseInFrame"), ("calibration", "foxglove.CameraCalibration")):
             sid = self.w.register_schema(name, "jsonschema", json.dumps(FOXGLOVE_SCHEMAS[name]).encode())
             self.ch[topic] = self.w.register_channel(f"/voxlink/{topic}", "json", sid)
@@ -147,11 +147,14 @@ class Recorder:
                "R": np.eye(3).reshape(-1).tolist(), "P": np.hstack([Kl, np.zeros((3, 1))]).reshape(-1).tolist()}
         self._add("calibration", t, json.dumps(cal).encode())
 
-    def depth(self, frame_id: str, depth_m: np.ndarray, t: float) -> None:
-        """Record a depth map (float32 [H, W] metres) as ``foxglove.RawImage`` ``32FC1``."""
-        d = np.ascontiguousarray(depth_m, np.float32)
-        img = {"timestamp": _stamp(t), "frame_id": frame_id, "width": int(d.shape[1]), "height": int(d.shape[0]),
-               "encoding": "32FC1", "step": int(d.shape[1] * 4), "data": base64.b64encode(d.tobytes()).decode()}
+    def depth_png(self, frame_id: str, png: bytes, t: float) -> None:
+        """Record one view's depth image as ``foxglove.CompressedImage`` (``format`` png).
+
+        Args:
+            frame_id: the view's camera frame. png: a 16-bit PNG, millimetres, 0 = no object. t: the
+                view's receive time, unix seconds (that of its camera pose).
+        """
+        img = {"timestamp": _stamp(t), "frame_id": frame_id, "format": "png", "data": base64.b64encode(png).decode()}
         self._add("depth", t, json.dumps(img).encode())
 
     def points(self, frame_id: str, pts: np.ndarray, t: float, topic: str = "points") -> None:

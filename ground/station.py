@@ -139,7 +139,8 @@ class GroundConfig:
         (ONNX Runtime for the implicit model where it starts, PyTorch for the fusion model).
         batch: most views fused in one model call. decoded_cache: a fusion model's decoded views kept
         for the depth maps (beyond it, a depth map is decoded again). record: keep the MCAP record in ``<out>/record``
-        and rebuild from it on start. backchannel: endpoints to bind the ROUTER the edges connect to
+        and rebuild from it on start. record_depth: also every view's depth image in the record (a
+        16-bit PNG, about 4 to 10 kB a view). backchannel: endpoints to bind the ROUTER the edges connect to
         for gap requests (empty: none). request_interval_s: how often a missing view is asked again.
         curve_secret_file: this ground's ``zmq.auth`` certificate with its secret key (CURVE server);
         curve_allow_dir: folder of the drones' public certificates (``*.key``) allowed to connect.
@@ -162,6 +163,7 @@ class GroundConfig:
     batch: int = 64
     decoded_cache: int = 1024
     record: bool = True
+    record_depth: bool = True
     backchannel: list[str] = field(default_factory=list)
     request_interval_s: float = 2.0
     curve_secret_file: str | None = None
@@ -180,7 +182,7 @@ class ObjectSession:
         unwrapped sequence numbers applied. late: sequence numbers (wire) that came late, with how
         (``link``: after a higher one; ``backchannel``: asked back), at most 10,000. points:
         fused cloud, chunks of float32 [n, 3] (see :meth:`GroundStation.fused_points`). pending: views
-        fused whose depth map is not decoded yet: ``(seq, unwrapped seq, payload, pose, K)``.
+        fused whose depth map is not decoded yet: ``(seq, unwrapped seq, payload, pose, K, receive time, source)``.
         last_depth, last_raw_depth: the latest decoded view's depth map (masked / raw, metres).
         last_pose: its pose. latency_ms: recent capture-to-applied
         latencies. snap_views: views at the last snapshot. snapshots: folders written. last_t:
@@ -533,7 +535,15 @@ class GroundStation:
         changed = old is None or any((not np.array_equal(old.K, msg.K), old.epoch_unix != msg.epoch_unix,
                                       old.image_size != msg.image_size, old.frame != msg.frame))
         self.streams[msg.stream] = msg
-        self.delivery.setdefault(msg.stream, StreamDelivery(msg.stream)).note_info(msg.first_seq, msg.last_seq)
+        dl = self.delivery.setdefault(msg.stream, StreamDelivery(msg.stream))
+        if old is not None and old.epoch_unix != msg.epoch_unix and msg.first_seq is not None \
+                and dl.restart(msg.first_seq):
+            # the edge restarted and numbers from where it did before (its code log was lost): a new
+            # incarnation of the stream, placed after everything it sent before (ground/delivery.py)
+            self.stats["stream_restarts"] += 1
+            log.warning("stream %d restarted its sequence numbers at %d (new epoch, its code log was lost): "
+                        "its views continue as new views after %d", msg.stream, msg.first_seq, dl.current_start() - 1)
+        dl.note_info(msg.first_seq, msg.last_seq)
         self.stats["infos"] += 1
         if changed and self.recorder is not None and source != "record":
             self._record(lambda r: r.wire(buf, t_recv))
@@ -651,7 +661,7 @@ class GroundStation:
         self._fuse_views([(s, v[0], v[1]) for s, v in zip(sessions, views)])
         now = time.time()
         for k, (s, (msg, info, u, late, t_recv, source)) in enumerate(zip(sessions, views)):
-            s.pending.append((msg.seq, u, msg.payload, msg.pose, info.K))
+            s.pending.append((msg.seq, u, msg.payload, msg.pose, info.K, t_recv, source))
             self._depth_order.append(s)
             s.views += 1
             s.bytes += len(msg.payload) + 24 + (28 if msg.pose is not None else 0)
@@ -707,12 +717,14 @@ class GroundStation:
                 log.exception("internal error decoding depth maps")
                 self._reject("internal_error", repr(e))
                 continue
-            for k, (s, (seq, u, _, pose, K)) in enumerate(chunk):
+            for k, (s, (seq, u, _, pose, K, t_recv, source)) in enumerate(chunk):
                 d = np.where(mask[k], depth[k], 0.0).astype(np.float32)
                 if s.depth_u is None or u >= s.depth_u:
                     # a copy: a view into the batch would keep the whole batch alive per object
                     s.depth_u, s.last_depth, s.last_raw_depth, s.last_pose = u, d, depth[k].copy(), pose
-                self._write_depth(s, seq, d)
+                png = self._write_depth(s, u, d)
+                if png is not None and self.recorder is not None and self.cfg.record_depth and source != "record":
+                    self._record(lambda r: r.depth_png(f"{s.name}/camera", png, t_recv))
                 if pose is not None:
                     self._add_points(s, camera.backproject(d, K, pose).astype(np.float32))
                 self.stats["depth_maps"] += 1
@@ -751,7 +763,13 @@ class GroundStation:
         if n <= 5 or n % 100 == 0:
             log.error("output error %d (%s): %s", n, what, e)
 
-    def _write_depth(self, s: ObjectSession, seq: int, d: np.ndarray) -> None:
+    def _write_depth(self, s: ObjectSession, u: int, d: np.ndarray) -> bytes | None:
+        """Write one view's depth map ``<work>/depth/<u>.png`` (16-bit, millimetres, 0 = empty; ``u`` the
+        view's unwrapped sequence number: unique across wraparound and a stream's restarts).
+
+        Returns:
+            the PNG's bytes (for the record), or None where it could not be written (counted).
+        """
         import cv2
 
         try:
@@ -762,7 +780,7 @@ class GroundStation:
             ok, png = cv2.imencode(".png", np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16))
             if not ok:
                 raise OSError("cv2.imencode failed")
-            tmp = os.path.join(folder, f".{seq:010d}.png.tmp")
+            tmp = os.path.join(folder, f".{u:010d}.png.tmp")
             try:
                 f = open(tmp, "wb")
             except FileNotFoundError:  # the object's first depth map: make its folder (not every view)
@@ -770,9 +788,11 @@ class GroundStation:
                 f = open(tmp, "wb")
             with f:
                 f.write(png.tobytes())
-            os.replace(tmp, os.path.join(folder, f"{seq:010d}.png"))  # a new file: snapshots link the old one
+            os.replace(tmp, os.path.join(folder, f"{u:010d}.png"))  # a new file: snapshots link the old one
+            return png.tobytes()
         except Exception as e:  # noqa: BLE001
-            self._output_error(f"depth of {s.name} seq {seq}", e)
+            self._output_error(f"depth of {s.name} view {u}", e)
+            return None
 
     def _append_view_line(self, s: ObjectSession, msg: CodeMessage, lat: float, late: bool, source: str) -> None:
         try:
@@ -816,7 +836,12 @@ class GroundStation:
         in_span = [(max(a, s.first_seq), min(b, s.last_seq)) for a, b in ranges if b >= s.first_seq and a <= s.last_seq]
         return {"stream_missing_views": dl.missing_count(),
                 "missing_in_span": int(sum(b - a + 1 for a, b in in_span)),
-                "never_came": [[a & 0xFFFFFFFF, b & 0xFFFFFFFF] for a, b in in_span[:1000]]}
+                "never_came": [[dl.to_wire(a), dl.to_wire(b)] for a, b in in_span[:1000]]}
+
+    def _wire(self, stream: int, u: int) -> int:
+        """The wire sequence number of a stream's unwrapped number ``u``."""
+        dl = self.delivery.get(stream)
+        return dl.to_wire(u) if dl is not None else u & 0xFFFFFFFF
 
     def summary(self, s: ObjectSession, folder: Path | None = None) -> dict:
         """The object's counts (what ``session.json`` holds), strict-JSON-safe."""
@@ -824,8 +849,8 @@ class GroundStation:
         miss = self._missing(s)
         return clean_json({
             "stream": s.stream, "object_id": s.object_id, "views": s.views,
-            "first_seq": None if s.first_seq is None else s.first_seq & 0xFFFFFFFF,
-            "last_seq": None if s.last_seq is None else s.last_seq & 0xFFFFFFFF,
+            "first_seq": None if s.first_seq is None else self._wire(s.stream, s.first_seq),
+            "last_seq": None if s.last_seq is None else self._wire(s.stream, s.last_seq),
             "late_views": s.late, "late_count": len(s.late),
             "views_without_pose": s.no_pose, "views_fused": s.views - len(s.no_pose),
             "missing_views": miss["missing_in_span"], "stream_missing_views": miss["stream_missing_views"],
@@ -906,8 +931,7 @@ class GroundStation:
                 t_now = time.time()
                 vox = np.argwhere(occ > TAU).astype(np.float64) @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]
                 self._record(lambda r: (r.points(s.name, pts, t_now),
-                                        r.points(s.name, vox.astype(np.float32), t_now, topic="voxels"),
-                                        s.last_depth is not None and r.depth(f"{s.name}/camera", s.last_depth, t_now)))
+                                        r.points(s.name, vox.astype(np.float32), t_now, topic="voxels")))
             return final, summary
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -968,9 +992,9 @@ class GroundStation:
             streams[str(sid)] = {
                 "model": info.model if info else None, "views": dl.seen.count, "duplicates": dl.duplicates,
                 "late": dl.late, "recovered": dl.recovered, "missing_views": dl.missing_count(),
-                "missing": [[a & 0xFFFFFFFF, b_ & 0xFFFFFFFF] for a, b_ in dl.missing_ranges(limit=100)],
-                "first_seq": None if b is None else b[0] & 0xFFFFFFFF,
-                "last_seq": None if b is None else b[1] & 0xFFFFFFFF,
+                "missing": [[dl.to_wire(a), dl.to_wire(b_)] for a, b_ in dl.missing_ranges(limit=100)],
+                "first_seq": None if b is None else dl.to_wire(b[0]),
+                "last_seq": None if b is None else dl.to_wire(b[1]), "restarts": dl.restarts,
                 "backchannel": bool(info and info.backchannel)}
         objects = {s.name: {"stream": s.stream, "object_id": s.object_id, "views": s.views, "late": len(s.late),
                             "missing_views": self._missing(s)["missing_in_span"], "snapshots": len(s.snapshots),
@@ -986,6 +1010,7 @@ class GroundStation:
             "rejected": rejected, "rejected_total": sum(rejected.values()),
             "output_errors": stats.get("output_errors", 0), "snapshots": stats.get("snapshots", 0),
             "snapshots_failed": stats.get("snapshots_failed", 0), "record_errors": stats.get("record_errors", 0),
+            "stream_restarts": stats.get("stream_restarts", 0),
             "queue": self.q.qsize(), "depth_backlog": sum(len(s.pending) for s in self.sessions.values()),
             "latency_ms": {"p50": float(np.percentile(lat, 50)),
                                                     "p99": float(np.percentile(lat, 99))},
@@ -1011,7 +1036,9 @@ class GroundStation:
                 continue
             want = []
             for a, b in dl.missing_ranges(limit=64):
-                for u in range(max(a, b - 511), b + 1):
+                if b < dl.current_start():
+                    continue  # an earlier incarnation's gap: the edge that sent it has lost its log
+                for u in range(max(a, b - 511, dl.current_start()), b + 1):
                     due = dl.missing_since.setdefault(u, now + REORDER_GRACE_S)  # next time to ask
                     if now >= due:
                         want.append(u)
@@ -1022,7 +1049,7 @@ class GroundStation:
                 for u in sorted(dl.missing_since)[:50000]:
                     del dl.missing_since[u]
             if want:
-                self.requests.put((sid, [u & 0xFFFFFFFF for u in want[:512]]))
+                self.requests.put((sid, [dl.to_wire(u) for u in want[:512]]))
                 total += len(want[:512])
         return total
 

@@ -49,11 +49,14 @@ def view(tiny, seq, obj=1, stream=2, pose=True):
                                    payload=codes[seq % len(codes)], pose=T))
 
 
+EPOCH = time.time()  # one edge run: its stream infos all carry the same epoch (a new epoch is a new run)
+
+
 def info(tiny, stream=2, fp=None, bits=64, K=None, epoch=None, **kw):
     _, m, _ = tiny
     return encode_info(StreamInfo(stream=stream, seq=0, fingerprint=fp or bytes.hex(m.fingerprint()), code_bits=bits,
                                   K=camera.intrinsics() if K is None else K, model="tiny",
-                                  epoch_unix=time.time() if epoch is None else epoch, **kw))
+                                  epoch_unix=EPOCH if epoch is None else epoch, **kw))
 
 
 def strict_json(path: Path):
@@ -250,6 +253,42 @@ def test_restart_rebuilds_from_the_record_and_loses_nothing(tmp_path, tiny):
     assert d.replay(sorted((tmp_path / "g" / "record").glob("*.mcap"))[0]) == 6
 
 
+def test_an_edge_that_lost_its_code_log_restarts_at_zero_and_loses_nothing(tmp_path, tiny):
+    """An edge whose code log was wiped starts at seq 0 again under a new epoch: its new views are
+    applied as new views (not duplicates of the old run's), the old run's gap stays counted, only the
+    new run's gaps are asked back, and a restarted ground rebuilds the same from its record."""
+    a = station(tmp_path / "g", tiny[0])
+    a.open_record()
+    a.handle(info(tiny, epoch=1000.0, first_seq=0, backchannel=True))
+    for seq in [0, 1, 2, 3, 4, 5, 6, 8, 9]:  # 7 never comes
+        assert a.handle(view(tiny, seq)) is not None
+    # the drone reboots with an empty log: seq 0 again, a new epoch (an edge that kept its log: first_seq 10)
+    a.handle(info(tiny, epoch=2000.0, first_seq=0, backchannel=True))
+    a.handle(info(tiny, epoch=2000.0, first_seq=0, backchannel=True, last_seq=5))  # a repeat: no second restart
+    for seq in [0, 1, 2, 4, 5]:  # 3 is late
+        assert a.handle(view(tiny, seq)) is not None, f"new seq {seq} taken for a duplicate"
+    assert a.stats["stream_restarts"] == 1 and a.stats["duplicates"] == 0
+    assert a.sessions[(2, 1)].views == 14
+    dl = a.delivery[2]
+    assert dl.missing_count() == 2 and [(dl.to_wire(x), dl.to_wire(y)) for x, y in dl.missing_ranges()] == [(7, 7), (3, 3)]
+    a.request_missing(now=time.monotonic())
+    asked = a.request_missing(now=time.monotonic() + 10)
+    assert asked == 1 and a.requests.get_nowait() == (2, [3]), "only the new run's gap is asked back, by its wire number"
+    assert a.handle(view(tiny, 3), source="backchannel") is not None
+    assert a.handle(view(tiny, 3)) is None and a.stats["duplicates"] == 1
+    # the edge restarts again, this time with its log: numbering continues, no new incarnation
+    a.handle(info(tiny, epoch=3000.0, first_seq=6, backchannel=True))
+    assert a.handle(view(tiny, 6)) is not None and a.stats["stream_restarts"] == 1
+    summary = a.snapshot((2, 1), "exit")
+    a.close_record()
+    assert summary["views"] == 16 and summary["missing_views"] == 1 and summary["never_came"] == [[7, 7]]
+    assert len(list(Path(summary["folder"], "depth").glob("*.png"))) == 16, "a new run's depth map replaced an old one"
+    b = station(tmp_path / "g", tiny[0])
+    assert b.rebuild() == 16 and b.stats["stream_restarts"] == 1 and b.delivery[2].missing_count() == 1
+    for x, y in zip(b.sessions[(2, 1)].state, a.sessions[(2, 1)].state):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+
+
 def test_output_errors_are_contained(tmp_path, tiny):
     st = station(tmp_path, tiny[0], record=False)
     st.handle(info(tiny))
@@ -348,7 +387,7 @@ def test_record_is_a_standard_mcap_with_foxglove_outputs(tmp_path, tiny):
         reader = make_reader(f)
         summary = reader.get_summary()
         schemas = {s.name for s in summary.schemas.values()}
-        assert {"foxglove.PointCloud", "foxglove.RawImage", "foxglove.PoseInFrame",
+        assert {"foxglove.PointCloud", "foxglove.CompressedImage", "foxglove.PoseInFrame",
                 "foxglove.CameraCalibration"} <= schemas
         by_topic: dict[str, list] = {}
         for _, channel, message in reader.iter_messages():
@@ -359,7 +398,16 @@ def test_record_is_a_standard_mcap_with_foxglove_outputs(tmp_path, tiny):
     cloud = json.loads(by_topic["/voxlink/points"][0])
     assert cloud["point_stride"] == 12 and [f["name"] for f in cloud["fields"]] == ["x", "y", "z"]
     assert len(by_topic["/voxlink/camera_pose"]) == 3 and len(by_topic["/voxlink/calibration"]) == 3
-    assert json.loads(by_topic["/voxlink/depth"][0])["encoding"] == "32FC1"
+    depth = [json.loads(d) for d in by_topic["/voxlink/depth"]]
+    assert len(depth) == 3 and {d["format"] for d in depth} == {"png"}, "every view's depth image"
+    assert [d["timestamp"] for d in depth] == [json.loads(p)["timestamp"] for p in by_topic["/voxlink/camera_pose"]]
+    import base64
+
+    import cv2
+
+    first = cv2.imdecode(np.frombuffer(base64.b64decode(depth[0]["data"]), np.uint8), cv2.IMREAD_UNCHANGED)
+    on_disk = cv2.imread(str(sorted((tmp_path / "s2_o1" / "snap-000" / "depth").glob("*.png"))[0]), cv2.IMREAD_UNCHANGED)
+    assert first.dtype == np.uint16 and np.array_equal(first, on_disk), "the recorded image is the depth map written"
 
 
 def test_rejections_are_all_counted_but_logged_at_a_limited_rate(tmp_path, tiny, caplog):
