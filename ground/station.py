@@ -102,6 +102,37 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_drone_certificate(path: str | Path) -> tuple[str, frozenset[int] | None]:
+    """A drone's public certificate (``zmq.auth`` format): its public key (z85) and the streams its
+    metadata names (``streams = "2,3"``, written by ``voxlink keys NAME --stream 2 --stream 3``), or
+    None where it names none.
+
+    Raises:
+        OSError: unreadable. ValueError: no public key, or a stream that is not an integer in 0..255.
+    """
+    import zmq.auth
+
+    pub, _ = zmq.auth.load_certificate(str(path))
+    streams = None
+    in_meta = False
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line[0].isspace():
+            in_meta = line.strip() == "metadata"
+            continue
+        key, _, value = line.strip().partition("=")
+        if in_meta and key.strip() == "streams":
+            parts = [p.strip() for p in value.strip().strip("'\"").split(",") if p.strip()]
+            try:
+                streams = frozenset(int(p) for p in parts)
+            except ValueError:
+                raise ValueError(f"streams = {value.strip()}: not a list of integers") from None
+            if any(not 0 <= x <= 255 for x in streams):
+                raise ValueError(f"streams = {value.strip()}: stream ids are 0..255")
+    return pub.decode(), streams
+
+
 def _libc_malloc_trim():
     try:
         import ctypes
@@ -256,6 +287,10 @@ class GroundStation:
         self.rx_stats = Counter()  # receiver thread only (read under _rx_lock)
         self.rx_rejected = Counter()
         self._curve_keys = None
+        # CURVE: which streams each allowed drone key may send (None: not named in its certificate, the
+        # first stream it sends becomes its own), and which key owns each stream (kept in stream_keys.json)
+        self._key_streams: dict[str, frozenset[int] | None] = {}
+        self._stream_owner: dict[int, str] = {}
         self.q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
         self.requests: queue.SimpleQueue = queue.SimpleQueue()  # (stream, [seq, ...]) for the back channel
         self.stop = threading.Event()
@@ -436,12 +471,21 @@ class GroundStation:
                 r.bind(ep)
         return s, r
 
-    def _enqueue(self, buf: bytes, source: str) -> None:
+    def _peer(self, frame) -> str | None:
+        """The sender's CURVE public key (z85, the User-Id ``zmq.auth`` gives it), None without CURVE."""
+        if self._curve_keys is None:
+            return None
+        try:
+            return frame.get("User-Id") or None
+        except Exception:  # noqa: BLE001 - no ZAP user id on this frame
+            return None
+
+    def _enqueue(self, buf: bytes, source: str, peer: str | None = None) -> None:
         if len(buf) > MAX_MESSAGE_BYTES:
             self._count_rx("too_large", f"{len(buf)} bytes")
             return
         try:
-            self.q.put_nowait((buf, time.time(), source))
+            self.q.put_nowait((buf, time.time(), source, peer))
         except queue.Full:
             self._count_rx("queue_full", f"queue of {self.cfg.queue_size}")
 
@@ -473,24 +517,25 @@ class GroundStation:
             if sock in events:
                 for _ in range(1000):
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self._rx("messages")
                     if len(frames) != 1:
                         self._count_rx("multipart", f"{len(frames)} frames")
                         continue
-                    self._enqueue(frames[0], "link")
+                    self._enqueue(frames[0].bytes, "link", self._peer(frames[0]))
             if router is not None and router in events:
                 for _ in range(1000):
                     try:
-                        frames = router.recv_multipart(zmq.NOBLOCK)
+                        frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     if len(frames) != 2:
                         self._count_rx("multipart", f"back channel: {len(frames)} frames")
                         continue
-                    ident, body = frames
+                    peer = self._peer(frames[1])
+                    ident, body = frames[0].bytes, frames[1].bytes
                     if body[:1] == b"{":
                         try:
                             hello = json.loads(body.decode())
@@ -502,7 +547,7 @@ class GroundStation:
                         continue
                     self._rx("messages")
                     self._rx("backchannel_messages")
-                    self._enqueue(body, "backchannel")
+                    self._enqueue(body, "backchannel", peer)
 
     # -- checking ----------------------------------------------------------------------------------
     def _log_reject(self, reason: str, detail: str) -> None:
@@ -548,12 +593,16 @@ class GroundStation:
         if changed and self.recorder is not None and source != "record":
             self._record(lambda r: r.wire(buf, t_recv))
 
-    def _check(self, buf: bytes, t_recv: float, source: str):
+    def _check(self, buf: bytes, t_recv: float, source: str, peer: str | None = None):
         """Decode and check one message; infos are applied here. Returns an accepted view or None."""
         try:
             msg = decode(buf)
         except ProtocolError as e:
             self._reject(e.reason, str(e))
+            return None
+        if peer is not None and not self._owns(peer, msg.stream):
+            self._reject("stream_not_owned", f"stream {msg.stream} belongs to another drone's key; "
+                                             f"sent by {peer[:8]}...")
             return None
         if isinstance(msg, StreamInfo):
             self._check_info(msg, buf, t_recv, source)
@@ -596,17 +645,20 @@ class GroundStation:
         """
         return self.handle_many([(buf, t_recv or time.time(), source)])[0]
 
-    def handle_many(self, items: list[tuple[bytes, float, str]]) -> list[ObjectSession | None]:
-        """Check and apply messages in order (``(bytes, receive time s, source)``), views batched across objects.
+    def handle_many(self, items: list[tuple]) -> list[ObjectSession | None]:
+        """Check and apply messages in order (``(bytes, receive time s, source[, peer])``), views batched
+        across objects.
 
         ``source``: ``link``, ``backchannel`` or ``record`` (a replayed record: not recorded again).
+        ``peer``: the sender's CURVE public key (z85), where CURVE is on: a stream belongs to one key
+        (:meth:`_owns`).
         Never raises on a message: an unexpected error is counted as ``internal_error``.
         """
         results: list[ObjectSession | None] = [None] * len(items)
         pending: list[tuple[int, tuple]] = []
-        for i, (buf, t_recv, source) in enumerate(items):
+        for i, (buf, t_recv, source, *peer) in enumerate(items):
             try:
-                v = self._check(buf, t_recv, source)
+                v = self._check(buf, t_recv, source, peer[0] if peer else None)
             except Exception as e:  # noqa: BLE001 - a message must never end the station
                 log.exception("internal error checking a message")
                 self._reject("internal_error", repr(e))
@@ -1140,7 +1192,47 @@ class GroundStation:
             raise ValueError(f"cannot read the CURVE certificate {self.cfg.curve_secret_file}: {e}") from e
         if sec is None:
             raise ValueError(f"{self.cfg.curve_secret_file} holds no secret key (use the .key_secret file)")
+        self._key_streams = {}
+        for cert in sorted(Path(self.cfg.curve_allow_dir).glob("*.key")):
+            try:
+                key, streams = read_drone_certificate(cert)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"bad drone certificate {cert}: {e}") from e
+            self._key_streams[key] = streams
+        try:
+            owners = json.loads((self.out / "stream_keys.json").read_text())
+            self._stream_owner = {int(k): str(v) for k, v in owners.items()}
+        except FileNotFoundError:
+            self._stream_owner = {}
+        except (OSError, ValueError, AttributeError) as e:
+            log.error("cannot read %s (%s): streams are bound to keys afresh", self.out / "stream_keys.json", e)
+            self._stream_owner = {}
         return pub, sec
+
+    def _owns(self, peer: str, stream: int) -> bool:
+        """Whether the drone with CURVE public key ``peer`` (z85) may send for ``stream``.
+
+        A drone certificate that names its streams (``voxlink keys NAME --stream S``) allows those only.
+        Otherwise a stream belongs to the first key that sends for it (kept in ``<out>/stream_keys.json``
+        across restarts), so that a second drone configured with the same stream id, or another allowed
+        drone, cannot feed views into that stream's reconstruction.
+        """
+        named = self._key_streams.get(peer)
+        if named is not None:
+            return stream in named
+        owner = self._stream_owner.get(stream)
+        if owner is not None:
+            return owner == peer
+        if any(v is not None and stream in v for v in self._key_streams.values()):
+            return False  # another drone's certificate names this stream
+        self._stream_owner[stream] = peer
+        log.info("stream %d now belongs to the drone key %s...", stream, peer[:8])
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.out / "stream_keys.json", {str(k): v for k, v in sorted(self._stream_owner.items())})
+        except Exception as e:  # noqa: BLE001 - the binding holds in memory; counted
+            self._output_error("stream_keys.json", e)
+        return True
 
     def run(self, duration_s: float | None = None) -> int:
         """Serve until SIGINT / SIGTERM, ``stop`` or ``duration_s``; snapshot every object; returns 0.

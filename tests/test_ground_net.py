@@ -38,9 +38,12 @@ def _view(m, seq, stream=2):
                                    pose=camera.orbit_poses(1, rng)[0]))
 
 
+EPOCH = time.time()  # one edge run: all its stream infos carry the same epoch (a new epoch is a new run)
+
+
 def _info(m, stream=2, **kw):
     return encode_info(StreamInfo(stream=stream, seq=0, fingerprint=bytes.hex(m.fingerprint()), code_bits=64,
-                                  K=camera.intrinsics(), model="tiny", epoch_unix=time.time(), **kw))
+                                  K=camera.intrinsics(), model="tiny", epoch_unix=EPOCH, **kw))
 
 
 def _start(tmp_path, path, **kw):
@@ -101,6 +104,67 @@ def test_curve_both_ways_and_a_sender_without_keys_gets_nothing_applied(tmp_path
         for s in (drone, plain, stranger):
             s.close(0)
         ctx.term()
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
+def test_curve_binds_each_stream_to_one_drone_key(tmp_path, tiny):
+    """Two allowed drones: the second cannot feed views into the first's stream (same stream id by
+    mistake, or on purpose), and a key whose certificate names its streams can send only those."""
+    import zmq.auth
+    from typer.testing import CliRunner
+
+    from voxlink.cli import app
+
+    path, m = tiny
+    keys, allow = tmp_path / "keys", tmp_path / "allow"
+    keys.mkdir()
+    allow.mkdir()
+    g_pub, g_sec = zmq.auth.create_certificates(str(keys), "ground")
+    a_pub, a_sec = zmq.auth.create_certificates(str(keys), "drone-a")
+    b_pub, b_sec = zmq.auth.create_certificates(str(keys), "drone-b")
+    r = CliRunner().invoke(app, ["keys", "drone-c", "--out", str(keys), "--stream", "5"])
+    assert r.exit_code == 0, r.output
+    for p in (a_pub, b_pub, keys / "drone-c.key"):
+        shutil.copy(p, allow)
+    st, t, port = _start(tmp_path, path, curve_secret_file=str(g_sec), curve_allow_dir=str(allow))
+    ctx = zmq.Context()
+    ep = f"tcp://127.0.0.1:{port}"
+    socks = []
+    try:
+        def drone(sec):
+            s = make_socket(ctx, EdgeConfig(connect=[ep], socket="push", curve_server_key=str(g_pub), curve_secret_file=str(sec)))
+            socks.append(s)
+            return s
+
+        a, b, c = drone(a_sec), drone(b_sec), drone(keys / "drone-c.key_secret")
+        a.send(_info(m, 2))
+        for i in range(3):
+            a.send(_view(m, i, 2))
+        assert _wait(lambda: st.stats["views"] >= 3)
+        b.send(_info(m, 2))  # drone b claims stream 2 as well
+        for i in range(3, 6):
+            b.send(_view(m, i, 2))
+        c.send(_info(m, 6))  # drone c's certificate names stream 5 only
+        c.send(_view(m, 0, 6))
+        c.send(_info(m, 5))
+        c.send(_view(m, 0, 5))
+        assert _wait(lambda: st.all_rejected().get("stream_not_owned", 0) >= 6 and st.stats["views"] >= 4), \
+            (st.all_rejected(), dict(st.stats))
+        for i in range(3, 6):  # drone a's next views still go in
+            a.send(_view(m, i, 2))
+        assert _wait(lambda: st.stats["views"] >= 7)
+        time.sleep(0.5)
+        assert st.stats["views"] == 7 and st.sessions[(2, 1)].views == 6 and st.sessions[(5, 1)].views == 1
+        assert st.all_rejected()["stream_not_owned"] == 6 and 6 not in st.streams
+        assert st.stats["duplicates"] == 0, "drone b's views must not have taken drone a's sequence numbers"
+    finally:
+        st.stop.set()
+        t.join(timeout=20)
+        for s in socks:
+            s.close(0)
+        ctx.term()
+    owners = __import__("json").loads((tmp_path / "out" / "stream_keys.json").read_text())
+    assert owners == {"2": zmq.auth.load_certificate(str(a_pub))[0].decode()}
 
 
 def test_curve_configuration_errors_are_clear(tmp_path):

@@ -411,6 +411,9 @@ def ground_cmd(
 def keys_cmd(
     name: str = typer.Argument(..., help="Key pair name, e.g. ground or drone1."),
     out: Path = typer.Option(Path("keys"), "--out", help="Folder for NAME.key (public) and NAME.key_secret."),
+    stream: Optional[list[int]] = typer.Option(None, "--stream", min=0, max=255,
+                                               help="A drone's stream id(s): the ground accepts only these from this key "
+                                                    "(default: the first stream the drone sends becomes its own)."),
 ) -> None:
     """Make a CURVE key pair (zmq.auth certificates) for a ground or a drone."""
     import zmq
@@ -421,11 +424,17 @@ def keys_cmd(
     if (out / f"{name}.key").exists() or (out / f"{name}.key_secret").exists():
         _fail(f"{out / name}.key already exists: choose another name or folder")
     out.mkdir(parents=True, exist_ok=True)
-    pub, sec = zmq.auth.create_certificates(str(out), name)
+    meta = {"streams": '"' + ",".join(str(x) for x in sorted(set(stream))) + '"'} if stream else None
+    pub, sec = zmq.auth.create_certificates(str(out), name, metadata=meta)
+    if meta:  # pyzmq writes metadata into the secret certificate only; the ground reads the public one
+        text = Path(pub).read_text(encoding="utf-8")
+        Path(pub).write_text(text.replace("metadata\n", f"metadata\n    streams = {meta['streams']}\n", 1), encoding="utf-8")
     Path(sec).chmod(0o600)
     public_key, _ = zmq.auth.load_certificate(pub)
     typer.echo(f"public  {pub}  (z85 {public_key.decode()})")
     typer.echo(f"secret  {sec}  (keep it on this machine only)")
+    if stream:
+        typer.echo(f"streams {', '.join(str(x) for x in sorted(set(stream)))} (a ground accepts only these from this key)")
 
 
 
