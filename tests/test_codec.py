@@ -91,6 +91,19 @@ def test_train_codec_on_patches_writes_a_model_and_resumes(small_dataset, tmp_pa
         train_codec(ccfg, dataclasses.replace(tcfg, patch_size=24), tmp_path / "bad")
 
 
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """A run killed after its last checkpoint logged steps past it; resuming from the checkpoint drops
+    those lines (the resumed run logs them again), and a torn last line, so each step is logged once."""
+    from voxlink.train import open_train_log
+
+    lines = [json.dumps({"step": k, "loss": 1.0 / k}) for k in range(10, 80, 10)]
+    (tmp_path / "log.jsonl").write_text("\n".join(lines) + '\n{"step": 8')
+    with open_train_log(tmp_path, 40) as f:
+        f.write(json.dumps({"step": 50, "loss": 0.5}) + "\n")
+    steps = [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40, 50]
+
+
 def test_bench_codec_spends_equal_bytes(small_dataset, tmp_path):
     """N_small spends exactly N x 128 bytes a view; JPEG 2000 never more than its budget where it says
     reachable (headers counted, or not, per column); every file is written."""

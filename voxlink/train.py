@@ -257,6 +257,27 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     return st["step"], st.get("elapsed", 0.0)
 
 
+def open_train_log(out: Path, step: int):
+    """Open ``out/log.jsonl`` for appending, resuming at ``step``: lines of later steps (logged after the
+    checkpoint a resumed run starts from, so done again by it) are dropped first, so that every step
+    is in the log once. Returns the open text file.
+    """
+    path = out / "log.jsonl"
+    if path.is_file():
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) > step:
+                    continue
+            except ValueError:
+                continue  # a torn last line of a killed run
+            kept.append(line)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(x + "\n" for x in kept))
+        tmp.replace(path)
+    return path.open("a")
+
+
 def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = False, device: str = "cpu",
           command: str = "", progress: bool = True) -> Path:
     """Train an implicit model and write ``out/model.safetensors``.
@@ -331,7 +352,7 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
             save_checkpoint(ckpt, model, opt, step, elapsed, mcfg, tcfg)
 
     rng = np.random.default_rng([tcfg.seed, rank, step])
-    logf = (out / "log.jsonl").open("a") if rank == 0 else None
+    logf = open_train_log(out, step) if rank == 0 else None
     bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank != 0)
     last_ckpt, t_start = time.time(), time.time() - elapsed
     epoch = 0

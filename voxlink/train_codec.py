@@ -32,7 +32,7 @@ import torch
 from voxlink.data.store import DatasetStore, manifest_hash
 from voxlink.models.rnn_compress import CompressionConfig, RNNCompressor
 from voxlink.preprocess import to_input
-from voxlink.train import TrainConfig, git_commit, load_checkpoint, save_checkpoint
+from voxlink.train import TrainConfig, git_commit, load_checkpoint, open_train_log, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def train_codec(ccfg: CompressionConfig, tcfg: TrainConfig, out: str | Path, res
     ckpt = out / "checkpoint.pt"
     step, elapsed = (load_checkpoint(ckpt, model, opt) if resume else (0, 0.0))
     rng = np.random.default_rng([tcfg.seed, step])  # a resumed run draws new patches, deterministically
-    logf = (out / "log.jsonl").open("a")
+    logf = open_train_log(out, step)
     t0, last_ckpt = time.time() - elapsed, time.time()
     decay_step = int(tcfg.decay_at * tcfg.steps)
     model.train()

@@ -29,7 +29,7 @@ from voxlink.models.fusion import FusionConfig, FusionModel
 from voxlink.models.implicit import iou, occupancy_loss
 from voxlink.models.projection import perturb_poses, silhouette_hull
 from voxlink.train import (TrainConfig, _collate, best_threshold, git_commit, load_checkpoint, mean_grid,
-                           recalibrate_bn, save_checkpoint)
+                           open_train_log, recalibrate_bn, save_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
 
     rng = np.random.default_rng([tcfg.seed, step])
     gen = torch.Generator().manual_seed(tcfg.seed * 7919 + step)
-    logf = (out / "log.jsonl").open("a")
+    logf = open_train_log(out, step)
     bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step", disable=not progress)
     last_ckpt, t_start = time.time(), time.time() - elapsed
     model.train()
