@@ -1,7 +1,11 @@
 """``voxlink bench ground``: N simulated drones drive a real ground station (a subprocess) over loopback.
 
 Each drone has its own PUSH socket, stream id and object, sends a stream info every 2 s (and a last
-one with ``last_seq``) and ``rate`` views a second of random K-bit codes with poses, evenly spread.
+one with ``last_seq``) and ``rate`` views a second, evenly spread. The views are real: before the
+clock starts, the model encodes ``orbit_views`` views of each shipped real mesh on a drone's orbit,
+and drone ``d`` streams the codes and true poses of mesh ``d mod 6`` round and round (``codes =
+"random"``: random K-bit codes with orbit poses instead, a ground fed noise: its point clouds never
+stop finding new voxels, so they fill to their bound).
 While it runs the ground's CPU time and memory are read from ``/proc``; at the end the ground gets
 SIGTERM and its ``ground.json`` gives every count. The report (``<out>/bench.json``): views sent and
 applied, views lost, applied views/s, capture-to-applied latency p50 / p99 (ms, the ground's), CPU
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from voxlink import camera
+from voxlink.models.binarizer import pack_bits
 from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
 
 
@@ -43,15 +48,49 @@ def _read_status(path: Path) -> dict:
         return {}
 
 
+def real_codes(m, orbit_views: int = 48) -> list[tuple[list[bytes], np.ndarray]]:
+    """Per shipped real mesh, the model's codes of ``orbit_views`` orbit views and their poses.
+
+    Args:
+        m: a reconstruction model (``encode``: float32 [N, 3, H, W] -> codes in {-1, +1} [N, K]).
+
+    Returns:
+        ``[(packed codes (K / 8 bytes each), poses float32 [V, 4, 4] camera-to-object), ...]``, one per mesh.
+    """
+    import torch
+
+    from edge.sources import OrbitSource
+    from voxlink.cli import ASSET_MESHES
+    from voxlink.data.meshes import find_meshes
+    from voxlink.preprocess import to_input
+
+    out = []
+    for path in find_meshes([ASSET_MESHES]):
+        src = OrbitSource(path, views_per_orbit=orbit_views)
+        try:
+            frames = [src.read() for _ in range(orbit_views)]
+        finally:
+            src.close()
+        with torch.no_grad():
+            codes = m.encode(to_input(np.stack([f.view for f in frames]))).numpy()
+        out.append(([pack_bits(c) for c in codes], np.stack([f.pose for f in frames]).astype(np.float32)))
+    return out
+
+
 def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model: str | None = None,
-              out: str | Path = "bench/ground", backend: str = "torch", drain_timeout_s: float = 120.0) -> dict:
+              out: str | Path = "bench/ground", backend: str = "torch", drain_timeout_s: float = 120.0,
+              codes: str = "real", orbit_views: int = 48) -> dict:
     """Run the benchmark (see the module docstring) and write ``<out>/bench.json``.
 
     Args:
         drones: streams (1..256). rate: views per second per drone. seconds: sending time.
         model: the ground's model. out: output folder (the ground's files in ``out/ground``).
         backend: the ground's decoder backend. drain_timeout_s: how long to wait for the ground to
-            apply what was sent after the drones stop.
+            apply what was sent after the drones stop. codes: ``real`` (the model's codes of orbit
+            views of the shipped real meshes) or ``random``. orbit_views: views per orbit (real codes).
+
+    Raises:
+        ValueError: ``codes`` is neither ``real`` nor ``random``.
 
     Returns:
         the report dict.
@@ -71,8 +110,11 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
 
         shutil.rmtree(gout)
     out.mkdir(parents=True, exist_ok=True)
+    if codes not in ("real", "random"):
+        raise ValueError(f"codes must be real or random, got {codes!r}")
     m, _, _ = load_model(model)
     K_bits, fp = m.cfg.code_bits, m.fingerprint()
+    orbits = real_codes(m.eval(), orbit_views) if codes == "real" else None
     port = _free_port()
     cmd = [sys.executable, "-m", "voxlink.cli", "ground", "--bind", f"tcp://127.0.0.1:{port}", "--socket", "pull",
            "--out", str(gout), "--idle-timeout", "3600", "--backend", backend]
@@ -135,12 +177,13 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
             if wait <= 0:
                 break
             time.sleep(min(wait, 0.05))
-        code = np.where(rng.random(K_bits) > 0.5, 1.0, -1.0)
-        from voxlink.models.binarizer import pack_bits
-
+        if orbits is not None:
+            payloads, orbit_poses = orbits[d % len(orbits)]
+            payload, pose = payloads[seqs[d] % len(payloads)], orbit_poses[seqs[d] % len(payloads)]
+        else:
+            payload, pose = pack_bits(np.where(rng.random(K_bits) > 0.5, 1.0, -1.0)), poses[seqs[d] % len(poses)]
         msg = CodeMessage(stream=d, object_id=d, seq=seqs[d], t_ms=int((time.time() - epoch) * 1000),
-                          fingerprint=fingerprint32(fp), n_bits=K_bits, payload=pack_bits(code),
-                          pose=poses[seqs[d] % len(poses)])
+                          fingerprint=fingerprint32(fp), n_bits=K_bits, payload=payload, pose=pose)
         socks[d].send(encode_code(msg))
         seqs[d] += 1
         sent += 1
@@ -179,7 +222,8 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
     rss_series = [r for _, _, r in samples]
     half = len(rss_series) // 2
     report = {
-        "drones": drones, "rate_per_drone": rate, "seconds": seconds, "views_sent": sent, "views_applied": applied,
+        "drones": drones, "rate_per_drone": rate, "seconds": seconds, "codes": codes,
+        "orbit_views": orbit_views if codes == "real" else None, "views_sent": sent, "views_applied": applied,
         "views_lost": sent - applied, "applied_views_per_s": applied / max(t_applied - t0, 1e-6),
         "offered_views_per_s": drones * rate, "latency_ms": final.get("latency_ms"),
         "cpu_percent_of_one_core": 100.0 * (cpu - cpu0) / wall, "rss_mib_final": rss, "rss_mib_peak": peak,

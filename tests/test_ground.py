@@ -173,3 +173,19 @@ def test_ground_cli_serves_and_exits_cleanly(tmp_path, tiny_model_file):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "decoder backend: onnxruntime" in r.stderr and "ground stopped" in r.stderr
+
+
+def test_bench_ground_drives_a_real_ground_with_real_codes(tmp_path, tiny_model_file):
+    """`voxlink bench ground`: a ground subprocess gets every view of every simulated drone, the codes
+    being the model's own of orbit views of the shipped real meshes, and the report counts them all."""
+    from ground.bench import run_bench
+
+    path, _ = tiny_model_file
+    rep = run_bench(drones=3, rate=4.0, seconds=2.0, model=str(path), out=tmp_path / "b", orbit_views=4)
+    assert rep["codes"] == "real" and rep["views_sent"] == 24 and rep["views_applied"] == 24
+    assert rep["views_lost"] == 0 and rep["ground_exit_code"] == 0 and not rep["rejected"]
+    assert rep["missing_views"] == 0 and rep["duplicates"] == 0
+    assert rep["latency_ms"]["p99"] >= rep["latency_ms"]["p50"] > 0 and rep["rss_mib_peak"] > 0
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["views_applied"] == 24
+    with pytest.raises(ValueError, match="codes"):
+        run_bench(drones=1, seconds=1.0, model=str(path), out=tmp_path / "c", codes="noise")

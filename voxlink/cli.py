@@ -510,13 +510,18 @@ def bench_ground_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default: the shipped default, fusion-k1024)."),
     out: Path = typer.Option(Path("bench/ground"), "--out", help="The ground's output folder and bench.json."),
     backend: str = typer.Option("torch", "--backend", help="The ground's decoder backend."),
+    codes: str = typer.Option("real", "--codes", help="real: the model's codes of orbit views of the shipped real "
+                                                      "meshes, with their poses; random: random codes."),
 ) -> None:
     """Drive a real ground (a subprocess) over loopback: views/s, latency p50/p99, CPU, peak memory, every count."""
     import json
 
     from ground.bench import run_bench
 
-    rep = run_bench(drones=drones, rate=rate, seconds=seconds, model=model, out=out, backend=backend)
+    try:
+        rep = run_bench(drones=drones, rate=rate, seconds=seconds, model=model, out=out, backend=backend, codes=codes)
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
     typer.echo(json.dumps({k: v for k, v in rep.items() if k not in ("ground", "rss_series")}, indent=1))
     typer.echo(f"full report: {out / 'bench.json'}")
     if rep["views_lost"]:
