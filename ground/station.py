@@ -304,6 +304,7 @@ class GroundStation:
         self.recorder = None
         self.t_start = time.time()
         self._snap_index: dict[str, int] = {}
+        self._view_files: OrderedDict = OrderedDict()  # object name -> its open views.jsonl (line-buffered)
 
     def _decoder_backend(self, kind: str):
         """The object whose init_state / step / occupancy / decode_depth the station calls."""
@@ -704,6 +705,7 @@ class GroundStation:
             self.sessions[key] = s
             # the work folder belongs to this state: what a previous run or state left there is stale
             # (a restart rebuilds every view of the object from the record into it again)
+            self._close_view_file(s)
             shutil.rmtree(self._work_dir(s), ignore_errors=True)
             log.info("new object: stream %d, object %d", *key)
         return s
@@ -847,16 +849,33 @@ class GroundStation:
             return None
 
     def _append_view_line(self, s: ObjectSession, msg: CodeMessage, lat: float, late: bool, source: str) -> None:
+        """Append the view's line to the object's ``views.jsonl`` (a line-buffered file kept open: the
+        most recent 256 objects' files, so that a view costs one write, not an open, a mkdir and a close)."""
         try:
-            folder = self._work_dir(s)
-            folder.mkdir(parents=True, exist_ok=True)
             line = {"seq": msg.seq, "t_ms": msg.t_ms, "latency_ms": lat if math.isfinite(lat) else None,
                     "late": late, "source": source,
                     "pose": None if msg.pose is None else np.round(msg.pose, 7).tolist()}
-            with (folder / "views.jsonl").open("a") as f:
-                f.write(json.dumps(line, allow_nan=False) + "\n")
+            f = self._view_files.get(s.name)
+            if f is None:
+                folder = self._work_dir(s)
+                folder.mkdir(parents=True, exist_ok=True)
+                f = self._view_files[s.name] = (folder / "views.jsonl").open("a", buffering=1)
+                while len(self._view_files) > 256:
+                    self._view_files.popitem(last=False)[1].close()
+            else:
+                self._view_files.move_to_end(s.name)
+            f.write(json.dumps(line, allow_nan=False) + "\n")
         except Exception as e:  # noqa: BLE001
+            self._close_view_file(s)  # opened again at the next view
             self._output_error(f"views.jsonl of {s.name}", e)
+
+    def _close_view_file(self, s: ObjectSession) -> None:
+        f = self._view_files.pop(s.name, None)
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
 
     # -- results -----------------------------------------------------------------------------------
     def fused_points(self, s: ObjectSession) -> np.ndarray:
@@ -1026,6 +1045,8 @@ class GroundStation:
         """
         summary = self.snapshot(key, "finalise")
         s = self.sessions.pop(key, None)
+        if s is not None:
+            self._close_view_file(s)
         if s is not None and summary is not None:
             shutil.rmtree(self._work_dir(s), ignore_errors=True)
         return summary
@@ -1280,6 +1301,8 @@ class GroundStation:
                     if s.views > s.snap_views:
                         self.snapshot(key, "exit")
             self.close_record()
+            for s_ in list(self.sessions.values()):
+                self._close_view_file(s_)
             self.write_status()
             for s_ in (sock, router):
                 if s_ is not None:
