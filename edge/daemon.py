@@ -12,7 +12,10 @@ checked against the encoder backend's. PyTorch is imported only by the ``torch``
 it is installed, to verify a model file that records no fingerprint); the renderer only by ``orbit:``.
 
 Sequence numbers continue across restarts: the daemon starts after the last one in its code log, so
-(stream, sequence number) names one view for ever (as long as the log folder is kept).
+(stream, sequence number) names one view for ever (as long as the log folder is kept). A daemon whose
+log was lost starts at 0 under a new epoch (each run's stream infos carry its start time); the ground
+sees the reused numbers and places that run after everything the stream sent before
+(``ground/delivery.py``), so nothing it sends is taken for a duplicate.
 
 Gap recovery: with ``backchannel`` set, a DEALER socket connects to the ground's back-channel ROUTER,
 says hello (``{"hello": stream_id}``) at start and with every stream info, and answers each request
