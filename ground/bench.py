@@ -79,7 +79,7 @@ def real_codes(m, orbit_views: int = 48) -> list[tuple[list[bytes], np.ndarray]]
 
 def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model: str | None = None,
               out: str | Path = "bench/ground", backend: str = "torch", drain_timeout_s: float = 120.0,
-              codes: str = "real", orbit_views: int = 48, model_workers: int = 1) -> dict:
+              codes: str = "real", orbit_views: int = 48) -> dict:
     """Run the benchmark (see the module docstring) and write ``<out>/bench.json``.
 
     Args:
@@ -88,7 +88,6 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
         backend: the ground's decoder backend. drain_timeout_s: how long to wait for the ground to
             apply what was sent after the drones stop. codes: ``real`` (the model's codes of orbit
             views of the shipped real meshes) or ``random``. orbit_views: views per orbit (real codes).
-            model_workers: the ground's ``--model-workers``.
 
     Raises:
         ValueError: ``codes`` is neither ``real`` nor ``random``.
@@ -118,8 +117,7 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
     orbits = real_codes(m.eval(), orbit_views) if codes == "real" else None
     port = _free_port()
     cmd = [sys.executable, "-m", "voxlink.cli", "ground", "--bind", f"tcp://127.0.0.1:{port}", "--socket", "pull",
-           "--out", str(gout), "--idle-timeout", "3600", "--backend", backend,
-           "--model-workers", str(model_workers)]
+           "--out", str(gout), "--idle-timeout", "3600", "--backend", backend]
     if model:
         cmd += ["--model", str(model)]
     errlog = (out / "ground.log").open("w")
@@ -225,7 +223,7 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
     half = len(rss_series) // 2
     report = {
         "drones": drones, "rate_per_drone": rate, "seconds": seconds, "codes": codes,
-        "orbit_views": orbit_views if codes == "real" else None, "model_workers": model_workers, "views_sent": sent, "views_applied": applied,
+        "orbit_views": orbit_views if codes == "real" else None, "views_sent": sent, "views_applied": applied,
         "views_lost": sent - applied, "applied_views_per_s": applied / max(t_applied - t0, 1e-6),
         "offered_views_per_s": drones * rate, "latency_ms": final.get("latency_ms"),
         "cpu_percent_of_one_core": 100.0 * (cpu - cpu0) / wall, "rss_mib_final": rss, "rss_mib_peak": peak,

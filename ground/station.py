@@ -175,9 +175,7 @@ class GroundConfig:
         for gap requests (empty: none). request_interval_s: how often a missing view is asked again.
         curve_secret_file: this ground's ``zmq.auth`` certificate with its secret key (CURVE server);
         curve_allow_dir: folder of the drones' public certificates (``*.key``) allowed to connect.
-        max_msg_bytes: ZeroMQ's limit per message (bigger ones drop the connection). model_workers: with
-        the PyTorch backend, threads that each run a share of a batched model call on one core
-        (PyTorch's own intra-op threads are then 1); 1: one call on all of PyTorch's threads.
+        max_msg_bytes: ZeroMQ's limit per message (bigger ones drop the connection).
     """
 
     bind: list[str] = field(default_factory=lambda: ["tcp://*:5555"])
@@ -202,7 +200,6 @@ class GroundConfig:
     curve_secret_file: str | None = None
     curve_allow_dir: str | None = None
     max_msg_bytes: int = 1 << 20
-    model_workers: int = 1
 
 
 @dataclass
@@ -274,14 +271,6 @@ class GroundStation:
         self.fp = self.model.fingerprint()
         self.out = Path(cfg.out)
         self.net = self._decoder_backend(cfg.backend)
-        self._pool = None
-        if cfg.model_workers > 1 and self.net is self.model:
-            from concurrent.futures import ThreadPoolExecutor
-
-            # small convolutions and element-wise chains scale poorly over intra-op threads; whole
-            # shares of a batch, one per core, do better (PyTorch releases the GIL inside its ops)
-            torch.set_num_threads(1)
-            self._pool = ThreadPoolExecutor(cfg.model_workers, thread_name_prefix="model")
         self._warm_up()
         self.streams: dict[int, StreamInfo] = {}
         self.delivery: dict[int, StreamDelivery] = {}
@@ -390,7 +379,7 @@ class GroundStation:
             K = torch.tensor(np.stack([info.K for _, _, info in items]), dtype=torch.float32)
             # the view decoder is most of a view's cost: decode once, fuse, and keep the depth maps
             # and silhouettes for the depth PNGs and the point cloud (:meth:`_depths`)
-            new, depth, mask_prob = self._batched(self.net.step_decoded, codes, torch.cat(states), pose, K)
+            new, depth, mask_prob = self.net.step_decoded(codes, torch.cat(states), pose, K)
             for i, (s, m, _) in enumerate(items):
                 s.state = new[i:i + 1].clone()
                 s.dirty = True
@@ -399,33 +388,10 @@ class GroundStation:
                 self._decoded.popitem(last=False)
             return
         batched = tuple(torch.cat(parts) for parts in zip(*states))
-        new = self._batched(self.net.step, codes, batched)
+        new = self.net.step(codes, batched)
         for i, (s, _, _) in enumerate(items):
             s.state = tuple(t[i:i + 1].clone() for t in new)
             s.dirty = True
-
-    def _batched(self, fn, *args):
-        """``fn(*args)`` in inference mode, its batch split across ``model_workers`` threads where there
-        are. Each argument is a tensor [B, ...] or a tuple of them, and so is each output; the shares'
-        outputs are concatenated in order."""
-        n = len(args[0])
-        if self._pool is None or n < 2 * self.cfg.model_workers:
-            with torch.no_grad():
-                return fn(*args)
-
-        def take(x, sl):
-            return tuple(t[sl] for t in x) if isinstance(x, tuple) else x[sl]
-
-        def run(sl):
-            with torch.no_grad():  # grad mode is per thread
-                return fn(*(take(a, sl) for a in args))
-
-        w = self.cfg.model_workers
-        bounds = [round(i * n / w) for i in range(w + 1)]
-        parts = [f.result() for f in [self._pool.submit(run, slice(a, b)) for a, b in zip(bounds, bounds[1:])]]
-        if isinstance(parts[0], tuple):
-            return tuple(torch.cat(xs) for xs in zip(*parts))
-        return torch.cat(parts)
 
     @torch.no_grad()
     def _depths(self, payloads: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -438,7 +404,7 @@ class GroundStation:
         todo = [p for p, c in zip(payloads, cached) if c is None]
         if todo:
             codes = torch.stack([unpack_bits(p, self.K_bits) for p in todo])
-            d, m = self._batched(self.net.decode_depth, codes)
+            d, m = self.net.decode_depth(codes)
             fresh = iter(zip(d.numpy(), m.numpy() > 0.5))
             cached = [c if c is not None else next(fresh) for c in cached]
         depth = np.stack([c[0] for c in cached]).astype(np.float32)

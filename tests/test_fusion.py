@@ -204,43 +204,6 @@ def test_ground_fuses_posed_views_and_names_views_without_pose(tmp_path):
     assert not np.allclose(c.occupancy(s), ga, atol=1e-5)  # two views fewer were fused
 
 
-def test_ground_model_workers_give_the_same_states(tmp_path):
-    """--model-workers 2 splits each batched model call over two threads: every object's fused state
-    and depth map is the one a single call gives."""
-    import time
-
-    from ground.station import GroundConfig, GroundStation
-    from voxlink.models.binarizer import pack_bits
-    from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
-    from voxlink.weights import save_model
-
-    model = _tiny()
-    path = save_model(model, tmp_path / "fusion-tiny.safetensors")
-    pose, _ = _views(12, seed=5)
-    codes = [pack_bits(c) for c in model.encode(torch.rand(12, 3, 128, 128))]
-    fp = model.fingerprint()
-    threads = torch.get_num_threads()
-    states = []
-    try:
-        for workers in (1, 2):
-            st = GroundStation(GroundConfig(bind=[], model=str(path), out=str(tmp_path / f"w{workers}"),
-                                            model_workers=workers, record=False))
-            assert (st._pool is not None) == (workers > 1)
-            st.handle(encode_info(StreamInfo(stream=1, seq=0, fingerprint=bytes.hex(fp), code_bits=64,
-                                             K=camera.intrinsics(), model="fusion-tiny", epoch_unix=time.time())))
-            msgs = [(encode_code(CodeMessage(stream=1, object_id=v, seq=v, t_ms=v, fingerprint=fingerprint32(fp),
-                                             n_bits=64, payload=codes[v], pose=pose[v].double().numpy())), time.time(), "link")
-                    for v in range(12)]
-            assert all(r is not None for r in st.handle_many(msgs))
-            st.process_depths()
-            states.append([(st.sessions[(1, v)].state, st.sessions[(1, v)].last_depth) for v in range(12)])
-    finally:
-        torch.set_num_threads(threads)
-    for (s1, d1), (s2, d2) in zip(*states):
-        torch.testing.assert_close(s1, s2, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(d1, d2, rtol=0, atol=1e-4)
-
-
 @LAYOUTS
 def test_onnx_fusion_ground_decoder_matches_pytorch(tmp_path, name):
     """The ground's ONNX Runtime backend for the pose-aware model fuses and refines as PyTorch does, and a

@@ -366,8 +366,6 @@ def ground_cmd(
     curve_allow: Optional[str] = typer.Option(None, "--curve-allow", help="CURVE: folder of the drones' public .key files allowed to connect."),
     record: bool = typer.Option(True, "--record/--no-record", help="Keep the MCAP record in OUT/record and rebuild from it on start."),
     replay: Optional[Path] = typer.Option(None, "--replay", help="Apply a recorded MCAP session into OUT and exit (no network)."),
-    model_workers: int = typer.Option(1, "--model-workers", min=1, max=64,
-                                      help="PyTorch backend: threads that each run a share of a batch on one core."),
 ) -> None:
     """The ground station: codes in; occupancy grids, depth maps, point clouds and meshes out (OUT/ground.json: every count)."""
     from ground.station import GroundConfig, GroundStation
@@ -379,8 +377,7 @@ def ground_cmd(
         st = GroundStation(GroundConfig(bind=bind or [], connect=connect or [], model=model, out=str(out),
                                         socket=socket, idle_timeout_s=idle_timeout, backend=backend,
                                         backchannel=backchannel or [], curve_secret_file=curve_secret,
-                                        curve_allow_dir=curve_allow, record=record and replay is None,
-                                        model_workers=model_workers))
+                                        curve_allow_dir=curve_allow, record=record and replay is None))
     except (ModelFileError, ValueError, RuntimeError) as e:
         _fail(str(e))
     if replay is not None:
@@ -515,7 +512,6 @@ def bench_ground_cmd(
     backend: str = typer.Option("torch", "--backend", help="The ground's decoder backend."),
     codes: str = typer.Option("real", "--codes", help="real: the model's codes of orbit views of the shipped real "
                                                       "meshes, with their poses; random: random codes."),
-    model_workers: int = typer.Option(1, "--model-workers", min=1, max=64, help="The ground's --model-workers."),
 ) -> None:
     """Drive a real ground (a subprocess) over loopback: views/s, latency p50/p99, CPU, peak memory, every count."""
     import json
@@ -523,8 +519,7 @@ def bench_ground_cmd(
     from ground.bench import run_bench
 
     try:
-        rep = run_bench(drones=drones, rate=rate, seconds=seconds, model=model, out=out, backend=backend, codes=codes,
-                        model_workers=model_workers)
+        rep = run_bench(drones=drones, rate=rate, seconds=seconds, model=model, out=out, backend=backend, codes=codes)
     except (ValueError, RuntimeError) as e:
         _fail(str(e))
     typer.echo(json.dumps({k: v for k, v in rep.items() if k not in ("ground", "rss_series")}, indent=1))
