@@ -277,8 +277,9 @@ class GroundStation:
         self.sessions: dict[tuple[int, int], ObjectSession] = {}
         self.finished: list[dict] = []
         self.stats = Counter()  # main thread only
-        # a fusion model's decoded views (payload -> float16 depth [H, W], bool mask [H, W]), kept from
-        # fusing to writing the depth maps, oldest dropped beyond ``decoded_cache``
+        # a fusion model's decoded views ((stream, unwrapped seq) -> float16 depth [H, W], bool mask
+        # [H, W]), kept from fusing to writing the depth maps, oldest dropped beyond ``decoded_cache``;
+        # keyed by the view, not its bytes: equal codes (a hovering drone) must not evict each other
         self._decoded: OrderedDict = OrderedDict()
         # the object of every applied view whose depth map is pending, in the order applied: depth maps
         # are decoded oldest first across objects, so a fusion model's decoded views are still cached
@@ -352,17 +353,17 @@ class GroundStation:
 
     # -- the model: every call into it is in these three methods -----------------------------------
     @torch.no_grad()
-    def _fuse_views(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo]]) -> None:
+    def _fuse_views(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo, int]]) -> None:
         """Fuse one view into each of several *distinct* objects in one batched model call.
 
         Args:
-            items: ``(session, message, stream info)``; each session at most once. The message
+            items: ``(session, message, stream info, unwrapped seq)``; each session at most once. The message
                 carries the view's pose (camera-to-object [4, 4] or None) and the info its intrinsics
                 ``K`` [3, 3], for a model that uses them.
         """
         if getattr(self.model, "needs_pose", False):
             # a pose-aware model cannot place a view without its pose: count it, name it, skip it
-            for s, m, _ in items:
+            for s, m, _, _ in items:
                 if m.pose is None:
                     self.stats["views_without_pose"] += 1
                     if len(s.no_pose) < 10000:
@@ -372,36 +373,39 @@ class GroundStation:
             items = [it for it in items if it[1].pose is not None]
             if not items:
                 return
-        codes = torch.stack([unpack_bits(m.payload, self.K_bits) for _, m, _ in items])
-        states = [s.state if s.state is not None else self.net.init_state(1) for s, _, _ in items]
+        codes = torch.stack([unpack_bits(m.payload, self.K_bits) for _, m, _, _ in items])
+        states = [s.state if s.state is not None else self.net.init_state(1) for s, _, _, _ in items]
         if isinstance(states[0], torch.Tensor):  # fusion model: one evidence tensor per object
-            pose = torch.tensor(np.stack([m.pose for _, m, _ in items]), dtype=torch.float32)
-            K = torch.tensor(np.stack([info.K for _, _, info in items]), dtype=torch.float32)
+            pose = torch.tensor(np.stack([m.pose for _, m, _, _ in items]), dtype=torch.float32)
+            K = torch.tensor(np.stack([info.K for _, _, info, _ in items]), dtype=torch.float32)
             # the view decoder is most of a view's cost: decode once, fuse, and keep the depth maps
             # and silhouettes for the depth PNGs and the point cloud (:meth:`_depths`)
             new, depth, mask_prob = self.net.step_decoded(codes, torch.cat(states), pose, K)
-            for i, (s, m, _) in enumerate(items):
+            for i, (s, m, _, u) in enumerate(items):
                 s.state = new[i:i + 1].clone()
                 s.dirty = True
-                self._decoded[m.payload] = (depth[i].numpy().astype(np.float16), mask_prob[i].numpy() > 0.5)
+                self._decoded[(m.stream, u)] = (depth[i].numpy().astype(np.float16), mask_prob[i].numpy() > 0.5)
             while len(self._decoded) > self.cfg.decoded_cache:
                 self._decoded.popitem(last=False)
             return
         batched = tuple(torch.cat(parts) for parts in zip(*states))
         new = self.net.step(codes, batched)
-        for i, (s, _, _) in enumerate(items):
+        for i, (s, _, _, _) in enumerate(items):
             s.state = tuple(t[i:i + 1].clone() for t in new)
             s.dirty = True
 
     @torch.no_grad()
-    def _depths(self, payloads: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Decode views' depth maps in one batched call.
+    def _depths(self, views: list[tuple[tuple[int, int], bytes]]) -> tuple[np.ndarray, np.ndarray]:
+        """Decode views' depth maps in one batched call (those still cached from fusing are not decoded again).
+
+        Args:
+            views: ``((stream, unwrapped seq), payload)`` per view.
 
         Returns:
-            depth float32 [B, H, W] metres and mask bool [B, H, W] (decoded mask above 0.5), one per payload.
+            depth float32 [B, H, W] metres and mask bool [B, H, W] (decoded mask above 0.5), one per view.
         """
-        cached = [self._decoded.pop(p, None) for p in payloads]
-        todo = [p for p, c in zip(payloads, cached) if c is None]
+        cached = [self._decoded.pop(key, None) for key, _ in views]
+        todo = [p for (_, p), c in zip(views, cached) if c is None]
         if todo:
             codes = torch.stack([unpack_bits(p, self.K_bits) for p in todo])
             d, m = self.net.decode_depth(codes)
@@ -712,7 +716,7 @@ class GroundStation:
 
     def _apply(self, views: list[tuple]) -> list[ObjectSession]:
         sessions = [self._session(v[0]) for v in views]
-        self._fuse_views([(s, v[0], v[1]) for s, v in zip(sessions, views)])
+        self._fuse_views([(s, v[0], v[1], v[2]) for s, v in zip(sessions, views)])
         now = time.time()
         for k, (s, (msg, info, u, late, t_recv, source)) in enumerate(zip(sessions, views)):
             s.pending.append((msg.seq, u, msg.payload, msg.pose, info.K, t_recv, source))
@@ -766,7 +770,7 @@ class GroundStation:
         for j in range(0, len(todo), max(1, self.cfg.batch)):
             chunk = todo[j:j + self.cfg.batch]
             try:
-                depth, mask = self._depths([p[2] for _, p in chunk])
+                depth, mask = self._depths([((s.stream, p[1]), p[2]) for s, p in chunk])
             except Exception as e:  # noqa: BLE001 - counted, the views stay applied
                 log.exception("internal error decoding depth maps")
                 self._reject("internal_error", repr(e))
@@ -802,10 +806,16 @@ class GroundStation:
             s.points, s.n_points = [merged], len(merged)
 
     def _downsample(self, pts: np.ndarray) -> np.ndarray:
+        """The first point of each ``point_voxel`` voxel, in their order: float32 [N, 3] -> [M, 3].
+
+        A voxel's three indices are packed into one int64 (21 bits each: +-8 km at 1/128 m), so that
+        one 1-D ``np.unique`` finds them (measured here: 130,000 points in 24 ms, against 174 ms for a
+        row-wise ``np.unique(axis=0)``, which made 100 drones' clouds outrun the ground).
+        """
         if len(pts) == 0:
             return pts.reshape(0, 3)
-        keys = np.floor(pts / self.cfg.point_voxel).astype(np.int64)
-        _, first = np.unique(keys, axis=0, return_index=True)
+        q = np.clip(np.floor(pts / self.cfg.point_voxel), -(1 << 20), (1 << 20) - 1).astype(np.int64) + (1 << 20)
+        _, first = np.unique((q[:, 0] << 42) | (q[:, 1] << 21) | q[:, 2], return_index=True)
         return pts[np.sort(first)]
 
     def _work_dir(self, s: ObjectSession) -> Path:
