@@ -204,6 +204,36 @@ def test_ground_fuses_posed_views_and_names_views_without_pose(tmp_path):
     assert not np.allclose(c.occupancy(s), ga, atol=1e-5)  # two views fewer were fused
 
 
+def test_ground_decodes_each_fused_view_once_even_with_equal_codes(tmp_path):
+    """A fusion view's depth map comes from the decode done for fusing; equal codes in one batch (two
+    drones hovering at the same view, say) must not evict each other from that cache."""
+    import time
+
+    from ground.station import GroundConfig, GroundStation
+    from voxlink.models.binarizer import pack_bits
+    from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
+    from voxlink.weights import save_model
+
+    model = _tiny()
+    path = save_model(model, tmp_path / "fusion-tiny.safetensors")
+    pose, _ = _views(1, seed=6)
+    code = pack_bits(model.encode(torch.rand(1, 3, 128, 128))[0])
+    fp = model.fingerprint()
+    st = GroundStation(GroundConfig(bind=[], model=str(path), out=str(tmp_path / "g"), record=False))
+    st.handle(encode_info(StreamInfo(stream=1, seq=0, fingerprint=bytes.hex(fp), code_bits=64,
+                                     K=camera.intrinsics(), model="fusion-tiny", epoch_unix=time.time())))
+    calls = []
+    decode = st.net.decode_depth
+    st.net.decode_depth = lambda c: (calls.append(len(c)), decode(c))[1]
+    msgs = [(encode_code(CodeMessage(stream=1, object_id=v, seq=v, t_ms=v, fingerprint=fingerprint32(fp), n_bits=64,
+                                     payload=code, pose=pose[0].double().numpy())), time.time(), "link") for v in range(6)]
+    assert all(r is not None for r in st.handle_many(msgs))
+    n_fuse = len(calls)  # the fusing call itself
+    assert st.process_depths() == 6 and len(calls) == n_fuse, "a depth map was decoded a second time"
+    depths = [st.sessions[(1, v)].last_depth for v in range(6)]
+    assert all(np.array_equal(d, depths[0]) for d in depths)
+
+
 @LAYOUTS
 def test_onnx_fusion_ground_decoder_matches_pytorch(tmp_path, name):
     """The ground's ONNX Runtime backend for the pose-aware model fuses and refines as PyTorch does, and a
