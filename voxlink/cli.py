@@ -366,6 +366,8 @@ def ground_cmd(
     curve_allow: Optional[str] = typer.Option(None, "--curve-allow", help="CURVE: folder of the drones' public .key files allowed to connect."),
     record: bool = typer.Option(True, "--record/--no-record", help="Keep the MCAP record in OUT/record and rebuild from it on start."),
     replay: Optional[Path] = typer.Option(None, "--replay", help="Apply a recorded MCAP session into OUT and exit (no network)."),
+    record_depth: bool = typer.Option(True, "--record-depth/--no-record-depth",
+                                      help="Also keep every view's depth image (16-bit PNG) in the MCAP record."),
 ) -> None:
     """The ground station: codes in; occupancy grids, depth maps, point clouds and meshes out (OUT/ground.json: every count)."""
     from ground.station import GroundConfig, GroundStation
@@ -377,7 +379,8 @@ def ground_cmd(
         st = GroundStation(GroundConfig(bind=bind or [], connect=connect or [], model=model, out=str(out),
                                         socket=socket, idle_timeout_s=idle_timeout, backend=backend,
                                         backchannel=backchannel or [], curve_secret_file=curve_secret,
-                                        curve_allow_dir=curve_allow, record=record and replay is None))
+                                        curve_allow_dir=curve_allow, record=record and replay is None,
+                                        record_depth=record_depth))
     except (ModelFileError, ValueError, RuntimeError) as e:
         _fail(str(e))
     if replay is not None:
