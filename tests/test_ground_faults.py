@@ -420,3 +420,21 @@ def test_rejections_are_all_counted_but_logged_at_a_limited_rate(tmp_path, tiny,
     assert st.rejected["bad_magic"] == 500
     lines = [r for r in caplog.records if "bad_magic" in r.getMessage()]
     assert 1 <= len(lines) <= 2, f"{len(lines)} log lines for 500 rejections in a burst"
+
+
+def test_record_without_depth_images(tmp_path, tiny):
+    """``--no-record-depth``: the record keeps the codes, poses and snapshots, not the depth images."""
+    from mcap.reader import make_reader
+
+    st = station(tmp_path, tiny[0], record_depth=False)
+    st.open_record()
+    st.handle(info(tiny))
+    for seq in range(3):
+        st.handle(view(tiny, seq))
+    st.snapshot((2, 1))
+    st.close_record()
+    with open(st.recorder.path, "rb") as f:
+        topics = [channel.topic for _, channel, _ in make_reader(f).iter_messages()]
+    assert topics.count("/voxlink/wire") == 4 and topics.count("/voxlink/camera_pose") == 3
+    assert "/voxlink/depth" not in topics and "/voxlink/points" in topics
+    assert len(list((tmp_path / "s2_o1" / "snap-000" / "depth").glob("*.png"))) == 3, "the depth files are still written"
