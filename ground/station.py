@@ -850,10 +850,11 @@ class GroundStation:
             except FileNotFoundError:  # the object's first depth map: make its folder (not every view)
                 os.makedirs(folder, exist_ok=True)
                 f = open(tmp, "wb")
+            data = png.tobytes()
             with f:
-                f.write(png.tobytes())
+                f.write(data)
             os.replace(tmp, os.path.join(folder, f"{u:010d}.png"))  # a new file: snapshots link the old one
-            return png.tobytes()
+            return data
         except Exception as e:  # noqa: BLE001
             self._output_error(f"depth of {s.name} view {u}", e)
             return None

@@ -373,16 +373,22 @@ def test_multipart_and_oversized_messages_are_counted(tmp_path, tiny):
     assert st.stats["views"] == 1
 
 
-def test_record_is_a_standard_mcap_with_foxglove_outputs(tmp_path, tiny):
-    from mcap.reader import make_reader
-
-    st = station(tmp_path, tiny[0])
+def recorded_station(tmp_path, tiny, **kw):
+    """A station that recorded a stream info and three views of one object, snapshot it, closed its record."""
+    st = station(tmp_path, tiny[0], **kw)
     st.open_record()
     st.handle(info(tiny))
     for seq in range(3):
         st.handle(view(tiny, seq))
     st.snapshot((2, 1))
     st.close_record()
+    return st
+
+
+def test_record_is_a_standard_mcap_with_foxglove_outputs(tmp_path, tiny):
+    from mcap.reader import make_reader
+
+    st = recorded_station(tmp_path, tiny)
     with open(st.recorder.path, "rb") as f:
         reader = make_reader(f)
         summary = reader.get_summary()
@@ -426,13 +432,7 @@ def test_record_without_depth_images(tmp_path, tiny):
     """``--no-record-depth``: the record keeps the codes, poses and snapshots, not the depth images."""
     from mcap.reader import make_reader
 
-    st = station(tmp_path, tiny[0], record_depth=False)
-    st.open_record()
-    st.handle(info(tiny))
-    for seq in range(3):
-        st.handle(view(tiny, seq))
-    st.snapshot((2, 1))
-    st.close_record()
+    st = recorded_station(tmp_path, tiny, record_depth=False)
     with open(st.recorder.path, "rb") as f:
         topics = [channel.topic for _, channel, _ in make_reader(f).iter_messages()]
     assert topics.count("/voxlink/wire") == 4 and topics.count("/voxlink/camera_pose") == 3

@@ -64,17 +64,23 @@ def _wait(cond, timeout=20.0):
     return cond()
 
 
+def _key_pairs(tmp_path, *names):
+    """``(keys folder, empty allow-list folder, [(public file, secret file) per name])``: zmq.auth certificates."""
+    import zmq.auth
+
+    keys, allow = tmp_path / "keys", tmp_path / "allow"
+    keys.mkdir()
+    allow.mkdir()
+    return keys, allow, [zmq.auth.create_certificates(str(keys), n) for n in names]
+
+
 @pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
 def test_curve_both_ways_and_a_sender_without_keys_gets_nothing_applied(tmp_path, tiny):
     import zmq.auth
 
     path, m = tiny
-    keys, allow = tmp_path / "keys", tmp_path / "allow"
-    keys.mkdir()
-    allow.mkdir()
-    g_pub, g_sec = zmq.auth.create_certificates(str(keys), "ground")
-    d_pub, d_sec = zmq.auth.create_certificates(str(keys), "drone")
-    _, x_sec = zmq.auth.create_certificates(str(keys), "stranger")  # a key pair the ground does not allow
+    keys, allow, pairs = _key_pairs(tmp_path, "ground", "drone", "stranger")  # the ground does not allow the stranger
+    (g_pub, g_sec), (d_pub, d_sec), (_, x_sec) = pairs
     shutil.copy(d_pub, allow)
     st, t, port = _start(tmp_path, path, curve_secret_file=str(g_sec), curve_allow_dir=str(allow))
     ctx = zmq.Context()
@@ -116,12 +122,8 @@ def test_curve_binds_each_stream_to_one_drone_key(tmp_path, tiny):
     from voxlink.cli import app
 
     path, m = tiny
-    keys, allow = tmp_path / "keys", tmp_path / "allow"
-    keys.mkdir()
-    allow.mkdir()
-    g_pub, g_sec = zmq.auth.create_certificates(str(keys), "ground")
-    a_pub, a_sec = zmq.auth.create_certificates(str(keys), "drone-a")
-    b_pub, b_sec = zmq.auth.create_certificates(str(keys), "drone-b")
+    keys, allow, pairs = _key_pairs(tmp_path, "ground", "drone-a", "drone-b")
+    (g_pub, g_sec), (a_pub, a_sec), (b_pub, b_sec) = pairs
     r = CliRunner().invoke(app, ["keys", "drone-c", "--out", str(keys), "--stream", "5"])
     assert r.exit_code == 0, r.output
     for p in (a_pub, b_pub, keys / "drone-c.key"):
