@@ -380,9 +380,12 @@ class GroundStation:
             K = torch.tensor(np.stack([info.K for _, _, info, _ in items]), dtype=torch.float32)
             # the view decoder is most of a view's cost: decode once, fuse, and keep the depth maps
             # and silhouettes for the depth PNGs and the point cloud (:meth:`_depths`)
-            new, depth, mask_prob = self.net.step_decoded(codes, torch.cat(states), pose, K)
+            new, depth, mask_prob = self.net.step_decoded(codes, torch.cat(states), pose, K, inplace=True)
             for i, (s, m, _, u) in enumerate(items):
-                s.state = new[i:i + 1].clone()
+                if s.state is None:
+                    s.state = new[i:i + 1].clone()
+                else:  # into the object's own tensor: no fresh memory per view
+                    s.state.copy_(new[i:i + 1])
                 s.dirty = True
                 self._decoded[(m.stream, u)] = (depth[i].numpy().astype(np.float16), mask_prob[i].numpy() > 0.5)
             while len(self._decoded) > self.cfg.decoded_cache:
@@ -844,16 +847,22 @@ class GroundStation:
             ok, png = cv2.imencode(".png", np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16))
             if not ok:
                 raise OSError("cv2.imencode failed")
-            tmp = os.path.join(folder, f".{u:010d}.png.tmp")
+            # written in place, not through a temporary file and a rename (half the file-system calls):
+            # the work folder is this run's own (a restart clears it and rebuilds it from the record), and
+            # a snapshot links a file only after it was written. Always a new file ("x"): a file of that
+            # name is unlinked first, never truncated, so that a snapshot's link to it keeps its bytes.
+            path = os.path.join(folder, f"{u:010d}.png")
             try:
-                f = open(tmp, "wb")
+                f = open(path, "xb")
             except FileNotFoundError:  # the object's first depth map: make its folder (not every view)
                 os.makedirs(folder, exist_ok=True)
-                f = open(tmp, "wb")
+                f = open(path, "xb")
+            except FileExistsError:
+                os.unlink(path)
+                f = open(path, "xb")
             data = png.tobytes()
             with f:
                 f.write(data)
-            os.replace(tmp, os.path.join(folder, f"{u:010d}.png"))  # a new file: snapshots link the old one
             return data
         except Exception as e:  # noqa: BLE001
             self._output_error(f"depth of {s.name} view {u}", e)

@@ -355,7 +355,15 @@ class FusionModel(BitCodeModel):
             ``behind`` in the silhouette and behind the surface (0 outside the view), ``seen_object``
             the silhouette at the voxel (0 outside the view).
         """
-        r, cfg = self.cfg.resolution, self.cfg
+        r = self.cfg.resolution
+        return torch.stack(self._evidence_channels(depth, mask_prob, K, pose), 1).view(-1, len(EVIDENCE), r, r, r)
+
+    def _evidence_channels(self, depth: torch.Tensor, mask_prob: torch.Tensor, K: torch.Tensor,
+                           pose: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`evidence`'s channels, each float32 [N, R^3], in the order of :data:`EVIDENCE` (the one
+        place their formulas are written; :meth:`evidence` stacks them for training, :meth:`place` pools
+        them into the state one by one)."""
+        cfg = self.cfg
         uv, z = project(self.centres, K.float(), pose.float())
         # A voxel's footprint is about 2 pixels across at the orbit's distance: a thin part can cover
         # the footprint but miss its centre (measured: the hull of true masks sampled at centres kept
@@ -363,20 +371,19 @@ class FusionModel(BitCodeModel):
         # "off the silhouette" test read the silhouette's maximum over the footprint.
         foot = max_filter2d(mask_prob, 5)
         vals, inside = sample_maps(torch.stack([mask_prob, depth, foot], 1), uv)
-        inside = inside & (z > 1e-3)
-        s, d, s_foot = vals[:, 0], vals[:, 1], vals[:, 2]
-        front = torch.sigmoid((d - z - cfg.depth_margin) / cfg.depth_sigma)
-        behind = torch.sigmoid((z - d - cfg.depth_margin) / cfg.depth_sigma)
-        surface = torch.exp(-(((z - d) / (2.0 * cfg.depth_sigma)) ** 2))
-        zero, one = torch.zeros_like(s), torch.ones_like(s)
-        ev = torch.stack([
-            torch.where(inside, s_foot, one),
-            torch.where(inside, (1 - s_foot) + s * front, zero),
-            torch.where(inside, s * surface, zero),
-            torch.where(inside, s * behind, zero),
-            torch.where(inside, s, zero),
-        ], 1)
-        return ev.view(-1, len(EVIDENCE), r, r, r)
+        # "where(inside, x, 0)" as a product with the 0 / 1 mask: fewer passes over [N, R^3], and the
+        # same values (every sampled value is finite)
+        fin = (inside & (z > 1e-3)).to(vals.dtype)
+        s, d, s_foot = vals.unbind(1)
+        s_in = s * fin
+        off = fin * (1 - s_foot)  # in the view and off the silhouette's footprint
+        dz = z - d
+        front = torch.sigmoid((dz + cfg.depth_margin) * (-1.0 / cfg.depth_sigma))
+        behind = torch.sigmoid((dz - cfg.depth_margin) * (1.0 / cfg.depth_sigma))
+        # the exponent clamped at -80 (exp(-80) = 1.8e-35): below about -88 the exponential takes a slow
+        # path (measured on 2 cores, [8, 32768]: 0.2 ms for arguments above -87, 1.6 to 3.5 ms below -100)
+        surface = torch.exp(-((dz * (0.5 / cfg.depth_sigma)) ** 2).clamp(max=80.0))
+        return [1 - off, off + s_in * front, s_in * surface, s_in * behind, s_in]
 
     def fuse(self, state: torch.Tensor, ev: torch.Tensor) -> torch.Tensor:
         """Pool one view's evidence into the state: element-wise min or max per channel.
@@ -407,9 +414,12 @@ class FusionModel(BitCodeModel):
         return self.step_decoded(codes, state, pose, K)[0]
 
     def step_decoded(self, codes: torch.Tensor, state: torch.Tensor, pose: torch.Tensor | None,
-                     K: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     K: torch.Tensor | None, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`step`, also returning what the view decoder made, so that a caller that wants the depth
         maps (the ground station) does not decode the views a second time.
+
+        ``inplace``: in inference, pool into ``state`` itself and return it (a caller whose state batch is
+        a temporary, as the ground's, saves a fresh tensor of the batch's size).
 
         Returns:
             ``(state [B, 5, R, R, R], depth float32 [B, H, W] metres, silhouette probability float32 [B, H, W])``.
@@ -421,24 +431,31 @@ class FusionModel(BitCodeModel):
         depth, mask_prob = self.decode_depth(codes)
         if torch.is_grad_enabled():
             return self.fuse(state, self.evidence(depth, mask_prob, K, pose)), depth, mask_prob
-        return self.place(state, depth, mask_prob, K, pose), depth, mask_prob
+        return self.place(state, depth, mask_prob, K, pose, out=state if inplace else None), depth, mask_prob
 
     @torch.no_grad()
     def place(self, state: torch.Tensor, depth: torch.Tensor, mask_prob: torch.Tensor, K: torch.Tensor,
-              pose: torch.Tensor) -> torch.Tensor:
+              pose: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Fuse decoded views into the state (the ground's half after the view decoder, in inference):
         :meth:`evidence` then :meth:`fuse`, eight views at a time so that the evidence's element-wise
         chain stays in the cache (measured on 2 cores, 64 views: 2.4 ms a view at once, 1.4 ms in
-        chunks of 8; the same values).
+        chunks of 8; the same values), each channel pooled as it is made (no stacked evidence tensor).
+
+        ``out``: where to write the new state (a tensor like ``state``; may be ``state`` itself: each element
+        is read before it is written). Measured on 2 cores, 64 views: a fresh 42 MB state batch per call
+        cost about 0.2 ms a view in page faults.
 
         Shape:
             state [B, 5, R, R, R], depth and mask_prob float32 [B, H, W], K [B, 3, 3], pose [B, 4, 4]
-            -> the new state [B, 5, R, R, R].
+            -> the new state [B, 5, R, R, R] (``out`` where given).
         """
-        new = torch.empty_like(state)
-        for i in range(0, len(state), 8):
+        n, c = len(state), len(EVIDENCE)
+        new = torch.empty_like(state) if out is None else out
+        old, out = state.view(n, c, -1), new.view(n, c, -1)
+        for i in range(0, n, 8):
             sl = slice(i, i + 8)
-            new[sl] = self.fuse(state[sl], self.evidence(depth[sl], mask_prob[sl], K[sl], pose[sl]))
+            for ch, ev in enumerate(self._evidence_channels(depth[sl], mask_prob[sl], K[sl], pose[sl])):
+                (torch.minimum if _POOL_MIN[ch] else torch.maximum)(old[sl, ch], ev, out=out[sl, ch])
         return new
 
     def logits(self, state: torch.Tensor) -> torch.Tensor:
