@@ -163,6 +163,38 @@ def test_tiny_fusion_model_trains_and_evaluates(small_dataset, tmp_path):
     assert r["hull_true_miou"]["3"] > 0.3
 
 
+def test_distilled_view_decoder_keeps_the_teachers_codes_and_refiner(small_dataset, tmp_path):
+    """A distilled model (a smaller view decoder trained on the teacher's silhouettes and depth) sends the
+    same codes bit for bit as its teacher (a drone's codes stay valid) and keeps its 3D refiner; only the
+    view decoder changes, and its loss falls."""
+    import json
+
+    from voxlink.train import TrainConfig
+    from voxlink.train_fusion import train_fusion
+    from voxlink.weights import load_model, save_model
+
+    teacher = FusionModel(dataclasses.replace(FUSION_CONFIGS["fusion-spatial-tiny"]))
+    # half precision, as the shipped models (and as train_fusion saves the student)
+    save_model(teacher, tmp_path / "teacher.safetensors", meta={"family": "fusion"}, half=True)
+    student_cfg = dataclasses.replace(FUSION_CONFIGS["fusion-spatial-tiny"], name="tiny-lite", view_channels=(8, 8, 4))
+    tcfg = TrainConfig(data=str(small_dataset), steps=30, batch_size=2, min_views=4, max_views=4, lr=3e-3,
+                       heading="random", backgrounds="textured", val_every=30, val_objects=2, channels_last=True,
+                       distill_from=str(tmp_path / "teacher.safetensors"))
+    path = train_fusion(student_cfg, tcfg, tmp_path / "run", progress=False)
+    student = load_model(path)[0].eval()
+    teacher = load_model(tmp_path / "teacher.safetensors")[0].eval()
+    images = torch.rand(6, 3, 128, 128)
+    assert torch.equal(student.encode(images), teacher.encode(images))
+    ts, ss = teacher.state_dict(), student.state_dict()
+    changed = [k for k, v in ts.items() if not k.startswith("depth.") and not torch.equal(ss[k], v)]
+    assert not changed
+    assert student.depth.net[0].out_channels == 8 and teacher.depth.net[0].out_channels == 16
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss_depth"] < log[0]["loss_depth"] and "mask_agree" in log[-1]
+    with pytest.raises(ValueError, match="not a fusion model"):
+        train_fusion(dataclasses.replace(student_cfg, code_bits=64 * 4), tcfg, tmp_path / "bad", progress=False)
+
+
 def test_ground_fuses_posed_views_and_names_views_without_pose(tmp_path):
     """At the ground a pose-aware model fuses views by their poses; a view without a pose is counted
     and named in session.json, not fused; the same views in another order give the same grid."""

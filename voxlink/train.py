@@ -64,6 +64,10 @@ class TrainConfig:
         channels_last: channels-last memory format for the 2D encoder and decoder (fusion models).
         warm_start: model file or shipped name whose matching weights (same name and shape) start
             the run (fusion models).
+        distill_from: model file or shipped name of a fusion model whose view decoder this run distils
+            into a smaller one (fusion models): E_K and the 3D refiner are copied from it and frozen (the
+            same codes bit for bit), and only the view decoder trains, on the teacher's depth maps and
+            silhouettes of the same codes (:func:`voxlink.train_fusion.distill_losses`).
         patch_size: side in pixels of the training patches (image codecs: :mod:`voxlink.train_codec`).
         bank_views: rendered views held in memory to crop the patches from (image codecs).
     """
@@ -93,6 +97,7 @@ class TrainConfig:
     bf16: bool = False
     channels_last: bool = False
     warm_start: str = ""
+    distill_from: str = ""
     patch_size: int = 32
     bank_views: int = 4096
 

@@ -53,6 +53,35 @@ def fusion_losses(out: dict, target: torch.Tensor, true_depth: torch.Tensor) -> 
     return {"loss3d": l3d, "loss_mask": lm, "loss_depth": ld}
 
 
+def distill_losses(student: FusionModel, teacher: FusionModel, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The losses of distilling the teacher's view decoder into the student's, on the codes the drone sends.
+
+    Knowledge distillation (Hinton et al. 2015) of the view decoder alone: both decode the teacher's
+    deterministic codes (``sign``, as on the wire); the student's silhouette logits follow the teacher's
+    silhouette probabilities (BCE with soft targets), its depth the teacher's depth, weighted by the
+    teacher's silhouette probability (the evidence reads depth only where the silhouette is: Sec.
+    "pose-aware fusion" of DESIGN.md). The 3D refiner was trained on the teacher's evidence; a student
+    that reproduces it keeps the refiner valid.
+
+    Args:
+        student, teacher: fusion models with the same E_K. images: float32 [N, 3, H, W] in [0, 1].
+
+    Returns:
+        ``loss_mask`` (BCE against the teacher's probabilities; its floor is their entropy, not 0),
+        ``loss_depth`` (metres, mean absolute difference weighted by the teacher's silhouette), and
+        ``mask_agree`` (share of pixels where both silhouettes, thresholded at 0.5, agree; no gradient).
+    """
+    with torch.no_grad():
+        codes = teacher.encode(images)
+        t_depth, t_logit = teacher.depth(codes)
+        t_prob = torch.sigmoid(t_logit.float())
+    s_depth, s_logit = student.depth(codes)
+    lm = torch.nn.functional.binary_cross_entropy_with_logits(s_logit.float(), t_prob)
+    ld = (t_prob * (s_depth.float() - t_depth.float()).abs()).sum() / t_prob.sum().clamp(min=1.0)
+    agree = ((s_logit.detach() > 0) == (t_logit > 0)).float().mean()
+    return {"loss_mask": lm, "loss_depth": ld, "mask_agree": agree}
+
+
 def warm_start(model: FusionModel, source: str) -> list[str]:
     """Copy the weights of ``source`` whose names and shapes match.
 
@@ -148,11 +177,26 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
     if tcfg.channels_last:
         model.encoder.to(memory_format=torch.channels_last)
         model.depth.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    teacher = None
+    if tcfg.distill_from:
+        # only the view decoder trains: E_K (and so every code) and the refiner stay the teacher's
+        from voxlink.weights import load_model
+
+        teacher = load_model(tcfg.distill_from)[0].to(device).eval()
+        if teacher.cfg.code_bits != mcfg.code_bits or getattr(teacher, "family", "") != "fusion":
+            raise ValueError(f"distill_from {tcfg.distill_from!r} is not a fusion model with {mcfg.code_bits}-bit codes")
+        model.requires_grad_(False)
+        model.depth.requires_grad_(True)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr)
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
     if resume:
         step, elapsed = load_checkpoint(ckpt, model, opt, device)
+    elif teacher is not None:
+        copied = warm_start(model, tcfg.distill_from)
+        missing = [k for k in model.state_dict() if k not in copied and not k.startswith("depth.")]
+        if missing:
+            raise ValueError(f"the student's {missing[:3]} ... do not match the teacher {tcfg.distill_from!r}")
     elif tcfg.warm_start:
         warm_start(model, tcfg.warm_start)
 
@@ -189,30 +233,39 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
             true_depth = batch["depth"][:, :v].to(device)
             with torch.autocast(device_type="cpu" if device == "cpu" else "cuda", dtype=torch.bfloat16,
                                 enabled=tcfg.bf16):
-                outp = model(images, K.to(device), pose.to(device))
-            ls = fusion_losses(outp, target, true_depth)
-            loss = ls["loss3d"] + tcfg.mask_weight * ls["loss_mask"] + tcfg.depth_weight * ls["loss_depth"]
+                if teacher is None:
+                    outp = model(images, K.to(device), pose.to(device))
+                    ls = fusion_losses(outp, target, true_depth)
+                else:
+                    model.eval()  # E_K's batch norms keep the teacher's statistics (the same codes)
+                    model.depth.train()
+                    ls = distill_losses(model, teacher, images.flatten(0, 1))
+            loss = tcfg.mask_weight * ls["loss_mask"] + tcfg.depth_weight * ls["loss_depth"]
+            if teacher is None:
+                loss = loss + ls["loss3d"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             t_done = time.perf_counter()
-            with torch.no_grad():
-                bi = float(iou(torch.softmax(outp["logits"].float(), 1)[:, 1], target).mean())
-            cur = {**{k: float(x.detach()) for k, x in ls.items()}, "iou": bi, "data_s": t_ready - t_data,
-                   "compute_s": t_done - t_ready}
+            cur = {k: float(x.detach()) for k, x in ls.items()}
+            if teacher is None:
+                with torch.no_grad():
+                    cur["iou"] = float(iou(torch.softmax(outp["logits"].float(), 1)[:, 1], target).mean())
+            cur.update({"data_s": t_ready - t_data, "compute_s": t_done - t_ready})
             for k, x in cur.items():
                 ema[k] = x if k not in ema else 0.95 * ema[k] + 0.05 * x
             t_data = time.perf_counter()
             elapsed = time.time() - t_start
             bar.update(1)
-            bar.set_postfix(l3d=f"{ema['loss3d']:.3f}", iou=f"{ema['iou']:.3f}", mask=f"{ema['loss_mask']:.3f}",
-                            depth=f"{ema['loss_depth']:.3f}")
+            bar.set_postfix({k: f"{ema[k]:.3f}" for k in ("loss3d", "iou", "loss_mask", "loss_depth", "mask_agree")
+                             if k in ema})
             rec = {"step": step, "views": v, "lr": lr, "elapsed_s": round(elapsed, 1),
                    **{k: round(x, 4) for k, x in ema.items()}}
             if step % tcfg.val_every == 0 or step == tcfg.steps:
-                recalibrate_bn(model, train_ds, batches=6, batch_size=8, device=device, seed=step,
-                               forward=lambda x: model.encoder(x))
+                if teacher is None:  # (a distilled model keeps the teacher's E_K, statistics included)
+                    recalibrate_bn(model, train_ds, batches=6, batch_size=8, device=device, seed=step,
+                                   forward=lambda x: model.encoder(x))
                 rec.update({k: round(x, 4) for k, x in validate_fusion(model, val_ds, tcfg.val_objects, device).items()})
                 log.info("step %d: %s", step, {k: rec[k] for k in rec if k.startswith("val_")})
             if step % 10 == 0 or "val_miou5" in rec:
@@ -223,7 +276,8 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
                 last_ckpt = time.time()
     bar.close()
     _save_ckpt()
-    recalibrate_bn(model, train_ds, batches=40, batch_size=8, device=device, forward=lambda x: model.encoder(x))
+    if teacher is None:
+        recalibrate_bn(model, train_ds, batches=40, batch_size=8, device=device, forward=lambda x: model.encoder(x))
     final = out / "model.safetensors"
     mg = mean_grid(MultiViewDataset(data, "train", 1, train=False, frame="object", heading="random"))
     val_t = torch.stack([val_ds[i]["occupancy"] for i in range(min(len(val_ds), 256))])
