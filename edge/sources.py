@@ -106,9 +106,7 @@ class OrbitSource(Source):
         """The next frame (see :class:`Source`); raises SourceEnded or SourceError."""
         if self.orbits and self.i >= self.n * self.orbits:
             raise SourceEnded(f"orbit of {self.mesh.name} complete ({self.i} views)")
-        az = 2 * math.pi * self.i / self.n
-        eye = self.d * np.array([math.cos(self.el) * math.sin(az), math.sin(self.el), math.cos(self.el) * math.cos(az)])
-        pose = camera.look_at(eye, np.zeros(3))
+        pose = camera.circle_pose(self.i, self.n, self.el, self.d)
         rgb, _ = self.renderer.render(self.mesh.parts, self.K, pose[None], self.bg[None])
         self.i += 1
         return Frame(view=rgb[0], t=time.time(), pose=pose)

@@ -67,6 +67,7 @@ from voxlink import camera
 from voxlink.camera import grid_to_world as _g2w
 from voxlink.camera import voxel_size, yaw_matrix
 from voxlink.models.binarizer import compression_ratio, unpack_bits
+from voxlink.net import read_drone_certificate
 from voxlink.protocol import MAX_MESSAGE_BYTES, CodeMessage, ProtocolError, StreamInfo, decode
 
 log = logging.getLogger("voxlink.ground")
@@ -100,37 +101,6 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(clean_json(obj), indent=1, allow_nan=False))
     os.replace(tmp, path)
-
-
-def read_drone_certificate(path: str | Path) -> tuple[str, frozenset[int] | None]:
-    """A drone's public certificate (``zmq.auth`` format): its public key (z85) and the streams its
-    metadata names (``streams = "2,3"``, written by ``voxlink keys NAME --stream 2 --stream 3``), or
-    None where it names none.
-
-    Raises:
-        OSError: unreadable. ValueError: no public key, or a stream that is not an integer in 0..255.
-    """
-    import zmq.auth
-
-    pub, _ = zmq.auth.load_certificate(str(path))
-    streams = None
-    in_meta = False
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if not line[0].isspace():
-            in_meta = line.strip() == "metadata"
-            continue
-        key, _, value = line.strip().partition("=")
-        if in_meta and key.strip() == "streams":
-            parts = [p.strip() for p in value.strip().strip("'\"").split(",") if p.strip()]
-            try:
-                streams = frozenset(int(p) for p in parts)
-            except ValueError:
-                raise ValueError(f"streams = {value.strip()}: not a list of integers") from None
-            if any(not 0 <= x <= 255 for x in streams):
-                raise ValueError(f"streams = {value.strip()}: stream ids are 0..255")
-    return pub.decode(), streams
 
 
 def _libc_malloc_trim():

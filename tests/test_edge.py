@@ -24,7 +24,7 @@ MODEL = DEFAULT_MODEL if DEFAULT_MODEL in shipped_models() else None
 needs_model = pytest.mark.skipif(MODEL is None, reason=f"no shipped {DEFAULT_MODEL} weights")
 
 
-from ground.demo import _free_port  # noqa: E402
+from voxlink.net import free_port  # noqa: E402
 
 
 @needs_model
@@ -50,7 +50,7 @@ def _run_edge(tmp_path, mesh, port, extra=(), socket_kind="pub"):
 @needs_model
 def test_loopback_edge_streams_every_view(tmp_path, real_mesh_files):
     mesh = real_mesh_files[0]
-    port = _free_port()
+    port = free_port()
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -87,7 +87,7 @@ def test_loopback_edge_streams_every_view(tmp_path, real_mesh_files):
 
 @needs_model
 def test_edge_exits_cleanly_on_sigterm(tmp_path, real_mesh_files):
-    port = _free_port()
+    port = free_port()
     ctx = zmq.Context.instance()
     pull = ctx.socket(zmq.PULL)
     pull.bind(f"tcp://127.0.0.1:{port}")
@@ -198,7 +198,7 @@ def test_curve_encrypted_socket_from_config(tmp_path):
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.curve_secretkey, pull.curve_publickey, pull.curve_server = server_secret, server_public, True
-    port = _free_port()
+    port = free_port()
     pull.bind(f"tcp://127.0.0.1:{port}")
     cfg = EdgeConfig(connect=[f"tcp://127.0.0.1:{port}"], socket="push", curve_server_key=server_public.decode(),
                      curve_secret_file=str(cli_sec))

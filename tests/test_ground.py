@@ -109,13 +109,14 @@ LOOPBACK = [pytest.param(name, bound, marks=pytest.mark.skipif(name not in shipp
 @pytest.mark.parametrize("model,bound", LOOPBACK)
 def test_loopback_edge_to_ground_to_files(tmp_path, real_mesh_files, model, bound):
     """edge (orbit: on a real mesh) -> ZeroMQ -> ground -> files, checked against the truth."""
-    from ground.demo import _free_port, iou_in_grid_frame
+    from voxlink.demo import iou_in_grid_frame
+    from voxlink.net import free_port
     from ground.station import GroundConfig, GroundStation
     from voxlink.data.meshes import load_mesh
     from voxlink.data.voxelize import voxelize
 
     mesh = next(p for p in real_mesh_files if p.stem == "drawersCabinet")
-    port = _free_port()
+    port = free_port()
     st = GroundStation(GroundConfig(bind=[f"tcp://127.0.0.1:{port}"], model=model, out=str(tmp_path / "g"),
                                     idle_timeout_s=3600))
     t = threading.Thread(target=st.run, kwargs={"duration_s": 300}, daemon=True)
@@ -165,10 +166,10 @@ def test_onnx_ground_decoder_matches_pytorch(tmp_path, tiny_model_file):
 
 
 def test_ground_cli_serves_and_exits_cleanly(tmp_path, tiny_model_file):
-    from ground.demo import _free_port
+    from voxlink.net import free_port
 
     path, _ = tiny_model_file
-    r = subprocess.run([sys.executable, "-m", "voxlink.cli", "ground", "--bind", f"tcp://127.0.0.1:{_free_port()}",
+    r = subprocess.run([sys.executable, "-m", "voxlink.cli", "ground", "--bind", f"tcp://127.0.0.1:{free_port()}",
                         "--model", str(path), "--out", str(tmp_path / "o"), "--duration", "2", "--backend", "onnxruntime"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -178,7 +179,7 @@ def test_ground_cli_serves_and_exits_cleanly(tmp_path, tiny_model_file):
 def test_bench_ground_drives_a_real_ground_with_real_codes(tmp_path, tiny_model_file):
     """`voxlink bench ground`: a ground subprocess gets every view of every simulated drone, the codes
     being the model's own of orbit views of the shipped real meshes, and the report counts them all."""
-    from ground.bench import run_bench
+    from voxlink.bench.ground import run_bench
 
     path, _ = tiny_model_file
     rep = run_bench(drones=3, rate=4.0, seconds=2.0, model=str(path), out=tmp_path / "b", orbit_views=4)

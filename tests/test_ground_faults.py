@@ -307,9 +307,9 @@ def test_sigterm_snapshots_every_object_even_with_an_output_error(tmp_path, tiny
     import subprocess
     import sys
 
-    from ground.demo import _free_port
+    from voxlink.net import free_port
 
-    port = _free_port()
+    port = free_port()
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "s2_o1").write_text("a file in the way")
     proc = subprocess.Popen([sys.executable, "-m", "voxlink.cli", "ground", "--bind", f"tcp://127.0.0.1:{port}",
@@ -344,10 +344,10 @@ def test_sigterm_snapshots_every_object_even_with_an_output_error(tmp_path, tiny
 
 
 def test_multipart_and_oversized_messages_are_counted(tmp_path, tiny):
-    from ground.demo import _free_port
+    from voxlink.net import free_port
     from voxlink.protocol import MAX_MESSAGE_BYTES
 
-    port = _free_port()
+    port = free_port()
     st = station(tmp_path, tiny[0], socket="pull", record=False)
     st.cfg.bind = [f"tcp://127.0.0.1:{port}"]
     t = threading.Thread(target=st.run, kwargs={"duration_s": 60}, daemon=True)

@@ -15,7 +15,7 @@ import torch
 import zmq
 
 from edge.daemon import CodeLog, EdgeConfig, EdgeDaemon, make_socket
-from ground.demo import _free_port
+from voxlink.net import free_port
 from voxlink import camera
 from voxlink.models import ImplicitModel, get_config
 from voxlink.models.binarizer import pack_bits
@@ -49,7 +49,7 @@ def _info(m, stream=2, **kw):
 def _start(tmp_path, path, **kw):
     from ground.station import GroundConfig, GroundStation
 
-    port = _free_port()
+    port = free_port()
     st = GroundStation(GroundConfig(bind=[f"tcp://127.0.0.1:{port}"], model=str(path), out=str(tmp_path / "out"),
                                     socket="pull", record=False, **kw))
     t = threading.Thread(target=st.run, kwargs={"duration_s": 120}, daemon=True)
@@ -180,7 +180,7 @@ def test_curve_configuration_errors_are_clear(tmp_path):
 
 def test_gaps_are_recovered_from_the_edge_code_log(tmp_path, tiny):
     path, m = tiny
-    bport = _free_port()
+    bport = free_port()
     st, t, port = _start(tmp_path, path, backchannel=[f"tcp://127.0.0.1:{bport}"], request_interval_s=0.5)
     ctx = zmq.Context()
     log = CodeLog(tmp_path / "log")

@@ -137,6 +137,27 @@ def orbit_poses(n_views: int, rng: np.random.Generator, spec: OrbitSpec = OrbitS
     return poses
 
 
+def circle_pose(i: int, n: int, elevation: float = math.radians(30.0), distance: float = 2.0) -> np.ndarray:
+    """The pose of the ``i``-th of ``n`` views evenly spaced on a circle around the object (a drone's
+    orbit at constant height, looking at the origin): azimuth ``2 pi i / n`` from the +z axis towards +x.
+
+    Args:
+        i: view index (any integer; ``i`` and ``i + n`` are the same view). n: views per circle, >= 1.
+        elevation: radians above the horizontal plane (looking down). distance: metres to the origin.
+
+    Returns:
+        ``T_c2o`` float64 [4, 4] (OpenCV convention).
+
+    Raises:
+        ValueError: ``n < 1``.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one view per circle, got {n}")
+    az = 2.0 * math.pi * i / n
+    eye = distance * np.array([math.cos(elevation) * math.sin(az), math.sin(elevation), math.cos(elevation) * math.cos(az)])
+    return look_at(eye, np.zeros(3))
+
+
 def project(points: np.ndarray, K: np.ndarray, T_c2o: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Project object-frame points into a view.
 

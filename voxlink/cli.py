@@ -272,7 +272,7 @@ def export_onnx_cmd(
 def _parity_views(meshes):
     """Views (float [N, 3, 128, 128]) rendered around real meshes and procedural objects, for parity checks."""
     from voxlink.data.make import Job, MakeConfig, make_object
-    from voxlink.data.meshes import find_meshes
+    from voxlink.data.meshes import ASSET_MESHES, find_meshes
     from voxlink.preprocess import to_input
 
     files = find_meshes(meshes or [ASSET_MESHES])[:4]
@@ -347,7 +347,6 @@ def edge_cmd(
     raise typer.Exit(daemon.run())
 
 
-ASSET_MESHES = Path(__file__).resolve().parent / "assets" / "meshes"
 
 
 @app.command("ground")
@@ -419,22 +418,15 @@ def keys_cmd(
                                                     "(default: the first stream the drone sends becomes its own)."),
 ) -> None:
     """Make a CURVE key pair (zmq.auth certificates) for a ground or a drone."""
-    import zmq
-    import zmq.auth
+    from voxlink.net import make_key_pair
 
-    if not zmq.has("curve"):
-        _fail("this libzmq has no CURVE support")
-    if (out / f"{name}.key").exists() or (out / f"{name}.key_secret").exists():
-        _fail(f"{out / name}.key already exists: choose another name or folder")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"streams": '"' + ",".join(str(x) for x in sorted(set(stream))) + '"'} if stream else None
-    pub, sec = zmq.auth.create_certificates(str(out), name, metadata=meta)
-    if meta:  # pyzmq writes metadata into the secret certificate only; the ground reads the public one
-        text = Path(pub).read_text(encoding="utf-8")
-        Path(pub).write_text(text.replace("metadata\n", f"metadata\n    streams = {meta['streams']}\n", 1), encoding="utf-8")
-    Path(sec).chmod(0o600)
-    public_key, _ = zmq.auth.load_certificate(pub)
-    typer.echo(f"public  {pub}  (z85 {public_key.decode()})")
+    try:
+        pub, sec, public_key = make_key_pair(name, out, stream)
+    except FileExistsError as e:
+        _fail(f"{e}: choose another name or folder")
+    except (RuntimeError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"public  {pub}  (z85 {public_key})")
     typer.echo(f"secret  {sec}  (keep it on this machine only)")
     if stream:
         typer.echo(f"streams {', '.join(str(x) for x in sorted(set(stream)))} (a ground accepts only these from this key)")
@@ -453,8 +445,8 @@ def demo_cmd(
     """Main job: edge + ground on loopback over real meshes; prints IoU, depth, Chamfer, bytes, latency."""
     import json
 
-    from ground.demo import run_demo
-    from voxlink.data.meshes import find_meshes
+    from voxlink.data.meshes import ASSET_MESHES, find_meshes
+    from voxlink.demo import run_demo
     from voxlink.weights import ModelFileError, load_model
 
     try:
@@ -519,7 +511,7 @@ def bench_ground_cmd(
     """Drive a real ground (a subprocess) over loopback: views/s, latency p50/p99, CPU, peak memory, every count."""
     import json
 
-    from ground.bench import run_bench
+    from voxlink.bench.ground import run_bench
 
     try:
         rep = run_bench(drones=drones, rate=rate, seconds=seconds, model=model, out=out, backend=backend, codes=codes)

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 #: File suffixes that :func:`find_meshes` collects.
 MESH_SUFFIXES = (".obj", ".ply", ".off", ".glb", ".gltf", ".stl")
+#: the six real meshes shipped with voxlink (CC0; ``voxlink/assets/meshes/ATTRIBUTION.md``): the demo's
+#: and the ground benchmark's default input
+ASSET_MESHES = Path(__file__).resolve().parents[1] / "assets" / "meshes"
 
 #: Keyword -> category rules for real meshes (matched against the name, in order).
 _CATEGORY_RULES: tuple[tuple[str, str], ...] = (

@@ -1,5 +1,8 @@
 """``voxlink demo``: edge and ground on loopback, on real meshes, scored against the truth.
 
+A program on top of the drone (:mod:`edge`), the ground station (:mod:`ground`) and the lab (the
+renderer and voxelizer of :mod:`voxlink.data`, to score), as the command line is.
+
 A ground station (PULL, bound on a free loopback port) runs in a thread; for each mesh an edge daemon
 flies a simulated drone orbit (``orbit:MESH``), encodes every view with the shipped model and sends
 its codes. Per object the table gives views, bytes sent, compression ratio, IoU of the occupancy grid
@@ -12,7 +15,6 @@ capture to updated grid (p50 / p99).
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,14 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from voxlink import camera
+from voxlink.net import free_port
 
 log = logging.getLogger("voxlink.demo")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chamfer(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,7 +45,7 @@ def iou_in_grid_frame(prob: np.ndarray, grid_to_world: np.ndarray, true_occ: np.
 
     Each predicted voxel centre is mapped into the object frame and looks up the true voxel there.
     """
-    from voxlink.data.voxelize import points_to_voxels  # the lab, only when the demo scores
+    from voxlink.data.voxelize import points_to_voxels
 
     R = prob.shape[0]
     idx = np.argwhere(np.ones((R, R, R), bool)).astype(np.float64)
@@ -77,7 +74,7 @@ def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out:
     from voxlink.data.voxelize import voxelize
 
     out = Path(out)
-    port = _free_port()
+    port = free_port()
     ground = GroundStation(GroundConfig(bind=[f"tcp://127.0.0.1:{port}"], model=model, out=str(out / "ground"),
                                         idle_timeout_s=3600, socket="pull", metrics_interval_s=30, record=False))
     keep: dict = {}

@@ -59,21 +59,24 @@ def real_codes(m, orbit_views: int = 48) -> list[tuple[list[bytes], np.ndarray]]
     """
     import torch
 
-    from edge.sources import OrbitSource
-    from voxlink.cli import ASSET_MESHES
-    from voxlink.data.meshes import find_meshes
+    from voxlink.data.meshes import ASSET_MESHES, find_meshes, load_mesh
+    from voxlink.data.render import Renderer
     from voxlink.preprocess import to_input
 
     out = []
-    for path in find_meshes([ASSET_MESHES]):
-        src = OrbitSource(path, views_per_orbit=orbit_views)
-        try:
-            frames = [src.read() for _ in range(orbit_views)]
-        finally:
-            src.close()
-        with torch.no_grad():
-            codes = m.encode(to_input(np.stack([f.view for f in frames]))).numpy()
-        out.append(([pack_bits(c) for c in codes], np.stack([f.pose for f in frames]).astype(np.float32)))
+    K = camera.intrinsics(128)
+    renderer = Renderer(128)
+    try:
+        for path in find_meshes([ASSET_MESHES]):
+            # a drone's orbit as the ``orbit:MESH`` source flies it (30 degrees down, 2 m; its seed-0 background)
+            poses = np.stack([camera.circle_pose(i, orbit_views) for i in range(orbit_views)])
+            bg = np.random.default_rng(0).integers(0, 256, size=3, dtype=np.uint8)
+            views, _ = renderer.render(load_mesh(path).parts, K, poses, np.repeat(bg[None], orbit_views, 0))
+            with torch.no_grad():
+                codes = m.encode(to_input(views)).numpy()
+            out.append(([pack_bits(c) for c in codes], poses.astype(np.float32)))
+    finally:
+        renderer.close()
     return out
 
 
@@ -100,7 +103,7 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
     """
     import zmq
 
-    from ground.demo import _free_port
+    from voxlink.net import free_port
     from voxlink.weights import load_model
 
     out = Path(out)
@@ -115,7 +118,7 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
     m, _, _ = load_model(model)
     K_bits, fp = m.cfg.code_bits, m.fingerprint()
     orbits = real_codes(m.eval(), orbit_views) if codes == "real" else None
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "voxlink.cli", "ground", "--bind", f"tcp://127.0.0.1:{port}", "--socket", "pull",
            "--out", str(gout), "--idle-timeout", "3600", "--backend", backend]
     if model:
