@@ -237,7 +237,7 @@ class GroundStation:
         self.cfg = cfg
         require_reconstruction_model(cfg.model)
         self.model, self.meta, _ = load_model(cfg.model)
-        self.K_bits = self.model.cfg.code_bits
+        self.code_bits = self.model.cfg.code_bits
         self.fp = self.model.fingerprint()
         self.out = Path(cfg.out)
         self.net = self._decoder_backend(cfg.backend)
@@ -315,7 +315,7 @@ class GroundStation:
             pose[2, 3] = -2.0
             for n in range(1, 17):
                 state = self.model.init_state(n)
-                self.net.step_decoded(torch.ones(n, self.K_bits), state, pose.expand(n, 4, 4), K)
+                self.net.step_decoded(torch.ones(n, self.code_bits), state, pose.expand(n, 4, 4), K)
             self.net.occupancy(state[:1])
         except Exception:  # noqa: BLE001 - not fatal: the station still runs, only slower at first
             log.exception("model warm-up failed")
@@ -343,7 +343,7 @@ class GroundStation:
             items = [it for it in items if it[1].pose is not None]
             if not items:
                 return
-        codes = torch.stack([unpack_bits(m.payload, self.K_bits) for _, m, _, _ in items])
+        codes = torch.stack([unpack_bits(m.payload, self.code_bits) for _, m, _, _ in items])
         states = [s.state if s.state is not None else self.net.init_state(1) for s, _, _, _ in items]
         if isinstance(states[0], torch.Tensor):  # fusion model: one evidence tensor per object
             pose = torch.tensor(np.stack([m.pose for _, m, _, _ in items]), dtype=torch.float32)
@@ -380,7 +380,7 @@ class GroundStation:
         cached = [self._decoded.pop(key, None) for key, _ in views]
         todo = [p for (_, p), c in zip(views, cached) if c is None]
         if todo:
-            codes = torch.stack([unpack_bits(p, self.K_bits) for p in todo])
+            codes = torch.stack([unpack_bits(p, self.code_bits) for p in todo])
             d, m = self.net.decode_depth(codes)
             fresh = iter(zip(d.numpy(), m.numpy() > 0.5))
             cached = [c if c is not None else next(fresh) for c in cached]
@@ -548,12 +548,12 @@ class GroundStation:
             self._reject("wrong_fingerprint", f"stream {msg.stream} runs model {msg.model!r} ({msg.fingerprint}); "
                                               f"the stream it had keeps going")
             return
-        if msg.code_bits != self.K_bits:
-            self._reject("wrong_code_length", f"stream info of {msg.code_bits} bits, the model takes {self.K_bits}")
+        if msg.code_bits != self.code_bits:
+            self._reject("wrong_code_length", f"stream info of {msg.code_bits} bits, the model takes {self.code_bits}")
             return
         old = self.streams.get(msg.stream)
         if old is None:
-            log.info("stream %d: model %s, K = %d, backend %s%s", msg.stream, msg.model, msg.code_bits,
+            log.info("stream %d: model %s, %d-bit codes, backend %s%s", msg.stream, msg.model, msg.code_bits,
                      msg.extra.get("backend", "?"), ", back channel" if msg.backchannel else "")
         changed = old is None or any((not np.array_equal(old.K, msg.K), old.epoch_unix != msg.epoch_unix,
                                       old.image_size != msg.image_size, old.frame != msg.frame))
@@ -592,8 +592,8 @@ class GroundStation:
         if msg.fingerprint != info.fingerprint32:
             self._reject("wrong_fingerprint", f"stream {msg.stream}")
             return None
-        if msg.n_bits != self.K_bits:
-            self._reject("wrong_code_length", f"{msg.n_bits} bits, the model takes {self.K_bits}")
+        if msg.n_bits != self.code_bits:
+            self._reject("wrong_code_length", f"{msg.n_bits} bits, the model takes {self.code_bits}")
             return None
         dl = self.delivery.setdefault(msg.stream, StreamDelivery(msg.stream))
         verdict, u = dl.check(msg.seq)
@@ -918,7 +918,7 @@ class GroundStation:
             "never_came": miss["never_came"],
             "gaps": miss["never_came"],
             "bytes": s.bytes, "bytes_per_view": s.bytes / max(s.views, 1),
-            "compression_ratio": compression_ratio(self.K_bits), "code_bits": self.K_bits,
+            "compression_ratio": compression_ratio(self.code_bits), "code_bits": self.code_bits,
             "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
             "point_source": s.point_source, "model": self.model.cfg.name, "frame": self.model.cfg.frame,
             "folder": None if folder is None else str(folder), "snapshot": len(s.snapshots)})

@@ -100,7 +100,7 @@ class ViewerServer:
             streams = [{"stream": int(k), "model": v["model"] or "?", "views": v["views"], "gaps": len(v["missing"]),
                         "missing_views": v["missing_views"], "duplicates": v["duplicates"], "late": v["late"],
                         "bytes_per_s": sum(s.bytes for s in st.sessions.values() if s.stream == int(k)) / dt,
-                        "ratio": 393216 / st.K_bits} for k, v in status["streams"].items() if v["views"]]
+                        "ratio": 393216 / st.code_bits} for k, v in status["streams"].items() if v["views"]]
             objects = []
             for s in list(st.sessions.values()):
                 if s.views == 0:

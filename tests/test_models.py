@@ -87,6 +87,42 @@ def test_tiny_model_overfits_eight_objects(small_dataset):
     assert best > 0.9, f"could not overfit 8 objects (best IoU {best:.3f})"
 
 
+@pytest.mark.parametrize("family", ["implicit", "fusion"])
+def test_one_scoring_loop_gives_what_a_forward_pass_gives(small_dataset, family):
+    """Training validation and ``voxlink eval`` share one scoring loop (views fused one at a time): its
+    IoU after 5 views is the IoU of the model's forward pass over the same 5 views, for both families,
+    and validation leaves the model in training mode."""
+    from voxlink.data.dataset import MultiViewDataset
+    from voxlink.evaluate import evaluate_dataset
+    from voxlink.models.fusion import FUSION_CONFIGS, FusionModel
+    from voxlink.train import validate
+    from voxlink.train_fusion import validate_fusion
+
+    torch.manual_seed(0)
+    if family == "implicit":
+        m = ImplicitModel(get_config("tiny"))
+        ds = MultiViewDataset(small_dataset, "all", 5, train=False)
+    else:
+        m = FusionModel(dataclasses.replace(FUSION_CONFIGS["fusion-spatial-tiny"]))
+        ds = MultiViewDataset(small_dataset, "all", 5, train=False, frame="object", with_depth=True, heading="random")
+    sc = evaluate_dataset(m, ds, 4, views=5, geometry=family == "fusion")
+    with torch.no_grad():
+        for i in range(4):
+            it = ds[i]
+            if family == "implicit":
+                logits = m(it["images"][None])["logits"]
+            else:
+                logits = m(it["images"][None], it["K"].expand(5, 3, 3)[None], it["pose_grid"][None])["logits"]
+            assert float(iou(torch.softmax(logits, 1)[:, 1], it["occupancy"][None])[0]) == pytest.approx(sc["iou"][i, 4], abs=1e-4)
+    m.train()
+    r = validate(m, ds, 4, "cpu") if family == "implicit" else validate_fusion(m, ds, 4)
+    assert m.training and r["val_miou5"] == pytest.approx(sc["iou"][:, 4].mean(), abs=1e-6)
+    if family == "fusion":
+        assert 0.0 <= r["val_silhouette_iou"] <= 1.0 and r["val_decoded_hull_miou5"] == pytest.approx(sc["hull_decoded"][:, 4].mean())
+    else:
+        assert 1 <= r["val_distinct_predictions"] <= 4 and 0.0 <= r["val_bits_varying"] <= 1.0
+
+
 def test_bad_inputs_give_clear_errors(tmp_path):
     m = ImplicitModel(get_config("tiny")).eval()
     with pytest.raises(ValueError, match="128"):

@@ -278,7 +278,7 @@ def test_ground_station_starts_without_the_lab(tmp_path):
         import json, sys
         from ground.station import GroundConfig, GroundStation
         g = GroundStation(GroundConfig(bind=[], connect=[], out={str(tmp_path / "out")!r}, backend="torch"))
-        print(json.dumps([g.K_bits, sorted(sys.modules)]))
+        print(json.dumps([g.code_bits, sorted(sys.modules)]))
     """))
     assert got[0] == 1024
     bad = [m for m in got[1] if m.startswith(LAB)]

@@ -249,9 +249,6 @@ def export_onnx_cmd(
                                                       help="Meshes whose rendered views check parity (default: shipped)."),
 ) -> None:
     """E_K + sign as ONNX (static 128 x 128, dynamic batch), checked against PyTorch in ONNX Runtime."""
-    import numpy as np
-    import torch
-
     from export.onnx_export import export_onnx, onnx_parity
     from voxlink.weights import ModelFileError, load_model
 
@@ -262,7 +259,7 @@ def export_onnx_cmd(
     path = export_onnx(m, out)
     views = _parity_views(check_meshes)
     rep = onnx_parity(m, path, views)
-    typer.echo(f"wrote {path} (K = {m.cfg.code_bits}, fingerprint {bytes.hex(m.fingerprint())}); ONNX Runtime vs "
+    typer.echo(f"wrote {path} ({m.cfg.code_bits}-bit codes, fingerprint {bytes.hex(m.fingerprint())}); ONNX Runtime vs "
                f"PyTorch on {rep['views']} views: {rep['mismatched_bits']} of {rep['bits']} bits differ "
                f"({rep['mismatched_views']} views)")
     if rep["mismatched_bits"] > max(1, rep["bits"] // 10000):

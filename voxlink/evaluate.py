@@ -22,11 +22,117 @@ from voxlink.models.implicit import iou
 
 
 @torch.no_grad()
+def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: int = 5, geometry: bool = True,
+                     pose_noise: tuple[float, float] = (0.0, 0.0), seed: int = 0,
+                     baseline: tuple[torch.Tensor, float] | None = None, device="cpu", progress: bool = False) -> dict:
+    """The one scoring loop: ``voxlink eval`` (:func:`evaluate`), the validation passes of training
+    (:func:`voxlink.train.validate`, :func:`voxlink.train_fusion.validate_fusion`) and the tests call it.
+
+    Per object, the model encodes the views (eval mode: ``sign``, what the drone sends) and fuses them
+    one at a time (``init_state`` / ``step`` / ``occupancy``), so that one pass scores 1..``views`` views.
+
+    Args:
+        model: an implicit or a fusion model (eval mode is set here and left on).
+        ds: the dataset, in the model's reconstruction frame (its heading, views and split are the caller's).
+        n: objects (the first ``n``; None: all). views: views fused per object.
+        geometry: also the silhouette hulls of the true and of the decoded masks (Laurentini 1994), the
+            decoded silhouette IoU and the depth metrics (AbsRel, RMSE in metres, delta1) of the decoded
+            depth maps on the true masks' pixels.
+        pose_noise: ``(degrees, metres)``: every view's pose given to the model and the hulls is off by
+            exactly this rotation and shift, in random directions (seeded by ``seed``).
+        baseline: ``(mean_grid [R, R, R], threshold)``: the trivial baseline on the same objects.
+        device: where the model runs. progress: a progress bar.
+
+    Returns:
+        ``iou`` float64 [n, views] (Eq. 17, tau = 0.4, after 1..views views), ``hull_true`` and
+        ``hull_decoded`` float64 [n, views] (tau = 0.5; with ``geometry``), ``silhouette_iou`` (mean over
+        views), ``depth`` {absrel, rmse, delta1}, ``baseline`` float64 [n] (with ``baseline``),
+        ``categories`` [n], ``objects`` [{id, name, category}], ``payload_bytes`` (mean bytes of a
+        view's packed code; None for an uncompressed model), ``distinct_predictions`` (distinct
+        thresholded grids after ``views`` views: 1 means the model ignores its input), ``bits_varying``
+        (share of code bits whose value differs across the objects' first views).
+    """
+    from tqdm import tqdm
+
+    from voxlink.models.projection import perturb_poses, silhouette_hull
+
+    model.eval()
+    n = len(ds) if n is None else min(n, len(ds))
+    gen = torch.Generator().manual_seed(seed)
+    ious, hull_t, hull_d = np.zeros((n, views)), np.zeros((n, views)), np.zeros((n, views))
+    base = np.zeros(n)
+    cats, objects, preds, first_codes, payload_bytes = [], [], set(), [], []
+    d_abs, d_sq, d_delta, d_n = 0.0, 0.0, 0.0, 0
+    sil_inter, sil_n = 0.0, 0
+    for i in tqdm(range(n), desc="eval", unit="obj", disable=None if progress else True):
+        it = ds[i]
+        imgs = it["images"].to(device)
+        codes = model.encode(imgs)
+        first_codes.append(codes[0].cpu())
+        if model.cfg.binarize:
+            payload_bytes.append(len(model.compress(imgs[:1])[0]))
+        v_n = min(views, len(codes))
+        K = it["K"].expand(v_n, 3, 3).to(device)
+        pose = it["pose_grid"][:v_n]
+        if pose_noise[0] or pose_noise[1]:
+            pose = perturb_poses(pose, pose_noise[0], pose_noise[1], gen, exact=True)
+        pose = pose.to(device)
+        state = model.init_state(1, device=device)
+        target = it["occupancy"][None].to(device)
+        prob = None
+        for v in range(v_n):
+            state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=K[v:v + 1])
+            prob = model.occupancy(state)
+            ious[i, v] = float(iou(prob, target)[0])
+        preds.add((prob > 0.4).flatten().cpu().numpy().tobytes())
+        if geometry:
+            depth, mask = model.decode_depth(codes)
+            depth, mask, K, pose, target = depth.cpu(), mask.cpu(), K.cpu(), pose.cpu(), target.cpu()
+            true_mask = it["depth"][:v_n] > 0
+            h_true = h_dec = None  # the hull of the first v views is the running minimum of one-view hulls
+            for v in range(v_n):
+                one_t = silhouette_hull(true_mask[v:v + 1], K[v:v + 1], pose[v:v + 1])
+                one_d = silhouette_hull(mask[v:v + 1], K[v:v + 1], pose[v:v + 1])
+                h_true = one_t if h_true is None else torch.minimum(h_true, one_t)
+                h_dec = one_d if h_dec is None else torch.minimum(h_dec, one_d)
+                hull_t[i, v] = float(iou(h_true[None], target, 0.5)[0])
+                hull_d[i, v] = float(iou(h_dec[None], target, 0.5)[0])
+            pm = mask[:v_n] > 0.5
+            sil_inter += float(((pm & true_mask).sum((1, 2)) / (pm | true_mask).sum((1, 2)).clamp(min=1)).sum())
+            sil_n += v_n
+            true = it["depth"]
+            m = true > 0
+            if m.any():
+                d, t = depth[m].double(), true[m].double()
+                d_abs += float(((d - t).abs() / t).sum())
+                d_sq += float(((d - t) ** 2).sum())
+                ratio = torch.maximum(d / t, t / d.clamp(min=1e-6))
+                d_delta += float((ratio < 1.25).sum())
+                d_n += int(m.sum())
+        if baseline is not None:
+            base[i] = float(iou(baseline[0][None].to(device), target, baseline[1])[0])
+        cat = ds.category(i)
+        cats.append(cat)
+        obj = ds.store.objects[ds.indices[i]]
+        objects.append({"id": obj["id"], "name": obj["name"], "category": cat})
+    c = torch.stack(first_codes) if first_codes else torch.zeros(0, 1)
+    out = {"iou": ious, "categories": cats, "objects": objects, "distinct_predictions": len(preds),
+           "bits_varying": float(((c > 0).float().mean(0) % 1 != 0).float().mean()) if len(c) else 0.0,
+           "payload_bytes": float(np.mean(payload_bytes)) if payload_bytes else None}
+    if geometry:
+        out.update({"hull_true": hull_t, "hull_decoded": hull_d, "silhouette_iou": sil_inter / max(sil_n, 1),
+                    "depth": {"absrel": d_abs / max(d_n, 1), "rmse": math.sqrt(d_sq / max(d_n, 1)),
+                              "delta1": d_delta / max(d_n, 1)}})
+    if baseline is not None:
+        out["baseline"] = base
+    return out
+
+
 def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
              baseline: tuple[torch.Tensor, float] | None = None, max_objects: int | None = None,
              progress: bool = False, heading: str | None = None, pose_noise: tuple[float, float] = (0.0, 0.0),
              seed: int = 0) -> dict:
-    """Score a model on a dataset split, beside the trivial and the geometric baselines.
+    """Score a model on a dataset split, beside the trivial and the geometric baselines (``voxlink eval``).
 
     Args:
         model: an implicit model (:class:`~voxlink.models.implicit.ImplicitModel`) or a pose-aware
@@ -45,18 +151,16 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         seed: seed of the pose noise.
 
     Returns:
-        the report dict: ``miou`` {"1": .., ..}, ``miou_std`` {..}, ``miou_by_category`` {cat: miou@views},
-        ``hull_true_miou`` and ``hull_decoded_miou`` {"1": ..}: the silhouette hull (tau = 0.5) of the
-        true masks and of the masks decoded from the codes (where the model decodes masks), on the same
-        views and poses; ``silhouette_iou`` of the decoded masks; ``depth`` {absrel, rmse, delta1},
-        ``compression_ratio``, ``bits_per_view``, ``bytes_per_view``, ``objects``, ``frame``,
-        ``baseline_miou``, ``per_object`` [{id, category, iou}], ``data_manifest``.
+        the report dict (from :func:`evaluate_dataset`'s scores): ``miou`` {"1": .., ..}, ``miou_std``
+        {..}, ``miou_by_category`` {cat: miou@views}, ``hull_true_miou`` and ``hull_decoded_miou``
+        {"1": ..}: the silhouette hull (tau = 0.5) of the true masks and of the masks decoded from the
+        codes, on the same views and poses; ``silhouette_iou`` of the decoded masks; ``depth`` {absrel,
+        rmse, delta1}, ``compression_ratio``, ``bits_per_view``, ``bytes_per_view``, ``objects``,
+        ``frame``, ``baseline_miou``, ``per_object`` [{id, category, iou}], ``data_manifest``.
+
+    Raises:
+        ValueError: unknown ``heading``.
     """
-    from tqdm import tqdm
-
-    from voxlink.models.projection import perturb_poses, silhouette_hull
-
-    model.eval()
     pose_aware = bool(getattr(model, "needs_pose", False))
     heading = heading or ("random" if pose_aware else "canonical")
     if heading not in ("canonical", "random"):
@@ -67,84 +171,34 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
     except ValueError:
         ds = MultiViewDataset(data, "all", views, train=False, frame=frame, with_depth=True, heading=heading)
         split = "all"
-    n = len(ds) if max_objects is None else min(len(ds), max_objects)
-    gen = torch.Generator().manual_seed(seed)
-    ious, hull_t, hull_d = np.zeros((n, views)), np.zeros((n, views)), np.zeros((n, views))
-    base = np.zeros(n)
-    cats, per_object = [], []
-    d_abs, d_sq, d_delta, d_n = 0.0, 0.0, 0.0, 0
-    sil_inter, sil_n = 0.0, 0
-    payload_bytes = []
-    for i in tqdm(range(n), desc="eval", unit="obj", disable=None if progress else True):
-        it = ds[i]
-        imgs = it["images"]
-        codes = model.encode(imgs)
-        if model.cfg.binarize:
-            payload_bytes.append(len(model.compress(imgs[:1])[0]))
-        v_n = min(views, len(codes))
-        K = it["K"].expand(v_n, 3, 3)
-        pose = it["pose_grid"][:v_n]
-        if pose_noise[0] or pose_noise[1]:
-            pose = perturb_poses(pose, pose_noise[0], pose_noise[1], gen, exact=True)
-        state = model.init_state(1)
-        target = it["occupancy"][None]
-        depth, mask = model.decode_depth(codes)
-        true_mask = it["depth"][:v_n] > 0
-        h_true = h_dec = None  # the hull of the first v views is the running minimum of one-view hulls
-        for v in range(v_n):
-            state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=K[v:v + 1])
-            ious[i, v] = float(iou(model.occupancy(state), target)[0])
-            one_t = silhouette_hull(true_mask[v:v + 1], K[v:v + 1], pose[v:v + 1])
-            one_d = silhouette_hull(mask[v:v + 1], K[v:v + 1], pose[v:v + 1])
-            h_true = one_t if h_true is None else torch.minimum(h_true, one_t)
-            h_dec = one_d if h_dec is None else torch.minimum(h_dec, one_d)
-            hull_t[i, v] = float(iou(h_true[None], target, 0.5)[0])
-            hull_d[i, v] = float(iou(h_dec[None], target, 0.5)[0])
-        if baseline is not None:
-            base[i] = float(iou(baseline[0][None], target, baseline[1])[0])
-        pm = mask[:v_n] > 0.5
-        sil_inter += float(((pm & true_mask).sum((1, 2)) / (pm | true_mask).sum((1, 2)).clamp(min=1)).sum())
-        sil_n += v_n
-        true = it["depth"]
-        m = true > 0
-        if m.any():
-            d, t = depth[m].double(), true[m].double()
-            d_abs += float(((d - t).abs() / t).sum())
-            d_sq += float(((d - t) ** 2).sum())
-            ratio = torch.maximum(d / t, t / d.clamp(min=1e-6))
-            d_delta += float((ratio < 1.25).sum())
-            d_n += int(m.sum())
-        cat = ds.category(i)
-        cats.append(cat)
-        obj = ds.store.objects[ds.indices[i]]
-        per_object.append({"id": obj["id"], "name": obj["name"], "category": cat,
-                           "iou": [round(float(x), 4) for x in ious[i]]})
+    sc = evaluate_dataset(model, ds, max_objects, views, geometry=True, pose_noise=pose_noise, seed=seed,
+                          baseline=baseline, progress=progress)
+    ious = sc["iou"]
     by_cat = defaultdict(list)
-    for c, x in zip(cats, ious[:, views - 1]):
+    for c, x in zip(sc["categories"], ious[:, views - 1]):
         by_cat[c].append(x)
     bits = model.cfg.code_bits * (1 if model.cfg.binarize else 32)
     per_views = lambda a: {str(v + 1): round(float(a[:, v].mean()), 4) for v in range(views)}  # noqa: E731
     report = {
         "model": model.cfg.name, "family": getattr(model, "family", "implicit"), "frame": model.cfg.frame,
         "heading": heading, "pose_noise": {"deg": pose_noise[0], "m": pose_noise[1]},
-        "split": split, "objects": n, "views": views,
+        "split": split, "objects": len(ious), "views": views,
         "miou": per_views(ious),
         "miou_std": {str(v + 1): round(float(ious[:, v].std()), 4) for v in range(views)},
         "miou_by_category": {c: round(float(np.mean(x)), 4) for c, x in sorted(by_cat.items())},
         "objects_by_category": {c: len(x) for c, x in sorted(by_cat.items())},
-        "hull_true_miou": per_views(hull_t),
-        "hull_decoded_miou": per_views(hull_d),
-        "silhouette_iou": round(sil_inter / max(sil_n, 1), 4),
-        "depth": {"absrel": round(d_abs / max(d_n, 1), 4), "rmse": round(math.sqrt(d_sq / max(d_n, 1)), 4),
-                  "delta1": round(d_delta / max(d_n, 1), 4)},
+        "hull_true_miou": per_views(sc["hull_true"]),
+        "hull_decoded_miou": per_views(sc["hull_decoded"]),
+        "silhouette_iou": round(sc["silhouette_iou"], 4),
+        "depth": {k: round(x, 4) for k, x in sc["depth"].items()},
         "compression_ratio": round(model.compression_ratio, 2),
         "bits_per_view": bits,
-        "bytes_per_view": (int(np.mean(payload_bytes)) if payload_bytes else bits // 8),
+        "bytes_per_view": int(sc["payload_bytes"]) if sc["payload_bytes"] is not None else bits // 8,
         "data_manifest": manifest_hash(data),
-        "per_object": per_object,
+        "per_object": [{**o, "iou": [round(float(x), 4) for x in row]} for o, row in zip(sc["objects"], ious)],
     }
     if baseline is not None:
-        report["baseline_miou"] = round(float(base.mean()), 4)
+        report["baseline_miou"] = round(float(sc["baseline"].mean()), 4)
         report["baseline_threshold"] = baseline[1]
     return report
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import subprocess
 import time
@@ -212,23 +211,16 @@ def recalibrate_bn(model: torch.nn.Module, ds: MultiViewDataset, batches: int = 
     model.train(was)
 
 
-@torch.no_grad()
 def validate(model: ImplicitModel, ds: MultiViewDataset, n: int, device) -> dict:
-    """mIoU@5 (tau = 0.4), distinct predictions and the share of code bits that vary across objects."""
-    model.eval()
-    ious, preds, codes = [], [], []
-    for i in range(min(n, len(ds))):
-        it = ds[i]
-        out = model(it["images"][None].to(device))
-        p = torch.softmax(out["logits"], 1)[:, 1]
-        ious.append(float(iou(p, it["occupancy"][None].to(device))[0]))
-        preds.append((p > 0.4).flatten().cpu().numpy().tobytes())
-        codes.append(out["codes"][0, 0].cpu())
+    """mIoU@5 (tau = 0.4), distinct predictions and the share of code bits that vary across objects, on
+    the first ``n`` objects of ``ds`` (:func:`voxlink.evaluate.evaluate_dataset`, as ``voxlink eval``);
+    the model is back in training mode after it."""
+    from voxlink.evaluate import evaluate_dataset
+
+    sc = evaluate_dataset(model, ds, n, views=5, geometry=False, device=device)
     model.train()
-    c = torch.stack(codes)
-    varying = float(((c > 0).float().mean(0) % 1 != 0).float().mean())
-    return {"val_miou5": float(np.mean(ious)), "val_distinct_predictions": len(set(preds)),
-            "val_bits_varying": varying}
+    return {"val_miou5": float(sc["iou"][:, -1].mean()), "val_distinct_predictions": sc["distinct_predictions"],
+            "val_bits_varying": sc["bits_varying"]}
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float,

@@ -27,7 +27,7 @@ from voxlink.data.dataset import MultiViewDataset
 from voxlink.data.store import manifest_hash
 from voxlink.models.fusion import FusionConfig, FusionModel
 from voxlink.models.implicit import iou, occupancy_loss
-from voxlink.models.projection import perturb_poses, silhouette_hull
+from voxlink.models.projection import perturb_poses
 from voxlink.train import (TrainConfig, _collate, best_threshold, git_commit, load_checkpoint, mean_grid,
                            open_train_log, recalibrate_bn, save_checkpoint)
 
@@ -111,28 +111,16 @@ def warm_start(model: FusionModel, source: str) -> list[str]:
     return sorted(copied)
 
 
-@torch.no_grad()
 def validate_fusion(model: FusionModel, ds: MultiViewDataset, n: int, device="cpu") -> dict:
     """mIoU@5 (tau = 0.4) of the model and of the silhouette hull of its decoded masks, and the decoded
-    silhouettes' IoU, on ``n`` objects of ``ds`` (fixed views)."""
-    model.eval()
-    ious, hulls, sil = [], [], []
-    for i in range(min(n, len(ds))):
-        it = ds[i]
-        v = len(it["images"])
-        K = it["K"].expand(v, 3, 3)
-        out = model(it["images"][None].to(device), K[None].to(device), it["pose_grid"][None].to(device))
-        p = torch.softmax(out["logits"].float(), 1)[:, 1]
-        t = it["occupancy"][None].to(device)
-        ious.append(float(iou(p, t)[0]))
-        m = torch.sigmoid(out["mask_logit"][0].float())
-        hulls.append(float(iou(silhouette_hull(m, K, it["pose_grid"])[None], t, 0.5)[0]))
-        tm = it["depth"] > 0
-        pm = m.cpu() > 0.5
-        sil.append(float(((pm & tm).sum((1, 2)) / (pm | tm).sum((1, 2)).clamp(min=1)).mean()))
+    silhouettes' IoU, on the first ``n`` objects of ``ds`` (fixed views;
+    :func:`voxlink.evaluate.evaluate_dataset`, as ``voxlink eval``); the model is back in training mode after it."""
+    from voxlink.evaluate import evaluate_dataset
+
+    sc = evaluate_dataset(model, ds, n, views=5, geometry=True, device=device)
     model.train()
-    return {"val_miou5": float(np.mean(ious)), "val_decoded_hull_miou5": float(np.mean(hulls)),
-            "val_silhouette_iou": float(np.mean(sil))}
+    return {"val_miou5": float(sc["iou"][:, -1].mean()), "val_decoded_hull_miou5": float(sc["hull_decoded"][:, -1].mean()),
+            "val_silhouette_iou": float(sc["silhouette_iou"])}
 
 
 def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume: bool = False, device: str = "cpu",

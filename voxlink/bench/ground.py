@@ -116,7 +116,7 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
     if codes not in ("real", "random"):
         raise ValueError(f"codes must be real or random, got {codes!r}")
     m, _, _ = load_model(model)
-    K_bits, fp = m.cfg.code_bits, m.fingerprint()
+    code_bits, fp = m.cfg.code_bits, m.fingerprint()
     orbits = real_codes(m.eval(), orbit_views) if codes == "real" else None
     port = free_port()
     cmd = [sys.executable, "-m", "voxlink.cli", "ground", "--bind", f"tcp://127.0.0.1:{port}", "--socket", "pull",
@@ -150,7 +150,7 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
 
     def info(d, last=False):
         """Drone ``d``'s stream-info message (bytes); ``last`` carries the last sequence number sent."""
-        return encode_info(StreamInfo(stream=d, seq=0, fingerprint=bytes.hex(fp), code_bits=K_bits, K=K, model=m.cfg.name,
+        return encode_info(StreamInfo(stream=d, seq=0, fingerprint=bytes.hex(fp), code_bits=code_bits, K=K, model=m.cfg.name,
                                       frame=m.cfg.frame, epoch_unix=epoch, first_seq=0,
                                       last_seq=seqs[d] - 1 if seqs[d] else None))
 
@@ -184,9 +184,9 @@ def run_bench(drones: int = 10, rate: float = 2.0, seconds: float = 30.0, model:
             payloads, orbit_poses = orbits[d % len(orbits)]
             payload, pose = payloads[seqs[d] % len(payloads)], orbit_poses[seqs[d] % len(payloads)]
         else:
-            payload, pose = pack_bits(np.where(rng.random(K_bits) > 0.5, 1.0, -1.0)), poses[seqs[d] % len(poses)]
+            payload, pose = pack_bits(np.where(rng.random(code_bits) > 0.5, 1.0, -1.0)), poses[seqs[d] % len(poses)]
         msg = CodeMessage(stream=d, object_id=d, seq=seqs[d], t_ms=int((time.time() - epoch) * 1000),
-                          fingerprint=fingerprint32(fp), n_bits=K_bits, payload=payload, pose=pose)
+                          fingerprint=fingerprint32(fp), n_bits=code_bits, payload=payload, pose=pose)
         socks[d].send(encode_code(msg))
         seqs[d] += 1
         sent += 1
