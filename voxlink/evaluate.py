@@ -24,7 +24,8 @@ from voxlink.models.implicit import iou
 @torch.no_grad()
 def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: int = 5, geometry: bool = True,
                      pose_noise: tuple[float, float] = (0.0, 0.0), seed: int = 0,
-                     baseline: tuple[torch.Tensor, float] | None = None, device="cpu", progress: bool = False) -> dict:
+                     baseline: tuple[torch.Tensor, float] | None = None, device="cpu", progress: bool = False,
+                     reconstruct=None) -> dict:
     """The one scoring loop: ``voxlink eval`` (:func:`evaluate`), the validation passes of training
     (:func:`voxlink.train.validate`, :func:`voxlink.train_fusion.validate_fusion`) and the tests call it.
 
@@ -42,6 +43,11 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
             exactly this rotation and shift, in random directions (seeded by ``seed``).
         baseline: ``(mean_grid [R, R, R], threshold)``: the trivial baseline on the same objects.
         device: where the model runs. progress: a progress bar.
+        reconstruct: for a method that is not a bit-code model fused view by view (the benchmark's JPEG
+            2000 + 3D-R2N2, the sequential and direct models): a callable from the first ``views`` views
+            (float32 [V, 3, H, W] on ``device``) to occupancy probabilities float [1, R, R, R]; then only
+            the IoU after ``views`` views is scored (the other columns of ``iou`` are NaN), ``geometry``
+            and the code statistics do not apply, and ``model`` may be None.
 
     Returns:
         ``iou`` float64 [n, views] (Eq. 17, tau = 0.4, after 1..views views), ``hull_true`` and
@@ -56,7 +62,10 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
 
     from voxlink.models.projection import perturb_poses, silhouette_hull
 
-    model.eval()
+    if model is not None:
+        model.eval()
+    if reconstruct is not None:
+        geometry = False
     n = len(ds) if n is None else min(n, len(ds))
     gen = torch.Generator().manual_seed(seed)
     ious, hull_t, hull_d = np.zeros((n, views)), np.zeros((n, views)), np.zeros((n, views))
@@ -67,27 +76,31 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
     for i in tqdm(range(n), desc="eval", unit="obj", disable=None if progress else True):
         it = ds[i]
         imgs = it["images"].to(device)
-        codes = model.encode(imgs)
-        first_codes.append(codes[0].cpu())
-        if model.cfg.binarize:
-            payload_bytes.append(len(model.compress(imgs[:1])[0]))
-        v_n = min(views, len(codes))
-        K = it["K"].expand(v_n, 3, 3).to(device)
-        pose = it["pose_grid"][:v_n]
-        if pose_noise[0] or pose_noise[1]:
-            pose = perturb_poses(pose, pose_noise[0], pose_noise[1], gen, exact=True)
-        pose = pose.to(device)
-        state = model.init_state(1, device=device)
         target = it["occupancy"][None].to(device)
-        prob = None
-        for v in range(v_n):
-            state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=K[v:v + 1])
-            prob = model.occupancy(state)
-            ious[i, v] = float(iou(prob, target)[0])
+        if reconstruct is not None:
+            ious[i, :] = np.nan
+            prob = reconstruct(imgs[:views])
+            ious[i, views - 1] = float(iou(prob, target)[0])
+        else:
+            codes = model.encode(imgs)
+            first_codes.append(codes[0].cpu())
+            if model.cfg.binarize:
+                payload_bytes.append(len(model.compress(imgs[:1])[0]))
+            v_n = min(views, len(codes))
+            K = it["K"].expand(v_n, 3, 3).to(device)
+            pose = it["pose_grid"][:v_n]
+            if pose_noise[0] or pose_noise[1]:
+                pose = perturb_poses(pose, pose_noise[0], pose_noise[1], gen, exact=True)
+            pose = pose.to(device)
+            state = model.init_state(1, device=device)
+            for v in range(v_n):
+                state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=K[v:v + 1])
+                prob = model.occupancy(state)
+                ious[i, v] = float(iou(prob, target)[0])
         preds.add((prob > 0.4).flatten().cpu().numpy().tobytes())
         if geometry:
             depth, mask = model.decode_depth(codes)
-            depth, mask, K, pose, target = depth.cpu(), mask.cpu(), K.cpu(), pose.cpu(), target.cpu()
+            depth, mask, K, pose, tgt = depth.cpu(), mask.cpu(), K.cpu(), pose.cpu(), target.cpu()
             true_mask = it["depth"][:v_n] > 0
             h_true = h_dec = None  # the hull of the first v views is the running minimum of one-view hulls
             for v in range(v_n):
@@ -95,8 +108,8 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
                 one_d = silhouette_hull(mask[v:v + 1], K[v:v + 1], pose[v:v + 1])
                 h_true = one_t if h_true is None else torch.minimum(h_true, one_t)
                 h_dec = one_d if h_dec is None else torch.minimum(h_dec, one_d)
-                hull_t[i, v] = float(iou(h_true[None], target, 0.5)[0])
-                hull_d[i, v] = float(iou(h_dec[None], target, 0.5)[0])
+                hull_t[i, v] = float(iou(h_true[None], tgt, 0.5)[0])
+                hull_d[i, v] = float(iou(h_dec[None], tgt, 0.5)[0])
             pm = mask[:v_n] > 0.5
             sil_inter += float(((pm & true_mask).sum((1, 2)) / (pm | true_mask).sum((1, 2)).clamp(min=1)).sum())
             sil_n += v_n
@@ -115,9 +128,9 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
         cats.append(cat)
         obj = ds.store.objects[ds.indices[i]]
         objects.append({"id": obj["id"], "name": obj["name"], "category": cat})
-    c = torch.stack(first_codes) if first_codes else torch.zeros(0, 1)
+    c = torch.stack(first_codes) if first_codes else None
     out = {"iou": ious, "categories": cats, "objects": objects, "distinct_predictions": len(preds),
-           "bits_varying": float(((c > 0).float().mean(0) % 1 != 0).float().mean()) if len(c) else 0.0,
+           "bits_varying": float(((c > 0).float().mean(0) % 1 != 0).float().mean()) if c is not None else None,
            "payload_bytes": float(np.mean(payload_bytes)) if payload_bytes else None}
     if geometry:
         out.update({"hull_true": hull_t, "hull_decoded": hull_d, "silhouette_iou": sil_inter / max(sil_n, 1),

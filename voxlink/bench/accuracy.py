@@ -257,8 +257,10 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
 # -- evaluation -------------------------------------------------------------------------------------
 @torch.no_grad()
 def score(method: str, model, ds: MultiViewDataset, n: int, ratio: float | None = None, iterations: int | None = None,
-          batch: int = 8, jpeg_pool: ThreadPoolExecutor | None = None, device: str = "cpu") -> dict:
-    """Per-object IoU@V of one model at one ratio on the first ``n`` objects of ``ds``.
+          jpeg_pool: ThreadPoolExecutor | None = None, device: str = "cpu") -> dict:
+    """Per-object IoU@V of one model at one ratio on the first ``n`` objects of ``ds`` (V: the dataset's
+    views per object), through :func:`voxlink.evaluate.evaluate_dataset` (the loop ``voxlink eval`` and
+    training validation use), each object reconstructed by this method from its V views.
 
     ``iterations`` is N for the sequential and direct models; ``ratio`` the target of JPEG 2000.
 
@@ -266,36 +268,36 @@ def score(method: str, model, ds: MultiViewDataset, n: int, ratio: float | None 
         ``{"iou": float64 [n], "bytes": mean bytes per view, "bytes_no_header", "ratio": achieved
         ratio, "reachable": bool, "iterations", "code_bits"}`` (keys that do not apply are None).
     """
+    from voxlink.evaluate import evaluate_dataset
     from voxlink.jpeg2000 import encode_at_ratio
 
-    if model is not None:
-        model.eval()
-    ious, nbytes, nbytes_nh, reachable = [], [], [], True
+    nbytes, nbytes_nh, reachable = [], [], [True]
     info: dict = {"iterations": None, "code_bits": None, "bytes_no_header": None}
-    for s in range(0, n, batch):
-        items = [ds[i] for i in range(s, min(n, s + batch))]
-        images = torch.stack([it["images"] for it in items]).to(device)
-        target = torch.stack([it["occupancy"] for it in items]).to(device)
+
+    def reconstruct(images: torch.Tensor) -> torch.Tensor:
+        """One object's views [V, 3, H, W] -> occupancy probabilities [1, R, R, R] by this method."""
         if method in ("implicit", "uncompressed"):
-            logits = model(images)["logits"]
+            logits = model(images[None])["logits"]
         elif method in ("sequential", "direct"):
-            logits = model(images, iterations)["logits"]
+            logits = model(images[None], iterations)["logits"]
             info["iterations"] = iterations
         elif method == "jpeg2000":
-            flat = _to_uint8(images.flatten(0, 1).cpu())
-            res = list(jpeg_pool.map(lambda im: encode_at_ratio(im, ratio, steps=4), flat))
-            reachable &= all(r.reachable for r in res)
-            nbytes += [r.bytes for r in res]
-            nbytes_nh += [r.bytes_no_header for r in res]
-            logits = model(_from_uint8(np.stack([r.image for r in res])).to(device).view_as(images))
+            res = list(jpeg_pool.map(lambda im: encode_at_ratio(im, ratio, steps=4), _to_uint8(images.cpu())))
+            reachable[0] &= all(r.reachable for r in res)
+            nbytes.extend(r.bytes for r in res)
+            nbytes_nh.extend(r.bytes_no_header for r in res)
+            logits = model(_from_uint8(np.stack([r.image for r in res])).to(device)[None])
         else:
             raise ValueError(method)
-        ious.append(iou(torch.softmax(logits, 1)[:, 1], target).double().cpu().numpy())
-    out = {"iou": np.concatenate(ious), "reachable": bool(reachable), **info}
+        return torch.softmax(logits, 1)[:, 1]
+
+    sc = evaluate_dataset(model, ds, n, views=ds.max_views, device=device, reconstruct=reconstruct)
+    out = {"iou": sc["iou"][:, -1].astype(np.float64), "reachable": bool(reachable[0]), **info}
     if method == "jpeg2000":
         out["bytes"] = float(np.mean(nbytes))
         out["bytes_no_header"] = float(np.mean(nbytes_nh))
-        out["ratio"] = images.shape[-1] * images.shape[-2] * 3 / out["bytes"]
+        h, w = ds[0]["images"].shape[-2:]
+        out["ratio"] = h * w * 3 / out["bytes"]
     return out
 
 
