@@ -52,7 +52,7 @@ def codec_curve(recs: list[dict], a) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for n in (1, 2, 4, 8):
         if n <= len(val[0]["val"]["psnr"]):
-            ax.plot([r["t"] / 60 for r in val], [r["val"]["psnr"][n - 1] for r in val], "o-", ms=3,
+            ax.plot([r.get("t", r.get("elapsed_s", 0)) / 60 for r in val], [r["val"]["psnr"][n - 1] for r in val], "o-", ms=3,
                     label=f"N = {n} ({n * 128} bytes, {384 // n}:1)")
     ax.set_xlabel("wall-clock minutes (2 CPU cores)")
     ax.set_ylabel("validation PSNR (dB)")

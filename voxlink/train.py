@@ -275,6 +275,104 @@ def open_train_log(out: Path, step: int):
     return path.open("a")
 
 
+def run_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, tcfg: TrainConfig, out: Path | None, step: int, elapsed: float,
+             batches, train_step, validate_fn, save_ckpt, log_every: int = 10, clip: float | None = None,
+             progress: bool = True, main: bool = True) -> tuple[int, float, dict[str, float]]:
+    """The one training loop of every family (:func:`train`, :func:`voxlink.train_fusion.train_fusion`,
+    :func:`voxlink.train_codec.train_codec`, and the benchmark's :func:`voxlink.bench.accuracy.train_method`): learning-rate schedule, optimiser step, running means,
+    validation, the log and checkpoints; the family gives its batches, its step and its validation.
+
+    Each step: the learning rate is ``tcfg.lr``, times ``tcfg.lr_decay`` from ``tcfg.decay_at * tcfg.steps``
+    on; ``train_step(batch)`` returns ``(losses, metrics, info)``: ``losses`` a dict of scalar tensors
+    with the total under ``"loss"`` (backpropagated), ``metrics`` floats (logged, like the losses, as
+    running means with factor 0.95), ``info`` values logged as they are (``views``); then
+    ``validate_fn(step)`` every ``tcfg.val_every`` steps and at the last (its dict joins that step's
+    record), a line of ``out/log.jsonl`` every ``log_every`` steps and at each validation
+    (:func:`open_train_log`: a resumed run logs each step once), and ``save_ckpt(step, elapsed)`` every
+    ``tcfg.checkpoint_minutes`` and at the end.
+
+    Args:
+        out: the run folder (None: no log; the benchmark's runs).
+        step, elapsed: where the run starts (0 and 0.0, or a checkpoint's; seconds).
+        batches: an iterable of batches, long enough for the remaining steps.
+        clip: clip the gradient norm of the optimised parameters to this (None: no clipping).
+        progress: a progress bar. main: this process logs, validates and checkpoints (rank 0).
+
+    Returns:
+        ``(step, elapsed seconds, running means)`` at the end.
+
+    Raises:
+        FloatingPointError: a loss that is not finite (the checkpoint before it is kept).
+    """
+    import math
+
+    from tqdm import tqdm
+
+    logf = open_train_log(out, step) if main and out is not None else None
+    bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step", disable=not progress or not main)
+    last_ckpt, t_start = time.time(), time.time() - elapsed
+    params = [q for g in opt.param_groups for q in g["params"]]
+    ema: dict[str, float] = {}
+    t_data = time.perf_counter()
+    try:
+        for batch in batches:
+            if step >= tcfg.steps:
+                break
+            t_ready = time.perf_counter()
+            factor = tcfg.lr_decay if step >= tcfg.decay_at * tcfg.steps else 1.0
+            lr = tcfg.lr * factor
+            for g in opt.param_groups:  # a group with its own "base_lr" decays from that
+                g["lr"] = g.get("base_lr", tcfg.lr) * factor
+            losses, metrics, info = train_step(batch)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            step += 1
+            cur = {k: float(x.detach()) for k, x in losses.items()}
+            if not math.isfinite(cur["loss"]):
+                raise FloatingPointError(f"loss is {cur['loss']} at step {step}")
+            cur.update(metrics)
+            cur.update({"data_s": t_ready - t_data, "compute_s": time.perf_counter() - t_ready})
+            for k, x in cur.items():
+                ema[k] = x if k not in ema else 0.95 * ema[k] + 0.05 * x
+            elapsed = time.time() - t_start
+            bar.update(1)
+            bar.set_postfix({k: f"{x:.3f}" for k, x in ema.items() if not k.endswith("_s")})
+            rec = {"step": step, **info, "lr": lr, "elapsed_s": round(elapsed, 1), **{k: round(x, 5) for k, x in ema.items()}}
+            validated = False
+            if main and (step % tcfg.val_every == 0 or step == tcfg.steps):
+                rec.update(validate_fn(step))
+                validated = True
+                log.info("step %d: %s", step, {k: v for k, v in rec.items() if k.startswith("val")})
+            if logf and (step % log_every == 0 or validated):
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+            if main and time.time() - last_ckpt > 60 * tcfg.checkpoint_minutes:
+                save_ckpt(step, elapsed)
+                last_ckpt = time.time()
+            t_data = time.perf_counter()
+    finally:
+        bar.close()
+        if logf:
+            logf.close()
+    if main:
+        save_ckpt(step, elapsed)
+    return step, elapsed, ema
+
+
+def batches_forever(loader, set_epoch=None):
+    """The batches of a DataLoader, epoch after epoch (``set_epoch(epoch)`` before each, for a
+    distributed sampler), for :func:`run_loop`."""
+    epoch = 0
+    while True:
+        if set_epoch is not None:
+            set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
 def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = False, device: str = "cpu",
           command: str = "", progress: bool = True) -> Path:
     """Train an implicit model and write ``out/model.safetensors``.
@@ -294,7 +392,6 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint. voxlink.data.store.DatasetError: bad data.
     """
-    from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -344,68 +441,40 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
         step, elapsed = load_checkpoint(ckpt, model, opt, device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    def _save_ckpt():
-        if rank == 0:
-            save_checkpoint(ckpt, model, opt, step, elapsed, mcfg, tcfg)
+    def _save_ckpt(at: int, secs: float):
+        save_checkpoint(ckpt, model, opt, at, secs, mcfg, tcfg)
 
     rng = np.random.default_rng([tcfg.seed, rank, step])
-    logf = open_train_log(out, step) if rank == 0 else None
-    bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank != 0)
-    last_ckpt, t_start = time.time(), time.time() - elapsed
-    epoch = 0
     model.train()
-    ema = {}
-    while step < tcfg.steps:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        for batch in loader:
-            if step >= tcfg.steps:
-                break
-            lr = tcfg.lr * (tcfg.lr_decay if step >= tcfg.decay_at * tcfg.steps else 1.0)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            # a dataset with fewer views than max_views: at most what it has
-            v = int(rng.integers(1, min(tcfg.max_views, batch["images"].shape[1]) + 1))
-            images = batch["images"][:, :v].to(device)
-            target = batch["occupancy"].to(device)
-            outp = net(images)
-            l3d = occupancy_loss(outp["logits"], target)
-            # depth decoder: a few views per step, on detached codes (the codec is trained by L_3D only)
-            b = images.shape[0]
-            pick = torch.as_tensor(rng.choice(b * v, size=min(tcfg.depth_views, b * v), replace=False))
-            true_depth = batch["depth"][:, :v].flatten(0, 1)[pick].to(device)
-            ld = depth_loss(outp["depth"].flatten(0, 1)[pick], outp["mask_logit"].flatten(0, 1)[pick], true_depth)
-            loss = l3d + tcfg.depth_weight * ld
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            with torch.no_grad():
-                bi = float(iou(torch.softmax(outp["logits"], 1)[:, 1], target).mean())
-            for k, x in (("loss3d", float(l3d)), ("loss_depth", float(ld)), ("iou", bi)):
-                ema[k] = x if k not in ema else 0.95 * ema[k] + 0.05 * x
-            elapsed = time.time() - t_start
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema['loss3d']:.3f}", iou=f"{ema['iou']:.3f}", depth=f"{ema['loss_depth']:.3f}",
-                            sps=f"{step / max(elapsed, 1e-9):.2f}")
-            rec = {"step": step, "views": v, "lr": lr, "elapsed_s": round(elapsed, 1), **{k: round(x, 4) for k, x in ema.items()}}
-            if rank == 0 and (step % tcfg.val_every == 0 or step == tcfg.steps):
-                recalibrate_bn(model, bn_ds, batches=10, device=device, seed=step)
-                rec.update(validate(model, val_ds, tcfg.val_objects, device))
-                log.info("step %d: %s", step, {k: rec[k] for k in rec if k.startswith("val_")})
-                if rec["val_bits_varying"] < 0.5 and mcfg.binarize:
-                    log.warning("alarm: only %.0f %% of code bits vary across objects", 100 * rec["val_bits_varying"])
-                if rec["val_distinct_predictions"] <= 2:
-                    log.warning("alarm: validation predictions are (nearly) all identical")
-            if logf and (step % 10 == 0 or "val_miou5" in rec):
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-            if time.time() - last_ckpt > 60 * tcfg.checkpoint_minutes:
-                _save_ckpt()
-                last_ckpt = time.time()
-        epoch += 1
-    bar.close()
-    _save_ckpt()
+
+    def train_step(batch):
+        # a dataset with fewer views than max_views: at most what it has
+        v = int(rng.integers(1, min(tcfg.max_views, batch["images"].shape[1]) + 1))
+        images = batch["images"][:, :v].to(device)
+        target = batch["occupancy"].to(device)
+        outp = net(images)
+        l3d = occupancy_loss(outp["logits"], target)
+        # depth decoder: a few views per step, on detached codes (the codec is trained by L_3D only)
+        b = images.shape[0]
+        pick = torch.as_tensor(rng.choice(b * v, size=min(tcfg.depth_views, b * v), replace=False))
+        true_depth = batch["depth"][:, :v].flatten(0, 1)[pick].to(device)
+        ld = depth_loss(outp["depth"].flatten(0, 1)[pick], outp["mask_logit"].flatten(0, 1)[pick], true_depth)
+        with torch.no_grad():
+            bi = float(iou(torch.softmax(outp["logits"], 1)[:, 1], target).mean())
+        return {"loss": l3d + tcfg.depth_weight * ld, "loss3d": l3d, "loss_depth": ld}, {"iou": bi}, {"views": v}
+
+    def validate_fn(at: int) -> dict:
+        recalibrate_bn(model, bn_ds, batches=10, device=device, seed=at)
+        r = validate(model, val_ds, tcfg.val_objects, device)
+        if r["val_bits_varying"] < 0.5 and mcfg.binarize:
+            log.warning("alarm: only %.0f %% of code bits vary across objects", 100 * r["val_bits_varying"])
+        if r["val_distinct_predictions"] <= 2:
+            log.warning("alarm: validation predictions are (nearly) all identical")
+        return r
+
+    step, elapsed, ema = run_loop(model, opt, tcfg, out, step, elapsed,
+                                  batches_forever(loader, sampler.set_epoch if sampler is not None else None),
+                                  train_step, validate_fn, _save_ckpt, progress=progress, main=rank == 0)
     final = out / "model.safetensors"
     if rank == 0:
         recalibrate_bn(model, bn_ds, batches=100, device=device)

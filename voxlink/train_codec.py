@@ -20,9 +20,7 @@ other training loops (:func:`voxlink.train.train`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import torch
 from voxlink.data.store import DatasetStore, manifest_hash
 from voxlink.models.rnn_compress import CompressionConfig, RNNCompressor
 from voxlink.preprocess import to_input
-from voxlink.train import TrainConfig, git_commit, load_checkpoint, open_train_log, save_checkpoint
+from voxlink.train import TrainConfig, git_commit, load_checkpoint, run_loop, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -174,41 +172,25 @@ def train_codec(ccfg: CompressionConfig, tcfg: TrainConfig, out: str | Path, res
     ckpt = out / "checkpoint.pt"
     step, elapsed = (load_checkpoint(ckpt, model, opt) if resume else (0, 0.0))
     rng = np.random.default_rng([tcfg.seed, step])  # a resumed run draws new patches, deterministically
-    logf = open_train_log(out, step)
-    t0, last_ckpt = time.time() - elapsed, time.time()
-    decay_step = int(tcfg.decay_at * tcfg.steps)
     model.train()
 
-    def _save():
-        save_checkpoint(ckpt, model, opt, step, time.time() - t0, ccfg, tcfg)
+    def patches():
+        while True:
+            yield random_patches(bank, tcfg.batch_size, tcfg.patch_size, rng)
 
-    while step < tcfg.steps:
-        lr = tcfg.lr * (tcfg.lr_decay if step >= decay_step else 1.0)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x = random_patches(bank, tcfg.batch_size, tcfg.patch_size, rng)
-        loss = model(x, ccfg.max_iterations)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # a ConvLSTM's early steps can spike
-        opt.step()
-        step += 1
-        rec = {"step": step, "loss": round(float(loss.detach()), 5), "lr": lr, "t": round(time.time() - t0, 1)}
-        if step % tcfg.val_every == 0 or step == tcfg.steps:
-            rec["val"] = validate_codec(model, val)
-            log.info("step %d  loss %.4f  val PSNR %s dB", step, rec["loss"], rec["val"]["psnr"])
-        if step % 50 == 0 or "val" in rec:
-            logf.write(json.dumps(rec) + "\n")
-            logf.flush()
-        if not math.isfinite(rec["loss"]):
-            raise FloatingPointError(f"loss is {rec['loss']} at step {step}")
-        if time.time() - last_ckpt > 60 * tcfg.checkpoint_minutes:
-            _save()
-            last_ckpt = time.time()
-    _save()
+    def train_step(x):
+        return {"loss": model(x, ccfg.max_iterations)["loss"]}, {}, {}
+
+    def validate_fn(at: int) -> dict:
+        return {"val": validate_codec(model, val)}
+
+    # the gradient norm clipped at 1: a ConvLSTM's early steps can spike
+    step, elapsed, _ = run_loop(model, opt, tcfg, out, step, elapsed, patches(), train_step, validate_fn,
+                                lambda at, secs: save_checkpoint(ckpt, model, opt, at, secs, ccfg, tcfg),
+                                log_every=50, clip=1.0, progress=False)
     final = validate_codec(model, val)
     meta = {"command": command, "data_manifest": manifest_hash(tcfg.data), "git_commit": git_commit(),
-            "train_config": dataclasses.asdict(tcfg), "steps": step, "train_seconds": round(time.time() - t0, 1),
+            "train_config": dataclasses.asdict(tcfg), "steps": step, "train_seconds": round(elapsed, 1),
             "val": final}
     path = save_model(model, out / "model.safetensors", meta=meta, half=True)
     log.info("wrote %s (val PSNR %s dB)", path, final["psnr"])

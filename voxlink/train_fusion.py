@@ -15,9 +15,7 @@ shipped implicit model's E_K and depth decoder, or an earlier fusion model) befo
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +26,8 @@ from voxlink.data.store import manifest_hash
 from voxlink.models.fusion import FusionConfig, FusionModel
 from voxlink.models.implicit import iou, occupancy_loss
 from voxlink.models.projection import perturb_poses
-from voxlink.train import (TrainConfig, _collate, best_threshold, git_commit, load_checkpoint, mean_grid,
-                           open_train_log, recalibrate_bn, save_checkpoint)
+from voxlink.train import (TrainConfig, _collate, batches_forever, best_threshold, git_commit, load_checkpoint,
+                           mean_grid, recalibrate_bn, run_loop, save_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +137,6 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint. voxlink.data.store.DatasetError: bad data.
     """
-    from tqdm import tqdm
 
     from voxlink.weights import save_model
 
@@ -188,82 +185,52 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
     elif tcfg.warm_start:
         warm_start(model, tcfg.warm_start)
 
-    def _save_ckpt():
-        save_checkpoint(ckpt, model, opt, step, elapsed, mcfg, tcfg)
+    def _save_ckpt(at: int, secs: float):
+        save_checkpoint(ckpt, model, opt, at, secs, mcfg, tcfg)
 
     rng = np.random.default_rng([tcfg.seed, step])
     gen = torch.Generator().manual_seed(tcfg.seed * 7919 + step)
-    logf = open_train_log(out, step)
-    bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step", disable=not progress)
-    last_ckpt, t_start = time.time(), time.time() - elapsed
     model.train()
-    ema: dict[str, float] = {}
-    t_data = time.perf_counter()
-    while step < tcfg.steps:
-        for batch in loader:
-            if step >= tcfg.steps:
-                break
-            t_ready = time.perf_counter()
-            lr = tcfg.lr * (tcfg.lr_decay if step >= tcfg.decay_at * tcfg.steps else 1.0)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            have = batch["images"].shape[1]  # a dataset with fewer views than max_views: what it has
-            v = int(rng.integers(min(tcfg.min_views, have), min(tcfg.max_views, have) + 1))
-            images = batch["images"][:, :v].to(device)
-            if tcfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
-            b = images.shape[0]
-            pose = batch["pose_grid"][:, :v]
-            if tcfg.pose_noise_deg or tcfg.pose_noise_m:
-                pose = perturb_poses(pose, tcfg.pose_noise_deg, tcfg.pose_noise_m, gen)
-            K = batch["K"][:, None].expand(b, v, 3, 3)
-            target = batch["occupancy"].to(device)
-            true_depth = batch["depth"][:, :v].to(device)
-            with torch.autocast(device_type="cpu" if device == "cpu" else "cuda", dtype=torch.bfloat16,
-                                enabled=tcfg.bf16):
-                if teacher is None:
-                    outp = model(images, K.to(device), pose.to(device))
-                    ls = fusion_losses(outp, target, true_depth)
-                else:
-                    model.eval()  # E_K's batch norms keep the teacher's statistics (the same codes)
-                    model.depth.train()
-                    ls = distill_losses(model, teacher, images.flatten(0, 1))
-            loss = tcfg.mask_weight * ls["loss_mask"] + tcfg.depth_weight * ls["loss_depth"]
+
+    def train_step(batch):
+        have = batch["images"].shape[1]  # a dataset with fewer views than max_views: what it has
+        v = int(rng.integers(min(tcfg.min_views, have), min(tcfg.max_views, have) + 1))
+        images = batch["images"][:, :v].to(device)
+        if tcfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+        b = images.shape[0]
+        pose = batch["pose_grid"][:, :v]
+        if tcfg.pose_noise_deg or tcfg.pose_noise_m:
+            pose = perturb_poses(pose, tcfg.pose_noise_deg, tcfg.pose_noise_m, gen)
+        K = batch["K"][:, None].expand(b, v, 3, 3)
+        target = batch["occupancy"].to(device)
+        true_depth = batch["depth"][:, :v].to(device)
+        with torch.autocast(device_type="cpu" if device == "cpu" else "cuda", dtype=torch.bfloat16, enabled=tcfg.bf16):
             if teacher is None:
-                loss = loss + ls["loss3d"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            t_done = time.perf_counter()
-            cur = {k: float(x.detach()) for k, x in ls.items()}
-            if teacher is None:
-                with torch.no_grad():
-                    cur["iou"] = float(iou(torch.softmax(outp["logits"].float(), 1)[:, 1], target).mean())
-            cur.update({"data_s": t_ready - t_data, "compute_s": t_done - t_ready})
-            for k, x in cur.items():
-                ema[k] = x if k not in ema else 0.95 * ema[k] + 0.05 * x
-            t_data = time.perf_counter()
-            elapsed = time.time() - t_start
-            bar.update(1)
-            bar.set_postfix({k: f"{ema[k]:.3f}" for k in ("loss3d", "iou", "loss_mask", "loss_depth", "mask_agree")
-                             if k in ema})
-            rec = {"step": step, "views": v, "lr": lr, "elapsed_s": round(elapsed, 1),
-                   **{k: round(x, 4) for k, x in ema.items()}}
-            if step % tcfg.val_every == 0 or step == tcfg.steps:
-                if teacher is None:  # (a distilled model keeps the teacher's E_K, statistics included)
-                    recalibrate_bn(model, train_ds, batches=6, batch_size=8, device=device, seed=step,
-                                   forward=lambda x: model.encoder(x))
-                rec.update({k: round(x, 4) for k, x in validate_fusion(model, val_ds, tcfg.val_objects, device).items()})
-                log.info("step %d: %s", step, {k: rec[k] for k in rec if k.startswith("val_")})
-            if step % 10 == 0 or "val_miou5" in rec:
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-            if time.time() - last_ckpt > 60 * tcfg.checkpoint_minutes:
-                _save_ckpt()
-                last_ckpt = time.time()
-    bar.close()
-    _save_ckpt()
+                outp = model(images, K.to(device), pose.to(device))
+                ls = fusion_losses(outp, target, true_depth)
+            else:
+                model.eval()  # E_K's batch norms keep the teacher's statistics (the same codes)
+                model.depth.train()
+                ls = distill_losses(model, teacher, images.flatten(0, 1))
+        metrics = {}
+        if "mask_agree" in ls:
+            metrics["mask_agree"] = float(ls.pop("mask_agree"))
+        loss = tcfg.mask_weight * ls["loss_mask"] + tcfg.depth_weight * ls["loss_depth"]
+        if teacher is None:
+            loss = loss + ls["loss3d"]
+            with torch.no_grad():
+                metrics["iou"] = float(iou(torch.softmax(outp["logits"].float(), 1)[:, 1], target).mean())
+        return {"loss": loss, **ls}, metrics, {"views": v}
+
+    def validate_fn(at: int) -> dict:
+        if teacher is None:  # (a distilled model keeps the teacher's E_K, statistics included)
+            recalibrate_bn(model, train_ds, batches=6, batch_size=8, device=device, seed=at,
+                           forward=lambda x: model.encoder(x))
+        return {k: round(x, 4) for k, x in validate_fusion(model, val_ds, tcfg.val_objects, device).items()}
+
+    step, elapsed, ema = run_loop(model, opt, tcfg, out, step, elapsed, batches_forever(loader), train_step,
+                                  validate_fn, _save_ckpt, progress=progress)
     if teacher is None:
         recalibrate_bn(model, train_ds, batches=40, batch_size=8, device=device, forward=lambda x: model.encoder(x))
     final = out / "model.safetensors"

@@ -176,9 +176,7 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     75 % of the steps, BatchNorm statistics recomputed at the end. Losses: Eq. 15 (implicit,
     uncompressed, jpeg2000) or Eq. 16 (sequential, direct; N drawn in 1..N_max per batch).
     """
-    from tqdm import tqdm
-
-    from voxlink.train import _collate, recalibrate_bn
+    from voxlink.train import TrainConfig, _collate, batches_forever, recalibrate_bn, run_loop
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -202,37 +200,30 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     pool = ThreadPoolExecutor(2) if method == "jpeg2000" else None
     nmax = prof.compression.max_iterations
     lo, hi = (math.log(r) for r in prof.jpeg_train_ratios)
-    t0, step, ema = time.time(), 0, {}
-    bar = tqdm(total=prof.steps, desc=f"train {method}", unit="step", disable=None if progress else True, leave=False)
+    t0 = time.time()
     model.train()
-    while step < prof.steps:
-        for batch in loader:
-            if step >= prof.steps:
-                break
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * (0.2 if step >= 0.75 * prof.steps else 1.0)
-            v = int(rng.integers(1, prof.max_views + 1))
-            images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
-            parts = {}
-            if method in ("implicit", "uncompressed"):
-                loss = parts["loss_3d"] = occupancy_loss(model(images)["logits"], target)
-            elif method in ("sequential", "direct"):
-                o = model(images, int(rng.integers(1, nmax + 1)))
-                parts["loss_3d"], parts["loss_comp"] = occupancy_loss(o["logits"], target), o["loss_comp"]
-                loss = model.loss(o, target)
-            else:
-                ratio = math.exp(rng.uniform(lo, hi))
-                dec = _jpeg_roundtrip(images.flatten(0, 1), ratio, pool).view_as(images)
-                loss = parts["loss_3d"] = occupancy_loss(model(dec), target)
-            for k, x in parts.items():
-                ema[k] = float(x) if k not in ema else 0.95 * ema[k] + 0.05 * float(x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix({k: f"{x:.3f}" for k, x in ema.items()})
-    bar.close()
+
+    def train_step(batch):
+        v = int(rng.integers(1, prof.max_views + 1))
+        images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
+        if method in ("implicit", "uncompressed"):
+            l3d = occupancy_loss(model(images)["logits"], target)
+            return {"loss": l3d, "loss_3d": l3d}, {}, {}
+        if method in ("sequential", "direct"):
+            o = model(images, int(rng.integers(1, nmax + 1)))
+            return {"loss": model.loss(o, target), "loss_3d": occupancy_loss(o["logits"], target),
+                    "loss_comp": o["loss_comp"]}, {}, {}
+        dec = _jpeg_roundtrip(images.flatten(0, 1), math.exp(rng.uniform(lo, hi)), pool).view_as(images)
+        l3d = occupancy_loss(model(dec), target)
+        return {"loss": l3d, "loss_3d": l3d}, {}, {}
+
+    # the protocol of voxlink train, through its loop: learning rate x0.2 after 75 % of the steps; no
+    # log, checkpoints or validation inside (the benchmark scores the model after)
+    tcfg = TrainConfig(steps=prof.steps, lr=prof.lr, lr_decay=0.2, decay_at=0.75, val_every=prof.steps + 1,
+                       checkpoint_minutes=float("inf"))
+    _, _, ema = run_loop(model, opt, tcfg, None, 0, 0.0, batches_forever(loader), train_step, lambda at: {},
+                         lambda at, secs: None, progress=progress)
+    ema = {k: x for k, x in ema.items() if k.startswith("loss_")}
     bn_ds = MultiViewDataset(data, "train", prof.max_views, train=False, frame=prof.frame)
     n_bn = max(1, min(10, len(bn_ds) // max(1, bs)))
     if method in ("implicit", "uncompressed", "jpeg2000"):
