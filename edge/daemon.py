@@ -460,7 +460,7 @@ class EdgeDaemon:
         if self.cfg.backchannel:
             bc = threading.Thread(target=self._backchannel, args=(ctx, codelog), name="backchannel", daemon=True)
             bc.start()
-        log.info("edge: source %s, backend %s, K = %d, %s %s", self.cfg.source, self.backend.name,
+        log.info("edge: source %s, backend %s, %d-bit codes, %s %s", self.cfg.source, self.backend.name,
                  self.backend.code_bits, self.cfg.socket.upper(), ", ".join(self.cfg.connect + self.cfg.bind))
         self.backend.warmup()
         cap = threading.Thread(target=self._capture, name="capture", daemon=True)

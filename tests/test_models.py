@@ -153,7 +153,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     path = save_model(m, tmp_path / "tiny.safetensors")
     loaded, _, _ = load_model(path, code_bits=64)
     assert loaded.fingerprint() == m.fingerprint()
-    with pytest.raises(ModelFileError, match="K=64"):
+    with pytest.raises(ModelFileError, match="makes 64-bit codes"):
         load_model(path, code_bits=1024)
     bad = tmp_path / "corrupt.safetensors"
     bad.write_bytes(path.read_bytes()[:200])

@@ -98,7 +98,7 @@ def test_model_metadata_without_torch_matches_the_loaded_model():
         print(json.dumps([i.fingerprint_hex, i.code_bits, i.name, 'torch' in sys.modules]))
     """))
     assert got == [info.fingerprint_hex, 1024, info.name, False]
-    with pytest.raises(ModelFileError, match="K=1024"):
+    with pytest.raises(ModelFileError, match="makes 1024-bit codes"):
         read_model_info(MODEL, code_bits=819)
 
 

@@ -195,8 +195,8 @@ class OnnxBackend(EncoderBackend):
             if b.fingerprint == info.fingerprint and b.code_bits == info.code_bits:
                 log.info("encoder graph %s (fingerprint %s)", path, info.fingerprint_hex)
                 return b
-            stale.append(f"{path} (fingerprint {bytes.hex(b.fingerprint)}, K = {b.code_bits})")
-            log.warning("skipping %s: built from another model (fingerprint %s, K = %d; the model file has %s, K = %d)",
+            stale.append(f"{path} (fingerprint {bytes.hex(b.fingerprint)}, {b.code_bits}-bit codes)")
+            log.warning("skipping %s: built from another model (fingerprint %s, %d-bit codes; the model file has %s, %d-bit codes)",
                         path, bytes.hex(b.fingerprint), b.code_bits, info.fingerprint_hex, info.code_bits)
         why = (f"no ONNX graph of {info.path.name} (fingerprint {info.fingerprint_hex}) beside it or in {cached.parent}"
                + (f"; skipped stale {', '.join(stale)}" if stale else ""))
@@ -290,6 +290,6 @@ def probe(kind: str = "auto", model: str | None = None, onnx_path: str | None = 
             reasons.append(f"{name}: {e}")
             log.info("backend %s skipped: %s", name, e)
             continue
-        log.info("backend: %s (K = %d)", b.name, b.code_bits)
+        log.info("backend: %s (%d-bit codes)", b.name, b.code_bits)
         return b
     raise BackendUnavailable("no encoder backend could start: " + "; ".join(reasons))

@@ -300,7 +300,7 @@ def export_trt_cmd(
         _fail(str(e), 3)
     except (ValueError, RuntimeError) as e:
         _fail(str(e), 1)
-    typer.echo(f"wrote {out} ({meta['precision']}, TensorRT {meta['tensorrt']}, K = {meta['code_bits']}) and {out}.json")
+    typer.echo(f"wrote {out} ({meta['precision']}, TensorRT {meta['tensorrt']}, {meta['code_bits']}-bit codes) and {out}.json")
 
 
 @app.command("edge")

@@ -149,7 +149,7 @@ def read_model_info(name_or_path: str | Path | None = None, code_bits: int | Non
         if len(fp) != 8:
             raise ModelFileError(f"{path}: fingerprint {fp_hex!r} is not 16 hex digits")
     if code_bits is not None and k != code_bits:
-        raise ModelFileError(f"{path} is a K={k} model, but K={code_bits} is needed")
+        raise ModelFileError(f"{path} makes {k}-bit codes, but {code_bits}-bit codes are needed")
     return ModelInfo(path=path, name=str(cfg.get("name") or path.stem), family=family, code_bits=k, fingerprint=fp,
                      frame=str(cfg.get("frame", DEFAULT_FRAME[family])), image_size=int(cfg.get("image_size", 128)),
                      config=cfg, meta=meta)

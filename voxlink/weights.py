@@ -116,7 +116,7 @@ def load_model(name_or_path: str | Path | None = None, code_bits: int | None = N
     except (KeyError, ValueError) as e:
         raise ModelFileError(f"{path}: bad model config metadata: {e}") from e
     if code_bits is not None and cfg.code_bits != code_bits:
-        raise ModelFileError(f"{path} is a K={cfg.code_bits} model, but K={code_bits} is needed")
+        raise ModelFileError(f"{path} makes {cfg.code_bits}-bit codes, but {code_bits}-bit codes are needed")
     model = model_cls(cfg)
     extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     weights = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items() if not k.startswith("extra.")}
