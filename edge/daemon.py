@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.sources import Frame, SourceEnded, SourceError, open_source
+from edge.sources import Capture, SourceEnded, SourceError, open_source
 from voxlink import camera
 from voxlink.preprocess import to_input_array
 from voxlink.protocol import (HEADER_BYTES, KIND_CODE, CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32,
@@ -312,15 +312,15 @@ class EdgeDaemon:
                              f"{bytes.hex(self.backend.fingerprint)} != {bytes.hex(fp)})")
         self.model_name, self.frame_kind = info.name, info.frame
         self.fp = fp
-        K_frame = None
+        K_capture = None
         if cfg.intrinsics:
             fx, fy, cx, cy = cfg.intrinsics
-            K_frame = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
-        self.source = open_source(cfg.source, K_frame, cfg.orbit_views, cfg.orbits)
+            K_capture = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+        self.source = open_source(cfg.source, K_capture, cfg.orbit_views, cfg.orbits)
         self.stats = Counter()
         self.encode_ms: deque[float] = deque(maxlen=1000)
         self.stop = threading.Event()
-        self.q: queue.Queue[Frame] = queue.Queue(maxsize=4)
+        self.q: queue.Queue[Capture] = queue.Queue(maxsize=4)
         self.epoch = time.time()
         self.seq = 0  # set from the code log in run()
         self.first_seq = 0

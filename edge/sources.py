@@ -1,4 +1,4 @@
-"""Frame sources of the edge daemon: camera index, video file, RTSP URL or GStreamer pipeline
+"""Capture sources of the edge daemon: camera index, video file, RTSP URL or GStreamer pipeline
 (OpenCV), a folder of images, and ``orbit:MESH`` (a simulated drone orbiting a real mesh, rendered by
 the data pipeline, with true poses)."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from voxlink import camera
-from voxlink.preprocess import IMAGE_SIZE, frame_to_view
+from voxlink.preprocess import IMAGE_SIZE, capture_to_view
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -28,8 +28,9 @@ class SourceEnded(Exception):
 
 
 @dataclass
-class Frame:
-    """One captured view, already preprocessed.
+class Capture:
+    """One captured camera image, already preprocessed into the view the encoder takes (voxlink keeps
+    the word *frame* for the coordinate frame a grid is reconstructed in).
 
     Attributes:
         view: uint8 [128, 128, 3] RGB (centre crop + resize of the camera frame).
@@ -44,11 +45,11 @@ class Frame:
     resized_from: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)
 
 
-def view_intrinsics(K_frame: np.ndarray, height: int, width: int, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Intrinsics of the 128 x 128 view made by :func:`voxlink.preprocess.frame_to_view` from a frame.
+def view_intrinsics(K_capture: np.ndarray, height: int, width: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Intrinsics of the 128 x 128 view made by :func:`voxlink.preprocess.capture_to_view` from a frame.
 
     Args:
-        K_frame: float [3, 3] intrinsics of the H x W camera frame (pixels).
+        K_capture: float [3, 3] intrinsics of the H x W camera frame (pixels).
         height, width: frame size.
 
     Returns:
@@ -57,7 +58,7 @@ def view_intrinsics(K_frame: np.ndarray, height: int, width: int, size: int = IM
     s = min(height, width)
     y0, x0 = (height - s) // 2, (width - s) // 2
     k = size / s
-    K = np.array(K_frame, np.float64).copy()
+    K = np.array(K_capture, np.float64).copy()
     K[0, 2] = (K[0, 2] - x0 + 0.5) * k - 0.5
     K[1, 2] = (K[1, 2] - y0 + 0.5) * k - 0.5
     K[0, 0] *= k
@@ -66,13 +67,13 @@ def view_intrinsics(K_frame: np.ndarray, height: int, width: int, size: int = IM
 
 
 class Source:
-    """Base class: ``read()`` returns a :class:`Frame`, raises SourceEnded or SourceError."""
+    """Base class: ``read()`` returns a :class:`Capture`, raises SourceEnded or SourceError."""
 
     live = False
     #: intrinsics of the delivered 128 x 128 views (None where unknown)
     K: np.ndarray | None = None
 
-    def read(self) -> Frame:  # pragma: no cover - interface
+    def read(self) -> Capture:  # pragma: no cover - interface
         """The next frame."""
         raise NotImplementedError
 
@@ -102,14 +103,14 @@ class OrbitSource(Source):
         self.rng = np.random.default_rng(seed)
         self.bg = self.rng.integers(0, 256, size=3, dtype=np.uint8)
 
-    def read(self) -> Frame:  # noqa: D102
+    def read(self) -> Capture:  # noqa: D102
         """The next frame (see :class:`Source`); raises SourceEnded or SourceError."""
         if self.orbits and self.i >= self.n * self.orbits:
             raise SourceEnded(f"orbit of {self.mesh.name} complete ({self.i} views)")
         pose = camera.circle_pose(self.i, self.n, self.el, self.d)
         rgb, _ = self.renderer.render(self.mesh.parts, self.K, pose[None], self.bg[None])
         self.i += 1
-        return Frame(view=rgb[0], t=time.time(), pose=pose)
+        return Capture(view=rgb[0], t=time.time(), pose=pose)
 
     def close(self) -> None:  # noqa: D102
         """Release the device, file or renderer."""
@@ -119,13 +120,13 @@ class OrbitSource(Source):
 class FolderSource(Source):
     """Images of a folder in name order (any size: centre crop + resize)."""
 
-    def __init__(self, folder: str | Path, K_frame: np.ndarray | None = None):
+    def __init__(self, folder: str | Path, K_capture: np.ndarray | None = None):
         self.files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-        self.i, self.K_frame = 0, K_frame
+        self.i, self.K_capture = 0, K_capture
 
-    def read(self) -> Frame:  # noqa: D102
+    def read(self) -> Capture:  # noqa: D102
         """The next frame (see :class:`Source`); raises SourceEnded or SourceError."""
         import cv2
 
@@ -136,9 +137,9 @@ class FolderSource(Source):
             if img is None:
                 log.warning("cannot read image %s: skipped", p)
                 continue
-            if self.K_frame is not None:
-                self.K = view_intrinsics(self.K_frame, *img.shape[:2])
-            return Frame(view=frame_to_view(img), t=time.time(), resized_from=img.shape[:2])
+            if self.K_capture is not None:
+                self.K = view_intrinsics(self.K_capture, *img.shape[:2])
+            return Capture(view=capture_to_view(img), t=time.time(), resized_from=img.shape[:2])
         raise SourceEnded(f"all {len(self.files)} images of the folder sent")
 
 
@@ -149,10 +150,10 @@ class OpenCVSource(Source):
         SourceError: it cannot be opened.
     """
 
-    def __init__(self, spec: str, K_frame: np.ndarray | None = None):
+    def __init__(self, spec: str, K_capture: np.ndarray | None = None):
         import cv2
 
-        self.spec, self.K_frame = spec, K_frame
+        self.spec, self.K_capture = spec, K_capture
         if spec.isdigit():
             self.cap, self.live = cv2.VideoCapture(int(spec)), True
         elif "!" in spec:
@@ -163,23 +164,23 @@ class OpenCVSource(Source):
         if not self.cap.isOpened():
             raise SourceError(f"cannot open video source {spec!r}")
 
-    def read(self) -> Frame:  # noqa: D102
+    def read(self) -> Capture:  # noqa: D102
         """The next frame (see :class:`Source`); raises SourceEnded or SourceError."""
         ok, img = self.cap.read()
         if not ok or img is None:
             if self.live:
                 raise SourceError(f"camera {self.spec!r} delivered no frame")
             raise SourceEnded(f"video {self.spec!r} ended")
-        if self.K_frame is not None:
-            self.K = view_intrinsics(self.K_frame, *img.shape[:2])
-        return Frame(view=frame_to_view(img), t=time.time(), resized_from=img.shape[:2])
+        if self.K_capture is not None:
+            self.K = view_intrinsics(self.K_capture, *img.shape[:2])
+        return Capture(view=capture_to_view(img), t=time.time(), resized_from=img.shape[:2])
 
     def close(self) -> None:  # noqa: D102
         """Release the device, file or renderer."""
         self.cap.release()
 
 
-def open_source(spec: str, K_frame: np.ndarray | None = None, orbit_views: int = 24, orbits: int = 1) -> Source:
+def open_source(spec: str, K_capture: np.ndarray | None = None, orbit_views: int = 24, orbits: int = 1) -> Source:
     """Open a source from its spec: ``orbit:MESH``, a folder, a camera index, a file/URL/pipeline.
 
     Raises:
@@ -189,7 +190,7 @@ def open_source(spec: str, K_frame: np.ndarray | None = None, orbit_views: int =
         if spec.startswith("orbit:"):
             return OrbitSource(spec[len("orbit:"):], views_per_orbit=orbit_views, orbits=orbits)
         if Path(spec).is_dir():
-            return FolderSource(spec, K_frame)
-        return OpenCVSource(spec, K_frame)
+            return FolderSource(spec, K_capture)
+        return OpenCVSource(spec, K_capture)
     except (OSError, ValueError) as e:
         raise SourceError(f"cannot open source {spec!r}: {e}") from e

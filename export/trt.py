@@ -70,7 +70,7 @@ def _calibration_batches(calib_dir: str | Path, batch: int = 8, limit: int = 256
     """Views (float32 [B, 3, 128, 128] in [0, 1]) from a folder of images or a voxlink dataset."""
     import cv2
 
-    from voxlink.preprocess import frame_to_view, to_input
+    from voxlink.preprocess import capture_to_view, to_input
 
     calib_dir = Path(calib_dir)
     if (calib_dir / "manifest.json").is_file():
@@ -80,7 +80,7 @@ def _calibration_batches(calib_dir: str | Path, batch: int = 8, limit: int = 256
         views = np.concatenate([st.read(i, "rgb") for i in range(len(st))])[:limit]
     else:
         files = sorted(p for p in calib_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[:limit]
-        views = np.stack([frame_to_view(cv2.imread(str(p))) for p in files]) if files else np.zeros((0, 128, 128, 3), np.uint8)
+        views = np.stack([capture_to_view(cv2.imread(str(p))) for p in files]) if files else np.zeros((0, 128, 128, 3), np.uint8)
     if len(views) == 0:
         raise ValueError(f"no calibration images in {calib_dir}")
     x = to_input(views).numpy()

@@ -131,7 +131,7 @@ def test_bad_source_and_backend_give_clear_errors(tmp_path):
 def test_view_intrinsics_follow_crop_and_resize():
     from edge.sources import view_intrinsics
     from voxlink import camera
-    from voxlink.preprocess import frame_to_view
+    from voxlink.preprocess import capture_to_view
 
     # a 480 x 640 frame; a point projected in the frame lands at the same place in the 128 view
     K = np.array([[500.0, 0, 319.5], [0, 500.0, 239.5], [0, 0, 1]])
@@ -143,7 +143,7 @@ def test_view_intrinsics_follow_crop_and_resize():
     s = 128 / 480
     assert np.allclose(uvv[0], ((uv[0] - [80, 0]) + 0.5) * s - 0.5)
     img = np.zeros((480, 640, 3), np.uint8)
-    assert frame_to_view(img).shape == (128, 128, 3)
+    assert capture_to_view(img).shape == (128, 128, 3)
 
 
 def _has_tensorrt_and_gpu() -> str | None:

@@ -65,7 +65,7 @@ def test_edge_extra_installs_without_torch_and_streams_pytorchs_bits(tmp_path):
     import torch
     import zmq
 
-    from voxlink.preprocess import frame_to_view, to_input
+    from voxlink.preprocess import capture_to_view, to_input
     from voxlink.protocol import CodeMessage, StreamInfo, decode, fingerprint32, unpack_bits
     from voxlink.weights import load_model
 
@@ -124,7 +124,7 @@ def test_edge_extra_installs_without_torch_and_streams_pytorchs_bits(tmp_path):
 
     model, _, _ = load_model(None)  # the shipped default, which the edge runs without --model
     with torch.no_grad():
-        ref = model.encode(to_input(np.stack([frame_to_view(f) for f in frames]))).numpy()
+        ref = model.encode(to_input(np.stack([capture_to_view(f) for f in frames]))).numpy()
     # a PUB socket drops what it sends before the subscription arrives: every view is in the code log,
     # and every view that crossed the link is the PyTorch encoder's bits
     assert len(codes) >= len(frames) - 1, f"received {len(codes)} of {len(frames)} views:\n{err[-2000:]}"

@@ -148,13 +148,13 @@ def _write_capture(folder: Path, n: int = 5) -> dict:
         T[:3, 3] = W[:3, :3] @ poses[i][:3, 3] + W[:3, 3]
         entries.append({"image": f"v{i:02d}", "pose": T.tolist()})
     (folder / "poses.json").write_text(json.dumps(entries))
-    K_frame = K160.copy()
-    K_frame[0, 2] += 20
-    (folder / "K.json").write_text(json.dumps({"K": K_frame.tolist(), "width": 200, "height": 160}))
+    K_capture = K160.copy()
+    K_capture[0, 2] += 20
+    (folder / "K.json").write_text(json.dumps({"K": K_capture.tolist(), "width": 200, "height": 160}))
     world = lm.mesh.copy()
     world.apply_transform(W)
     world.export(folder / "table_world.ply")
-    return {"poses": poses, "depth": depth, "rgb": rgb, "K160": K160, "K_frame": K_frame, "mesh": lm.mesh}
+    return {"poses": poses, "depth": depth, "rgb": rgb, "K160": K160, "K_capture": K_capture, "mesh": lm.mesh}
 
 
 def test_import_a_capture_recovers_intrinsics_poses_depth_and_grid(tmp_path):
@@ -178,7 +178,7 @@ def test_import_a_capture_recovers_intrinsics_poses_depth_and_grid(tmp_path):
     assert K[0, 0] == pytest.approx(f160 * 0.8, rel=1e-6) and K[1, 1] == pytest.approx(f160 * 0.8, rel=1e-6)
     assert K[0, 2] == pytest.approx((79.5 + 0.5) * 0.8 - 0.5, abs=1e-4) == pytest.approx(63.5, abs=1e-4)
     assert np.allclose(K, camera.intrinsics(128, 50.0), atol=1e-4)
-    assert np.allclose(view_intrinsics(truth["K_frame"], 160, 200, 128), K, atol=1e-5)
+    assert np.allclose(view_intrinsics(truth["K_capture"], 160, 200, 128), K, atol=1e-5)
     # poses: the world similarity and the Z-up turn are undone by the mesh's normalisation
     assert z["pose"].shape == (5, 4, 4) and np.allclose(z["pose"], truth["poses"], atol=2e-4)
     # depth: back in object units, within the PNG's millimetre step

@@ -621,7 +621,7 @@ def codec_compress_cmd(
     import numpy as np
     from PIL import Image
 
-    from voxlink.preprocess import frame_to_view, to_input
+    from voxlink.preprocess import capture_to_view, to_input
 
     comp = _codec_model(model)
     out.mkdir(parents=True, exist_ok=True)
@@ -630,7 +630,7 @@ def codec_compress_cmd(
             rgb = np.asarray(Image.open(f).convert("RGB"))
         except OSError as e:
             _fail(f"cannot read {f}: {e}")
-        view = frame_to_view(rgb, comp.cfg.image_size, bgr=False)
+        view = capture_to_view(rgb, comp.cfg.image_size, bgr=False)
         try:
             payload = comp.compress(to_input(view[None].copy()), iterations)[0]
         except ValueError as e:

@@ -4,7 +4,7 @@ A camera frame (any size, BGR uint8 as OpenCV delivers it) becomes a 128 x 128 R
 crop to a square and an area resize; the network input is that view as float32 in [0, 1], channels
 first. Training images are rendered at 128 x 128 RGB already and only go through :func:`to_input`.
 
-Runtime core: this module imports NumPy only (OpenCV inside :func:`frame_to_view`, PyTorch inside
+Runtime core: this module imports NumPy only (OpenCV inside :func:`capture_to_view`, PyTorch inside
 :func:`to_input`), so the drone runs it without PyTorch through :func:`to_input_array`.
 """
 
@@ -21,11 +21,14 @@ if TYPE_CHECKING:  # pragma: no cover
 IMAGE_SIZE = 128
 
 
-def frame_to_view(frame: np.ndarray, size: int = IMAGE_SIZE, bgr: bool = True) -> np.ndarray:
-    """Turn a camera frame into a square RGB view.
+def capture_to_view(image: np.ndarray, size: int = IMAGE_SIZE, bgr: bool = True) -> np.ndarray:
+    """Turn a captured camera image (a video frame) into a square RGB view.
+
+    (voxlink calls the camera's image a *capture* and keeps *frame* for the coordinate frame a grid is
+    reconstructed in.)
 
     Args:
-        frame: uint8 [H, W, 3] (BGR if ``bgr``, else RGB) or [H, W] greyscale.
+        image: uint8 [H, W, 3] (BGR if ``bgr``, else RGB) or [H, W] greyscale.
         size: output side in pixels.
         bgr: whether channels are in OpenCV's BGR order.
 
@@ -38,7 +41,7 @@ def frame_to_view(frame: np.ndarray, size: int = IMAGE_SIZE, bgr: bool = True) -
     """
     import cv2
 
-    f = np.asarray(frame)
+    f = np.asarray(image)
     if f.dtype != np.uint8 or f.ndim not in (2, 3) or (f.ndim == 3 and f.shape[2] not in (3, 4)) or f.size == 0:
         raise ValueError(f"expected a uint8 image [H, W, 3], got dtype {f.dtype} shape {f.shape}")
     if f.ndim == 2:
@@ -54,7 +57,7 @@ def frame_to_view(frame: np.ndarray, size: int = IMAGE_SIZE, bgr: bool = True) -
 
 
 def crop_box(height: int, width: int) -> tuple[int, int, int]:
-    """The centre square that :func:`frame_to_view` keeps: ``(y0, x0, side)`` in pixels.
+    """The centre square that :func:`capture_to_view` keeps: ``(y0, x0, side)`` in pixels.
 
     Raises:
         ValueError: a non-positive size.
@@ -66,7 +69,7 @@ def crop_box(height: int, width: int) -> tuple[int, int, int]:
 
 
 def view_intrinsics(K: np.ndarray, height: int, width: int, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Intrinsics of the view :func:`frame_to_view` makes from a ``height x width`` frame with intrinsics ``K``.
+    """Intrinsics of the view :func:`capture_to_view` makes from a ``height x width`` frame with intrinsics ``K``.
 
     The crop shifts the principal point by ``(x0, y0)``; the resize by ``r = size / side`` maps a pixel
     centre ``x`` to ``(x + 0.5) * r - 0.5`` (OpenCV's resize; pixel centres at integers, as

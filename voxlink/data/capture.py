@@ -3,7 +3,7 @@
 Inputs (see the README's "Data format" section):
 
 * images: a folder of PNG / JPEG / BMP / TIFF files of any size. Each becomes a ``size x size`` view by
-  :func:`voxlink.preprocess.frame_to_view`'s rule (centre square crop, area resize), and its intrinsics
+  :func:`voxlink.preprocess.capture_to_view`'s rule (centre square crop, area resize), and its intrinsics
   move the same way (:func:`voxlink.preprocess.view_intrinsics`).
 * poses: camera-to-world 4 x 4 matrices in OpenCV camera axes (x right, y down, z forward), metres, as
 
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from voxlink.camera import GRID_EXTENT, GRID_RESOLUTION, VOXEL_MIN, backproject
-from voxlink.preprocess import IMAGE_SIZE, crop_box, frame_to_view, view_intrinsics
+from voxlink.preprocess import IMAGE_SIZE, crop_box, capture_to_view, view_intrinsics
 
 log = logging.getLogger(__name__)
 
@@ -224,18 +224,18 @@ def import_capture(images: str | Path, poses: str | Path, out: str | Path, intri
         img_path = _find(images, e["image"], IMAGE_SUFFIXES)
         if img_path is None:
             raise CaptureError(f"pose entry {e['image']!r}: no such image in {images}")
-        frame = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
-        if frame is None:
+        image = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+        if image is None:
             raise CaptureError(f"{img_path}: cannot read the image")
         used.add(img_path)
-        h, w = frame.shape[:2]
+        h, w = image.shape[:2]
         K = e["K"] if e["K"] is not None else K_file
         if K is None:
             raise CaptureError(f"{img_path.name}: no intrinsics (give --intrinsics, or 'K' in its pose entry)")
         if e["K"] is None and K_size is not None and K_size != (h, w):
             raise CaptureError(f"{img_path.name} is {w}x{h} pixels but the intrinsics are for "
                                f"{K_size[1]}x{K_size[0]}")
-        rgbs.append(frame_to_view(frame, size, bgr=True))
+        rgbs.append(capture_to_view(image, size, bgr=True))
         Ks.append(view_intrinsics(K, h, w, size))
         T_w.append(e["pose"])
         d = None
