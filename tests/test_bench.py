@@ -226,3 +226,49 @@ def test_bench_speed_times_every_block_and_says_why_a_backend_cannot_run(tmp_pat
     assert "sequential model" in (tmp_path / "speed.md").read_text()
     if not torch.cuda.is_available():
         assert next(r for r in rows if r["backend"] == "torch-cuda")["note"] == "no CUDA GPU"
+
+
+# -- the model contract -----------------------------------------------------------------------------
+def test_every_3d_family_reconstructs_from_the_bytes_it_compresses_to():
+    """The registry's 3D families keep one contract: compress (views -> one bytes per view) and
+    reconstruct (those bytes -> the grid), the same grid as the forward pass over the same views."""
+    from voxlink.jpeg2000 import Jpeg2000Baseline
+    from voxlink.models import registry
+    from voxlink.models.fusion import FUSION_CONFIGS, FusionModel
+    from voxlink import camera
+    from voxlink.models import ImplicitModel, get_config
+    from voxlink.models.joint import Reconstructor3D
+
+    assert set(registry.FAMILIES) == {"implicit", "fusion", "codec", "sequential", "direct", "jpeg2000"}
+    with pytest.raises(ValueError, match="unknown model family"):
+        registry.family("mpeg")
+    prof = get_profile("tiny")
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 128, 128)
+    K = torch.tensor(camera.intrinsics(), dtype=torch.float32).expand(3, 3, 3)
+    pose = torch.tensor(np.stack(camera.orbit_poses(3, np.random.default_rng(0))), dtype=torch.float32)
+    for name in ("implicit", "fusion", "sequential", "direct", "jpeg2000"):
+        fam = registry.family(name)
+        assert fam.reconstructs and fam.description
+        if name == "implicit":
+            m = ImplicitModel(get_config("tiny")).eval()
+            payloads, ref = m.compress(images), torch.softmax(m(images[None])["logits"], 1)[:, 1]
+        elif name == "fusion":
+            m = FusionModel(dataclasses.replace(FUSION_CONFIGS["fusion-spatial-tiny"])).eval()
+            payloads = m.compress(images)
+            ref = torch.softmax(m(images[None], K[None], pose[None])["logits"], 1)[:, 1]
+        elif name in ("sequential", "direct"):
+            m = JointModel(JointConfig(name, prof.compression, dataclasses.replace(prof.recon, binarize=False))).eval()
+            payloads = m.compress(images, 2)
+            assert all(len(p) == 2 * prof.compression.bits_per_iteration // 8 for p in payloads)
+            ref = torch.softmax(m(images[None], 2)["logits"], 1)[:, 1]
+        else:
+            recon = Reconstructor3D(dataclasses.replace(prof.recon, binarize=False)).eval()
+            m = Jpeg2000Baseline(recon, ratio=48.0)
+            payloads = m.compress(images)
+            assert all(len(p) <= 128 * 128 * 3 / 48 for p in payloads)
+            with torch.no_grad():
+                ref = torch.softmax(recon(m.decompress(payloads)[None]), 1)[:, 1]
+        with torch.no_grad():
+            got = m.reconstruct(payloads, K=K, pose=pose)
+        assert got.shape == (1, 32, 32, 32) and torch.allclose(got, ref.detach(), atol=1e-5), name

@@ -37,6 +37,7 @@ class J2kResult:
         ratio: achieved compression ratio, raw bytes / ``bytes``.
         target_ratio: the ratio asked for.
         reachable: whether ``bytes <= raw / target_ratio``.
+        codestream: the J2K codestream itself (what would go on the wire).
     """
 
     image: np.ndarray
@@ -45,6 +46,7 @@ class J2kResult:
     ratio: float
     target_ratio: float
     reachable: bool
+    codestream: bytes = b""
 
 
 def _tmpdir() -> str:
@@ -145,7 +147,86 @@ def encode_at_ratio(image: np.ndarray, target_ratio: float, steps: int = 6, keep
     if keep is not None:
         Path(keep).write_bytes(data)
     return J2kResult(image=dec, bytes=len(data), bytes_no_header=len(data) - hdr, ratio=raw / len(data),
-                     target_ratio=float(target_ratio), reachable=len(data) <= budget)
+                     target_ratio=float(target_ratio), reachable=len(data) <= budget, codestream=data)
+
+
+def decode(codestream: bytes) -> np.ndarray:
+    """Decode a J2K codestream (from :func:`encode` or :func:`encode_at_ratio`) with OpenJPEG.
+
+    Returns:
+        uint8 [H, W, 3].
+
+    Raises:
+        Jpeg2000Error: glymur missing, or not a decodable codestream.
+    """
+    try:
+        import glymur
+    except ImportError as e:  # pragma: no cover - glymur is a dependency
+        raise Jpeg2000Error("glymur is not installed (pip install glymur; apt install libopenjp2-7)") from e
+    path = os.path.join(_tmpdir(), f"voxlink-{os.getpid()}-{uuid.uuid4().hex}.j2k")
+    try:
+        Path(path).write_bytes(codestream)
+        return np.asarray(glymur.Jp2k(path)[:], np.uint8)
+    except Exception as e:  # noqa: BLE001 - glymur raises OSError/RuntimeError/IOError variants
+        raise Jpeg2000Error(f"cannot decode the codestream: {e}") from e
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+class Jpeg2000Baseline:
+    """The paper's baseline as a model family: each view compressed by JPEG 2000 (OpenJPEG, at most
+    ``raw / ratio`` bytes), decoded at the ground, and 3D-R2N2 (Choy et al. 2016) on the decoded views
+    (Golts & Schechner Sec. IV, Fig. 8). The same contract as the other families: ``forward`` for
+    training, ``compress`` gives bytes, ``decompress`` the decoded views, ``reconstruct`` the grid.
+
+    Args:
+        recon: a 3D-R2N2 reconstructor (``forward``: float32 [B, V, 3, H, W] -> logits [B, 2, R, R, R]),
+            trained on JPEG 2000 views (:mod:`voxlink.bench.accuracy`). ratio: the compression ratio asked.
+    """
+
+    family = "jpeg2000"
+
+    def __init__(self, recon, ratio: float):
+        self.recon, self.ratio = recon, float(ratio)
+
+    def forward(self, images):
+        """3D-R2N2's logits on views as given (training sees them through JPEG 2000 first).
+
+        Shape:
+            images float32 [B, V, 3, H, W] in [0, 1] -> logits [B, 2, R, R, R].
+        """
+        return self.recon(images)
+
+    __call__ = forward
+
+    def compress(self, images) -> list[bytes]:
+        """Views float32 [N, 3, H, W] in [0, 1] -> N J2K codestreams of at most ``raw / ratio`` bytes
+        each where OpenJPEG can reach it (its floor otherwise).
+
+        Raises:
+            Jpeg2000Error: OpenJPEG failed.
+        """
+        arr = (images.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+        return [encode_at_ratio(im, self.ratio, steps=4).codestream for im in arr]
+
+    def decompress(self, payloads: list[bytes]):
+        """Codestreams -> the decoded views float32 [N, 3, H, W] in [0, 1].
+
+        Raises:
+            Jpeg2000Error: a payload that does not decode.
+        """
+        import torch
+
+        return torch.from_numpy(np.stack([decode(p) for p in payloads])).permute(0, 3, 1, 2).float() / 255.0
+
+    def reconstruct(self, payloads: list[bytes], K=None, pose=None):
+        """One object's views' codestreams -> occupancy probabilities float32 [1, R, R, R] (the ground's
+        half; ``K`` and ``pose`` are not used: 3D-R2N2 ignores them)."""
+        import torch
+
+        with torch.no_grad():
+            return torch.softmax(self.recon(self.decompress(payloads)[None]), 1)[:, 1]
 
 
 def roundtrip_batch(images: np.ndarray, ratio: float) -> np.ndarray:

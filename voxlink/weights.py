@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from voxlink.models.config import ModelConfig
+from voxlink.models import registry as _registry
 from voxlink.models.implicit import ImplicitModel
 
 # Shared with the torch-free runtime core (voxlink.modelfile), re-exported here unchanged.
@@ -23,25 +23,10 @@ from voxlink.modelfile import (DEFAULT_MODEL, FORMAT, WEIGHTS_DIR, ModelFileErro
                                read_model_info, resolve, shipped_models)
 
 
-def _implicit():
-    return ModelConfig, ImplicitModel
-
-
-def _fusion():
-    from voxlink.models.fusion import FusionConfig, FusionModel
-
-    return FusionConfig, FusionModel
-
-
-def _codec():
-    from voxlink.models.rnn_compress import CompressionConfig, RNNCompressor
-
-    return CompressionConfig, RNNCompressor
-
-
 #: Model families a model file may hold (its ``voxlink.family`` metadata; files without it are
-#: implicit models): name -> a function returning ``(config class, model class)``.
-FAMILIES = {"implicit": _implicit, "fusion": _fusion, "codec": _codec}
+#: implicit models): name -> a function returning ``(config class, model class)``; from the one registry
+#: of families, :mod:`voxlink.models.registry`.
+FAMILIES = {name: f.classes for name, f in _registry.FAMILIES.items() if f.model_file}
 
 
 def save_model(model: ImplicitModel, path: str | Path, meta: dict | None = None,

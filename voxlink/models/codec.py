@@ -86,6 +86,30 @@ class BitCodeModel(nn.Module):
         except ValueError as e:
             raise CodeError(str(e)) from e
 
+    @torch.no_grad()
+    def reconstruct(self, payloads: list[bytes], K: torch.Tensor | None = None,
+                    pose: torch.Tensor | None = None) -> torch.Tensor:
+        """The ground's half, from bytes: one object's views' packed codes -> occupancy probabilities.
+
+        The views are fused in order (:meth:`init_state`, :meth:`step`, :meth:`occupancy` of the family).
+
+        Args:
+            payloads: V packed codes. K: float32 [V, 3, 3] intrinsics (pixels) and pose: float32 [V, 4, 4]
+                camera-to-object poses, for a pose-aware family (others ignore them).
+
+        Returns:
+            float32 [1, R, R, R] occupancy probabilities.
+
+        Raises:
+            CodeError: a payload of the wrong size. ValueError: a pose-aware family without poses.
+        """
+        codes = self.decompress(payloads)
+        state = self.init_state(1)
+        for v in range(len(codes)):
+            state = self.step(codes[v:v + 1], state, pose=None if pose is None else pose[v:v + 1],
+                              K=None if K is None else K[v:v + 1])
+        return self.occupancy(state)
+
     def fingerprint(self) -> bytes:
         """8-byte model fingerprint (:func:`model_fingerprint`; the wire protocol carries it)."""
         return model_fingerprint(self, self.fingerprint_salt)

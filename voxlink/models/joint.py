@@ -168,6 +168,29 @@ class JointModel(nn.Module):
             logits = self.recon(out["recon"][:, -1].clamp(0, 1).view(b, v, 3, s, s))
         return {"logits": logits, "codes": codes, "loss_comp": out["loss"]}
 
+    def compress(self, images: torch.Tensor, iterations: int) -> list[bytes]:
+        """Views to N_small's packed codes, ``iterations`` x m / 8 bytes each (what the drone sends).
+
+        Shape:
+            images float32 [N, 3, H, W] -> N byte strings.
+        """
+        return self.compressor.compress(images, iterations)
+
+    def decompress(self, payloads: list[bytes]) -> torch.Tensor:
+        """Packed codes back to codes float32 [V, N, m] (N from the payload length; the views of one
+        object carry the same N).
+
+        Raises:
+            ValueError: a payload that is not a whole number of iterations.
+        """
+        return self.compressor.decompress(payloads)
+
+    @torch.no_grad()
+    def reconstruct(self, payloads: list[bytes], K=None, pose=None) -> torch.Tensor:
+        """One object's views' packed codes -> occupancy probabilities float32 [1, R, R, R] (the ground's
+        half: :meth:`reconstruct_from_codes`; ``K`` and ``pose`` are not used)."""
+        return torch.softmax(self.reconstruct_from_codes(self.decompress(payloads)[None])[0], 1)[:, 1]
+
     def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Eq. 16: ``comp_weight * L_comp + L_3D`` (target float [B, R, R, R] 0/1)."""
         return self.cfg.comp_weight * out["loss_comp"] + occupancy_loss(out["logits"], target)
