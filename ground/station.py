@@ -276,6 +276,7 @@ class GroundStation:
         self.t_start = time.time()
         self._snap_index: dict[str, int] = {}
         self._view_files: OrderedDict = OrderedDict()  # object name -> its open views.jsonl (line-buffered)
+        self._state_buf: torch.Tensor | None = None  # a fusion model's state batch, reused by _fuse_views
 
     def _decoder_backend(self, kind: str):
         """The object whose init_state / step / occupancy / decode_depth the station calls."""
@@ -350,7 +351,13 @@ class GroundStation:
             K = torch.tensor(np.stack([info.K for _, _, info, _ in items]), dtype=torch.float32)
             # the view decoder is most of a view's cost: decode once, fuse, and keep the depth maps
             # and silhouettes for the depth PNGs and the point cloud (:meth:`_depths`)
-            new, depth, mask_prob = self.net.step_decoded(codes, torch.cat(states), pose, K, inplace=True)
+            # the states gathered into one reused buffer (a fresh 42 MB batch per call cost about 0.3 ms a
+            # view in page faults, measured with 100 drones' real codes), fused in place there
+            shape = (max(len(states), self.cfg.batch),) + tuple(states[0].shape[1:])
+            if self._state_buf is None or self._state_buf.shape[0] < len(states) or self._state_buf.shape[1:] != shape[1:]:
+                self._state_buf = torch.empty(shape)
+            batch = torch.cat(states, out=self._state_buf[:len(states)])
+            new, depth, mask_prob = self.net.step_decoded(codes, batch, pose, K, inplace=True)
             for i, (s, m, _, u) in enumerate(items):
                 if s.state is None:
                     s.state = new[i:i + 1].clone()
