@@ -18,6 +18,7 @@ import torch
 
 from voxlink.data.dataset import MultiViewDataset
 from voxlink.data.store import manifest_hash
+from voxlink.models.binarizer import pack_bits
 from voxlink.models.implicit import iou
 
 
@@ -27,7 +28,8 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
                      baseline: tuple[torch.Tensor, float] | None = None, device="cpu", progress: bool = False,
                      reconstruct=None) -> dict:
     """The one scoring loop: ``voxlink eval`` (:func:`evaluate`), the validation passes of training
-    (:func:`voxlink.train.validate`, :func:`voxlink.train_fusion.validate_fusion`) and the tests call it.
+    (:func:`voxlink.train.validate`, :func:`voxlink.train_fusion.validate_fusion`) and ``voxlink bench
+    accuracy`` (:func:`voxlink.bench.accuracy.score`) call it.
 
     Per object, the model encodes the views (eval mode: ``sign``, what the drone sends) and fuses them
     one at a time (``init_state`` / ``step`` / ``occupancy``), so that one pass scores 1..``views`` views.
@@ -84,8 +86,8 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
         else:
             codes = model.encode(imgs)
             first_codes.append(codes[0].cpu())
-            if model.cfg.binarize:
-                payload_bytes.append(len(model.compress(imgs[:1])[0]))
+            if model.cfg.binarize:  # the packed code's size, from the code just made (no second encode)
+                payload_bytes.append(len(pack_bits(codes[0])))
             v_n = min(views, len(codes))
             K = it["K"].expand(v_n, 3, 3).to(device)
             pose = it["pose_grid"][:v_n]

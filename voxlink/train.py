@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import subprocess
 import time
@@ -304,8 +305,6 @@ def run_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, tcfg: TrainConf
     Raises:
         FloatingPointError: a loss that is not finite (the checkpoint before it is kept).
     """
-    import math
-
     from tqdm import tqdm
 
     logf = open_train_log(out, step) if main and out is not None else None
@@ -392,7 +391,6 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint. voxlink.data.store.DatasetError: bad data.
     """
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -448,6 +446,13 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
     model.train()
 
     def train_step(batch):
+        """One step's losses (Eq. 15 on the grid, the depth decoder's loss on detached codes), the batch
+        IoU and the views drawn, for :func:`run_loop`.
+
+        Args:
+            batch: the collated batch: ``images`` float32 [B, V, 3, H, W], ``occupancy`` [B, R, R, R],
+                ``depth`` float32 [B, V, H, W] metres.
+        """
         # a dataset with fewer views than max_views: at most what it has
         v = int(rng.integers(1, min(tcfg.max_views, batch["images"].shape[1]) + 1))
         images = batch["images"][:, :v].to(device)
@@ -464,6 +469,8 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, resume: bool = 
         return {"loss": l3d + tcfg.depth_weight * ld, "loss3d": l3d, "loss_depth": ld}, {"iou": bi}, {"views": v}
 
     def validate_fn(at: int) -> dict:
+        """BatchNorm statistics recomputed, then :func:`validate` at step ``at``; warns when the codes or
+        the predictions collapse."""
         recalibrate_bn(model, bn_ds, batches=10, device=device, seed=at)
         r = validate(model, val_ds, tcfg.val_objects, device)
         if r["val_bits_varying"] < 0.5 and mcfg.binarize:

@@ -175,13 +175,16 @@ def train_codec(ccfg: CompressionConfig, tcfg: TrainConfig, out: str | Path, res
     model.train()
 
     def patches():
+        """Random training patches float32 [batch_size, 3, patch_size, patch_size] in [0, 1], forever."""
         while True:
             yield random_patches(bank, tcfg.batch_size, tcfg.patch_size, rng)
 
     def train_step(x):
+        """Eq. 14's loss of ``max_iterations`` iterations on patches ``x`` [B, 3, P, P], for :func:`run_loop`."""
         return {"loss": model(x, ccfg.max_iterations)["loss"]}, {}, {}
 
     def validate_fn(at: int) -> dict:
+        """:func:`validate_codec` on the validation views at step ``at`` (PSNR in dB per iteration count)."""
         return {"val": validate_codec(model, val)}
 
     # the gradient norm clipped at 1: a ConvLSTM's early steps can spike

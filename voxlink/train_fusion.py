@@ -137,7 +137,6 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint. voxlink.data.store.DatasetError: bad data.
     """
-
     from voxlink.weights import save_model
 
     out = Path(out)
@@ -193,6 +192,13 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
     model.train()
 
     def train_step(batch):
+        """One step's losses for :func:`voxlink.train.run_loop`: :func:`fusion_losses` (or, distilling,
+        :func:`distill_losses`), the batch IoU (or the silhouettes' agreement) and the views drawn.
+
+        Args:
+            batch: the collated batch: ``images`` float32 [B, V, 3, H, W], ``K`` [B, 3, 3] pixels,
+                ``pose_grid`` [B, V, 4, 4] camera-to-grid, ``occupancy`` [B, R, R, R], ``depth`` [B, V, H, W] metres.
+        """
         have = batch["images"].shape[1]  # a dataset with fewer views than max_views: what it has
         v = int(rng.integers(min(tcfg.min_views, have), min(tcfg.max_views, have) + 1))
         images = batch["images"][:, :v].to(device)
@@ -224,6 +230,8 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
         return {"loss": loss, **ls}, metrics, {"views": v}
 
     def validate_fn(at: int) -> dict:
+        """:func:`validate_fusion` at step ``at`` (after recomputing E_K's BatchNorm statistics, except
+        when distilling)."""
         if teacher is None:  # (a distilled model keeps the teacher's E_K, statistics included)
             recalibrate_bn(model, train_ds, batches=6, batch_size=8, device=device, seed=at,
                            forward=lambda x: model.encoder(x))

@@ -204,6 +204,12 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     model.train()
 
     def train_step(batch):
+        """One step's losses for :func:`voxlink.train.run_loop`: Eq. 15 (implicit, uncompressed, on
+        JPEG 2000 views at a random training ratio) or Eq. 16 (sequential, direct; N drawn in 1..N_max).
+
+        Args:
+            batch: the collated batch: ``images`` float32 [B, V, 3, H, W] in [0, 1], ``occupancy`` [B, R, R, R].
+        """
         v = int(rng.integers(1, prof.max_views + 1))
         images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
         if method in ("implicit", "uncompressed"):
@@ -262,7 +268,7 @@ def score(method: str, model, ds: MultiViewDataset, n: int, ratio: float | None 
     from voxlink.evaluate import evaluate_dataset
     from voxlink.jpeg2000 import encode_at_ratio
 
-    nbytes, nbytes_nh, reachable = [], [], [True]
+    nbytes, nbytes_nh, reachable, raw = [], [], [True], [0]
     info: dict = {"iterations": None, "code_bits": None, "bytes_no_header": None}
 
     def reconstruct(images: torch.Tensor) -> torch.Tensor:
@@ -273,6 +279,7 @@ def score(method: str, model, ds: MultiViewDataset, n: int, ratio: float | None 
             logits = model(images[None], iterations)["logits"]
             info["iterations"] = iterations
         elif method == "jpeg2000":
+            raw[0] = images[0].numel()  # bytes of one uint8 view
             res = list(jpeg_pool.map(lambda im: encode_at_ratio(im, ratio, steps=4), _to_uint8(images.cpu())))
             reachable[0] &= all(r.reachable for r in res)
             nbytes.extend(r.bytes for r in res)
@@ -287,8 +294,7 @@ def score(method: str, model, ds: MultiViewDataset, n: int, ratio: float | None 
     if method == "jpeg2000":
         out["bytes"] = float(np.mean(nbytes))
         out["bytes_no_header"] = float(np.mean(nbytes_nh))
-        h, w = ds[0]["images"].shape[-2:]
-        out["ratio"] = h * w * 3 / out["bytes"]
+        out["ratio"] = raw[0] / out["bytes"]
     return out
 
 

@@ -65,13 +65,13 @@ def real_codes(m, orbit_views: int = 48) -> list[tuple[list[bytes], np.ndarray]]
 
     out = []
     K = camera.intrinsics(128)
+    # a drone's orbit as the ``orbit:MESH`` source flies it (30 degrees down, 2 m; its seed-0 background)
+    poses = np.stack([camera.circle_pose(i, orbit_views) for i in range(orbit_views)])
+    bg = np.repeat(np.random.default_rng(0).integers(0, 256, size=3, dtype=np.uint8)[None], orbit_views, 0)
     renderer = Renderer(128)
     try:
         for path in find_meshes([ASSET_MESHES]):
-            # a drone's orbit as the ``orbit:MESH`` source flies it (30 degrees down, 2 m; its seed-0 background)
-            poses = np.stack([camera.circle_pose(i, orbit_views) for i in range(orbit_views)])
-            bg = np.random.default_rng(0).integers(0, 256, size=3, dtype=np.uint8)
-            views, _ = renderer.render(load_mesh(path).parts, K, poses, np.repeat(bg[None], orbit_views, 0))
+            views, _ = renderer.render(load_mesh(path).parts, K, poses, bg)
             with torch.no_grad():
                 codes = m.encode(to_input(views)).numpy()
             out.append(([pack_bits(c) for c in codes], poses.astype(np.float32)))
