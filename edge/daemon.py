@@ -66,6 +66,10 @@ class EdgeConfig:
         ``voxlink keys``). heartbeat_ms: ZeroMQ heartbeat interval. orbit_views, orbits: ``orbit:``
         source settings. backchannel: the ground's back-channel endpoints (its ``--backchannel``),
         empty for none. log_cache: views kept in memory for fast back-channel answers.
+        iterations, psnr_db: for a sequential or direct model (N_small iterations of m bits a view):
+        iterations per view (0: the model's N_max) and a PSNR target in dB (0: none; else each view
+        stops at the first iteration whose decoded image reaches it, at most ``iterations``: variable
+        rate, more bits for the views that need them). PyTorch backend only.
     """
 
     source: str = "0"
@@ -95,6 +99,8 @@ class EdgeConfig:
     orbits: int = 1
     backchannel: list[str] = field(default_factory=list)
     log_cache: int = 65536
+    iterations: int = 0
+    psnr_db: float = 0.0
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides) -> "EdgeConfig":
@@ -298,7 +304,8 @@ class EdgeDaemon:
 
         self.cfg = cfg
         info = read_model_info(cfg.model)  # metadata only: no PyTorch
-        self.backend = probe(cfg.backend, model=cfg.model, onnx_path=cfg.onnx, engine_path=cfg.engine)
+        self.backend = probe(cfg.backend, model=cfg.model, onnx_path=cfg.onnx, engine_path=cfg.engine,
+                             iterations=cfg.iterations, psnr_db=cfg.psnr_db)
         fp = info.fingerprint
         if fp is None:  # a model file written without its fingerprint: compute it (needs PyTorch)
             from voxlink.weights import load_model
@@ -477,11 +484,11 @@ class EdgeDaemon:
                 if f is None:
                     break
                 t0 = time.perf_counter()
-                codes = self.backend.encode(to_input_array(f.view[None]))
+                code = self.backend.encode_views(to_input_array(f.view[None]))[0]
                 self.encode_ms.append((time.perf_counter() - t0) * 1e3)
                 msg = CodeMessage(stream=self.cfg.stream_id, object_id=self.cfg.object_id, seq=self.seq,
                                   t_ms=int((f.t - self.epoch) * 1000) & 0xFFFFFFFF, fingerprint=fingerprint32(self.fp),
-                                  n_bits=codes.shape[1], payload=pack_bits(codes[0]),
+                                  n_bits=len(code), payload=pack_bits(code),
                                   pose=f.pose if self.cfg.send_pose else None)
                 buf = encode_code(msg)
                 self.seq = (self.seq + 1) & 0xFFFFFFFF

@@ -185,7 +185,9 @@ class ObjectSession:
         fused cloud, chunks of float32 [n, 3] (see :meth:`GroundStation.fused_points`). pending: views
         fused whose depth map is not decoded yet: ``(seq, unwrapped seq, payload, pose, K, receive time, source)``.
         last_depth, last_raw_depth: the latest decoded view's depth map (masked / raw, metres).
-        last_pose: its pose. latency_ms: recent capture-to-applied
+        last_pose: its pose. last_image: a sequential or direct model's latest decoded view, uint8
+        [H, W, 3] RGB. code_bits: code bits of its views, summed (a variable-rate stream's views differ).
+        latency_ms: recent capture-to-applied
         latencies. snap_views: views at the last snapshot. snapshots: folders written. last_t:
         monotonic time of the last view. no_pose: sequence numbers of views that came without a pose
         (a pose-aware model does not fuse them), at most 10,000.
@@ -210,6 +212,8 @@ class ObjectSession:
     last_depth: np.ndarray | None = None
     last_raw_depth: np.ndarray | None = None
     last_pose: np.ndarray | None = None
+    last_image: np.ndarray | None = None
+    code_bits: int = 0
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
     snap_views: int = 0
     snapshots: list = field(default_factory=list)
@@ -235,9 +239,14 @@ class GroundStation:
         from voxlink.weights import load_model
 
         self.cfg = cfg
-        require_reconstruction_model(cfg.model)
+        info = require_reconstruction_model(cfg.model)
         self.model, self.meta, _ = load_model(cfg.model)
         self.code_bits = self.model.cfg.code_bits
+        # a sequential or direct model (Golts & Schechner Sec. III-A/B): each view carries N iterations of
+        # code_bits bits, N in 1..max_iterations chosen by the drone per view; the ground decodes and shows
+        # the view's image (no depth maps: these models have no depth decoder)
+        self.max_iterations = info.max_iterations
+        self.iterative = info.family in ("sequential", "direct")
         self.fp = self.model.fingerprint()
         self.out = Path(cfg.out)
         self.net = self._decoder_backend(cfg.backend)
@@ -283,6 +292,11 @@ class GroundStation:
         if kind not in ("auto", "torch", "onnxruntime"):
             raise ValueError(f"ground backend must be auto, torch or onnxruntime, got {kind!r}")
         fusion = getattr(self.model, "family", "implicit") == "fusion"
+        if self.iterative:  # N_small's recurrent decoder and the 3D part run on PyTorch only
+            if kind == "onnxruntime":
+                raise ValueError(f"the ground decodes a {self.model.family} model with PyTorch only (--backend torch or auto)")
+            log.info("decoder backend: torch")
+            return self.model
         if kind == "torch" or (kind == "auto" and fusion):
             # auto for the fusion model is PyTorch: its geometry runs in PyTorch either way, and its view
             # decoder measured no faster on ONNX Runtime on the CPU (1.9 against 1.7-2.0 ms a view, 2 cores)
@@ -344,6 +358,9 @@ class GroundStation:
             items = [it for it in items if it[1].pose is not None]
             if not items:
                 return
+        if self.iterative:
+            self._fuse_iterative(items)
+            return
         codes = torch.stack([unpack_bits(m.payload, self.code_bits) for _, m, _, _ in items])
         states = [s.state if s.state is not None else self.net.init_state(1) for s, _, _, _ in items]
         if isinstance(states[0], torch.Tensor):  # fusion model: one evidence tensor per object
@@ -373,6 +390,42 @@ class GroundStation:
         for i, (s, _, _, _) in enumerate(items):
             s.state = tuple(t[i:i + 1].clone() for t in new)
             s.dirty = True
+
+    def _fuse_iterative(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo, int]]) -> None:
+        """:meth:`_fuse_views` for a sequential or direct model: the views grouped by their number of
+        iterations (a variable-rate stream's differ), each group one batched call that decodes the views'
+        images (kept for :meth:`process_depths` to write) and steps the objects' 3D-LSTM states."""
+        groups: dict[int, list[int]] = {}
+        for i, (_, m, _, _) in enumerate(items):
+            groups.setdefault(m.n_bits, []).append(i)
+        for n_bits, idx in groups.items():
+            codes = torch.stack([unpack_bits(items[i][1].payload, n_bits) for i in idx])
+            states = [items[i][0].state if items[i][0].state is not None else self.net.init_state(1) for i in idx]
+            new, images = self.net.step_decoded(codes, tuple(torch.cat(parts) for parts in zip(*states)))
+            rgb = (images * 255).round().byte().permute(0, 2, 3, 1).numpy()
+            for j, i in enumerate(idx):
+                s, m, _, u = items[i]
+                s.state = tuple(t[j:j + 1].clone() for t in new)
+                s.dirty = True
+                self._decoded[(m.stream, u)] = rgb[j].copy()
+        while len(self._decoded) > self.cfg.decoded_cache:
+            self._decoded.popitem(last=False)
+
+    @torch.no_grad()
+    def _images(self, views: list[tuple[tuple[int, int], bytes]]) -> list[np.ndarray]:
+        """A sequential or direct model's decoded views, uint8 [H, W, 3] RGB each: kept from fusing, or
+        decoded again (N_small's decoder) where the cache has dropped them.
+
+        Args:
+            views: ``((stream, unwrapped seq), payload)`` per view.
+        """
+        out = [self._decoded.pop(key, None) for key, _ in views]
+        for k, ((_, p), img) in enumerate(zip(views, out)):
+            if img is None:
+                codes = unpack_bits(p, len(p) * 8).view(1, -1, self.code_bits)
+                img = self.model.compressor.decode(codes)[0, -1]
+                out[k] = (img * 255).round().byte().permute(1, 2, 0).numpy()
+        return out
 
     @torch.no_grad()
     def _depths(self, views: list[tuple[tuple[int, int], bytes]]) -> tuple[np.ndarray, np.ndarray]:
@@ -599,7 +652,12 @@ class GroundStation:
         if msg.fingerprint != info.fingerprint32:
             self._reject("wrong_fingerprint", f"stream {msg.stream}")
             return None
-        if msg.n_bits != self.code_bits:
+        if self.iterative:
+            if msg.n_bits % self.code_bits or not 1 <= msg.n_bits // self.code_bits <= self.max_iterations:
+                self._reject("wrong_code_length", f"{msg.n_bits} bits, the model takes 1..{self.max_iterations} "
+                                                  f"iterations of {self.code_bits}")
+                return None
+        elif msg.n_bits != self.code_bits:
             self._reject("wrong_code_length", f"{msg.n_bits} bits, the model takes {self.code_bits}")
             return None
         dl = self.delivery.setdefault(msg.stream, StreamDelivery(msg.stream))
@@ -703,6 +761,7 @@ class GroundStation:
             self._depth_order.append(s)
             s.views += 1
             s.bytes += len(msg.payload) + 24 + (28 if msg.pose is not None else 0)
+            s.code_bits += msg.n_bits
             s.first_seq = u if s.first_seq is None else min(s.first_seq, u)
             s.last_seq = u if s.last_seq is None else max(s.last_seq, u)
             if late and len(s.late) < 10000:
@@ -749,6 +808,9 @@ class GroundStation:
                     todo.append((s, s.pending.pop(0)))
         for j in range(0, len(todo), max(1, self.cfg.batch)):
             chunk = todo[j:j + self.cfg.batch]
+            if self.iterative:
+                self._write_images(chunk)
+                continue
             try:
                 depth, mask = self._depths([((s.stream, p[1]), p[2]) for s, p in chunk])
             except Exception as e:  # noqa: BLE001 - counted, the views stay applied
@@ -772,6 +834,35 @@ class GroundStation:
                     except Exception:  # noqa: BLE001
                         log.exception("depth listener failed")
         return len(todo)
+
+    def _write_images(self, chunk: list) -> None:
+        """A sequential or direct model's part of :meth:`process_depths`: each view's decoded image
+        written as ``<work>/images/<u>.png`` (8-bit RGB), the latest kept for the viewer."""
+        import cv2
+
+        try:
+            images = self._images([((s.stream, p[1]), p[2]) for s, p in chunk])
+        except Exception as e:  # noqa: BLE001 - counted, the views stay applied
+            log.exception("internal error decoding images")
+            self._reject("internal_error", repr(e))
+            return
+        for (s, (seq, u, *_)), img in zip(chunk, images):
+            if s.depth_u is None or u >= s.depth_u:
+                s.depth_u, s.last_image = u, img
+            try:
+                folder = os.path.join(str(self._work_dir(s)), "images")
+                os.makedirs(folder, exist_ok=True)
+                ok, png = cv2.imencode(".png", img[:, :, ::-1])
+                if not ok:
+                    raise OSError("cv2.imencode failed")
+                path = os.path.join(folder, f"{u:010d}.png")
+                if os.path.lexists(path):
+                    os.unlink(path)  # a snapshot's link keeps the old bytes
+                with open(path, "xb") as f:
+                    f.write(png.tobytes())
+            except Exception as e:  # noqa: BLE001
+                self._output_error(f"image of {s.name} view {u}", e)
+            self.stats["images"] += 1
 
     def _add_points(self, s: ObjectSession, pts: np.ndarray) -> None:
         """Append points and keep the cloud voxel-downsampled within ``max_points`` (bounded memory)."""
@@ -925,10 +1016,18 @@ class GroundStation:
             "never_came": miss["never_came"],
             "gaps": miss["never_came"],
             "bytes": s.bytes, "bytes_per_view": s.bytes / max(s.views, 1),
-            "compression_ratio": compression_ratio(self.code_bits), "code_bits": self.code_bits,
+            "compression_ratio": self.ratio(s), "code_bits": self.code_bits,
+            "code_bits_per_view": s.code_bits / max(s.views, 1),
             "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
             "point_source": s.point_source, "model": self.model.cfg.name, "frame": self.model.cfg.frame,
             "folder": None if folder is None else str(folder), "snapshot": len(s.snapshots)})
+
+    def ratio(self, s: ObjectSession | None = None) -> float:
+        """Compression ratio (Eq. 12) of an object's views as received (a variable-rate stream's mean), or
+        of one code of this model (``s`` None, or no views yet)."""
+        if s is None or not s.views or not s.code_bits:
+            return compression_ratio(self.code_bits)
+        return compression_ratio(1) * s.views / s.code_bits  # raw bits of a view x views / code bits received
 
     def _next_snap(self, parent: Path) -> int:
         n = self._snap_index.get(str(parent), 0)
@@ -971,13 +1070,14 @@ class GroundStation:
                 trimesh.Trimesh(v, f, process=False).export(tmp / "mesh.ply")
                 mesh_faces = len(f)
             work = self._work_dir(s)
-            (tmp / "depth").mkdir()
-            if (work / "depth").is_dir():
-                for p in sorted((work / "depth").glob("*.png")):
-                    try:
-                        os.link(p, tmp / "depth" / p.name)
-                    except OSError:
-                        shutil.copy2(p, tmp / "depth" / p.name)
+            for sub in ("depth", "images") if self.iterative else ("depth",):
+                (tmp / sub).mkdir()
+                if (work / sub).is_dir():
+                    for p in sorted((work / sub).glob("*.png")):
+                        try:
+                            os.link(p, tmp / sub / p.name)
+                        except OSError:
+                            shutil.copy2(p, tmp / sub / p.name)
             if (work / "views.jsonl").is_file():
                 shutil.copy2(work / "views.jsonl", tmp / "views.jsonl")
             while True:

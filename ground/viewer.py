@@ -4,7 +4,8 @@ served with the station's live state as JSON.
 ``GET /`` the page; ``GET /api/state`` per stream the views, gaps (missing ranges), missing views,
 duplicates, late views, bytes/s and compression ratio, and
 per object the occupied voxel centres (p > 0.4, world frame), the fused point cloud (at most 20,000
-points) and the latest depth map as a PNG data URL.
+points), the latest depth map as a PNG data URL and, for a sequential or direct model, the latest
+decoded view (``image_png``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,23 @@ def _depth_png(depth: np.ndarray) -> str:
         img[~valid] = 0
     ok, buf = cv2.imencode(".png", img)
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+def _image_png(rgb: np.ndarray) -> str:
+    """A decoded view (uint8 [H, W, 3] RGB) as a PNG data URL."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", rgb[:, :, ::-1])
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+def _stream_ratio(st, stream: int) -> float:
+    """A stream's compression ratio as received: raw bits of its views / code bits received (Eq. 12)."""
+    views = [s for s in st.sessions.values() if s.stream == stream and s.views]
+    if not views:
+        return st.ratio()
+    bits = sum(s.code_bits for s in views)
+    return 393216 * sum(s.views for s in views) / bits if bits else st.ratio()
 
 
 class ViewerServer:
@@ -100,7 +118,7 @@ class ViewerServer:
             streams = [{"stream": int(k), "model": v["model"] or "?", "views": v["views"], "gaps": len(v["missing"]),
                         "missing_views": v["missing_views"], "duplicates": v["duplicates"], "late": v["late"],
                         "bytes_per_s": sum(s.bytes for s in st.sessions.values() if s.stream == int(k)) / dt,
-                        "ratio": 393216 / st.code_bits} for k, v in status["streams"].items() if v["views"]]
+                        "ratio": _stream_ratio(st, int(k))} for k, v in status["streams"].items() if v["views"]]
             objects = []
             for s in list(st.sessions.values()):
                 if s.views == 0:
@@ -116,5 +134,6 @@ class ViewerServer:
                                 "voxel_size": float(np.linalg.norm(s.grid_to_world[:3, 0])),
                                 "voxels": np.round(vox, 4).reshape(-1).tolist(),
                                 "points": np.round(pts, 4).reshape(-1).tolist(), "point_source": s.point_source,
-                                "depth_png": _depth_png(s.last_depth) if s.last_depth is not None else ""})
+                                "depth_png": _depth_png(s.last_depth) if s.last_depth is not None else "",
+                                "image_png": _image_png(s.last_image) if s.last_image is not None else ""})
         return {"streams": streams, "objects": objects, "rejected": status["rejected"]}

@@ -272,3 +272,34 @@ def test_every_3d_family_reconstructs_from_the_bytes_it_compresses_to():
         with torch.no_grad():
             got = m.reconstruct(payloads, K=K, pose=pose)
         assert got.shape == (1, 32, 32, 32) and torch.allclose(got, ref.detach(), atol=1e-5), name
+
+
+def test_sequential_and_direct_start_from_the_shipped_codec(small_dataset):
+    """Started from ``nsmall-k1024``: its widths and weights, frozen through stage 1 (the 3D part learns
+    on its cached output), refined jointly after; the cache's images are the codec's own decoding."""
+    import dataclasses
+
+    from voxlink.bench.accuracy import build, codec_cache, pretrained_codec, train_method
+    from voxlink.data.dataset import MultiViewDataset
+
+    codec = pretrained_codec("nsmall-k1024")
+    prof = dataclasses.replace(get_profile("tiny"), codec="nsmall-k1024", codec_pool=2, steps=2, joint_steps=1,
+                               joint_batch=1, max_views=2, comp_lr=1e-4)
+    ds = MultiViewDataset(small_dataset, "train", 2, train=False)
+    cache = codec_cache(codec, ds, 2, progress=False)
+    assert cache["codes"].shape == (2, 2, 8, 1024) and cache["images"].shape == (2, 2, 8, 3, 128, 128)
+    with torch.no_grad():
+        img = codec.decode(cache["codes"][0, :, :3])[:, -1]  # the ground's decoding of 3 iterations
+    assert ((img * 255).round() - cache["images"][0, :, 2].float()).abs().max() <= 1
+    for method in ("sequential", "direct"):
+        model = build(method, prof)
+        assert model.cfg.compression == codec.cfg
+        before = {k: v.clone() for k, v in model.compressor.state_dict().items()}
+        assert all(torch.equal(before[k], v) for k, v in codec.state_dict().items())
+        secs, losses = train_method(method, model, prof, small_dataset, progress=False)
+        assert set(losses) >= {"loss_3d", "joint_loss_3d", "joint_loss_comp"}
+        assert all(np.isfinite(x) for x in losses.values())
+        # the joint stage (Eq. 16) moved N_small, a little
+        moved = [float((v - before[k]).abs().max()) for k, v in model.compressor.state_dict().items()
+                 if v.is_floating_point()]
+        assert 0 < max(moved) < 0.05

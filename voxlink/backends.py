@@ -51,6 +51,14 @@ class EncoderBackend(ABC):
             images float32 [N, 3, 128, 128] in [0, 1] -> float32 [N, K] in {-1, +1}.
         """
 
+    def encode_views(self, images: np.ndarray) -> list[np.ndarray]:
+        """One code per view (a variable-rate backend's may differ in length): the rows of :meth:`encode`.
+
+        Shape:
+            images float32 [N, 3, 128, 128] in [0, 1] -> N arrays float32 [K_i] in {-1, +1}.
+        """
+        return list(self.encode(images))
+
     def warmup(self, n: int = 3) -> float:
         """Run ``n`` dummy batches; returns the last one's time in ms."""
         x = np.zeros((1, 3, 128, 128), np.float32)
@@ -69,7 +77,8 @@ class TorchBackend(EncoderBackend):
         voxlink.weights.ModelFileError: bad model file.
     """
 
-    def __init__(self, model_name_or_path: str | None = None, device: str = "cpu"):
+    def __init__(self, model_name_or_path: str | None = None, device: str = "cpu", iterations: int = 0,
+                 psnr_db: float = 0.0):
         import torch
 
         from voxlink.weights import load_model
@@ -80,12 +89,39 @@ class TorchBackend(EncoderBackend):
         self.fingerprint = self.model.fingerprint()
         self.name = f"torch[{device}]"
         self._torch = torch
+        self.iterative = hasattr(self.model, "compressor")
+        nmax = self.model.cfg.compression.max_iterations if self.iterative else 1
+        if not 0 <= iterations <= nmax:
+            raise ValueError(f"iterations must be in 1..{nmax} (0: {nmax}) for {self.model.cfg.name}, got {iterations}")
+        if (iterations not in (0, 1) or psnr_db) and not self.iterative:
+            raise ValueError(f"{self.model.cfg.name} sends one code per view: iterations and a PSNR target are for "
+                             f"the sequential and direct models")
+        self.iterations, self.psnr_db = iterations or nmax, float(psnr_db)
 
     def encode(self, images: np.ndarray) -> np.ndarray:  # noqa: D102 (interface docstring)
-        """Codes float32 [N, K] (+1/-1) of views float32 [N, 3, 128, 128] in [0, 1]."""
+        """Codes float32 [N, K] (+1/-1) of views float32 [N, 3, 128, 128] in [0, 1]; for the sequential and
+        direct models K = ``iterations`` x m."""
         with self._torch.no_grad():
             x = self._torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(self.device)
+            if self.iterative:
+                return self.model.encode(x, self.iterations).cpu().numpy()
             return self.model.encode(x).cpu().numpy()
+
+    def encode_views(self, images: np.ndarray) -> list[np.ndarray]:
+        """One code per view, of its own length: with a PSNR target (``psnr_db`` > 0) each view of a
+        sequential or direct model takes the fewest N_small iterations (up to ``iterations``) whose
+        decoded image reaches it (:meth:`voxlink.models.rnn_compress.RNNCompressor.encode_to_quality`);
+        otherwise the rows of :meth:`encode`.
+
+        Shape:
+            images float32 [B, 3, 128, 128] in [0, 1] -> B arrays float32 [N_i m] in {-1, +1}.
+        """
+        if not (self.iterative and self.psnr_db > 0):
+            return list(self.encode(images))
+        with self._torch.no_grad():
+            x = self._torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(self.device)
+            codes = self.model.compressor.encode_to_quality(x, self.psnr_db, self.iterations)
+        return [c.cpu().numpy() for c in codes]
 
 
 def onnx_cache_dir() -> Path:
@@ -183,6 +219,9 @@ class OnnxBackend(EncoderBackend):
         from voxlink.modelfile import encoder_onnx_beside, read_model_info
 
         info = read_model_info(model_name_or_path)
+        if info.family in ("sequential", "direct"):
+            raise BackendUnavailable(f"{info.path.name} is a {info.family} model: its N_small encoder loops through its "
+                                     f"decoder once per iteration, which voxlink runs on PyTorch only (--backend torch)")
         if info.fingerprint is None:
             raise BackendUnavailable(f"{info.path} records no fingerprint, so no ONNX graph can be matched to it; "
                                      f"use --backend torch or re-save the model")
@@ -246,7 +285,7 @@ class TensorRTBackend(EncoderBackend):
 
 
 def probe(kind: str = "auto", model: str | None = None, onnx_path: str | None = None,
-          engine_path: str | None = None) -> EncoderBackend:
+          engine_path: str | None = None, iterations: int = 0, psnr_db: float = 0.0) -> EncoderBackend:
     """Pick a backend, logging why each one it skips was skipped.
 
     ``auto`` tries TensorRT (with an engine), ONNX Runtime (with ``onnx_path``), PyTorch, then ONNX
@@ -259,6 +298,9 @@ def probe(kind: str = "auto", model: str | None = None, onnx_path: str | None = 
         model: model name or file (PyTorch backend, the model's ONNX graph, and the fingerprint source).
         onnx_path: ONNX file for ONNX Runtime.
         engine_path: engine file for TensorRT.
+        iterations, psnr_db: a sequential or direct model's N_small iterations per view (0: N_max) and
+            its PSNR target in dB (0: none; else each view stops at the first iteration that reaches it):
+            :class:`TorchBackend`, the only backend these models run on.
 
     Raises:
         BackendUnavailable: the requested backend (or, for ``auto``, every one) cannot run.
@@ -278,7 +320,7 @@ def probe(kind: str = "auto", model: str | None = None, onnx_path: str | None = 
     if kind == "onnxruntime" or (kind == "auto" and onnx_path):
         tries.append(("onnxruntime", lambda: OnnxBackend(onnx_path) if onnx_path else OnnxBackend.for_model(model)))
     if kind in ("auto", "torch"):
-        tries.append(("torch", lambda: TorchBackend(model)))
+        tries.append(("torch", lambda: TorchBackend(model, iterations=iterations, psnr_db=psnr_db)))
     if kind == "auto" and not onnx_path:
         # reached only where PyTorch is absent (or cannot load the model): the model's shipped graph
         tries.append(("onnxruntime", lambda: OnnxBackend.for_model(model, export=False)))

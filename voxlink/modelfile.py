@@ -23,7 +23,9 @@ DEFAULT_MODEL = "fusion-k1024"
 #: Value of the ``voxlink.format`` metadata of every model file.
 FORMAT = "voxlink-model-1"
 #: Reconstruction frame of a family whose config does not say (the config classes' defaults).
-DEFAULT_FRAME = {"implicit": "view", "fusion": "pose", "codec": "image"}
+DEFAULT_FRAME = {"implicit": "view", "fusion": "pose", "codec": "image", "sequential": "object", "direct": "object"}
+#: Families whose views carry N iterations of m bits, N in 1..max_iterations chosen per view (variable rate).
+ITERATIVE_FAMILIES = ("codec", "sequential", "direct")
 
 
 class ModelFileError(ValueError):
@@ -64,8 +66,11 @@ class ModelInfo:
     Attributes:
         path: the ``.safetensors`` file.
         name: the config's name (the file's stem where the config has none).
-        family: ``implicit`` or ``fusion`` (``voxlink.family``; ``implicit`` where absent).
-        code_bits: K, bits per view.
+        family: ``implicit``, ``fusion``, ``codec``, ``sequential`` or ``direct`` (``voxlink.family``;
+            ``implicit`` where absent).
+        code_bits: K, bits per view; for the iterative families (N_small and the sequential and direct
+            models) m, bits per view and iteration: a view carries N m bits, N in 1..``max_iterations``.
+        max_iterations: 1, or N_max of an iterative family.
         fingerprint: 8-byte model fingerprint recorded in the file (``voxlink.fingerprint``), or None
             for files written without one.
         frame: reconstruction frame (``object``, ``view`` or ``pose``).
@@ -82,6 +87,7 @@ class ModelInfo:
     frame: str
     image_size: int = 128
     config: dict = field(default_factory=dict)
+    max_iterations: int = 1
     meta: dict = field(default_factory=dict)
 
     @property
@@ -131,13 +137,19 @@ def read_model_info(name_or_path: str | Path | None = None, code_bits: int | Non
         meta = json.loads(md.get("voxlink.meta", "{}"))
         if not isinstance(cfg, dict) or not isinstance(meta, dict):
             raise ValueError("config and meta must be JSON objects")
+        comp, frame_cfg = None, cfg
         if family == "codec":  # N_small: m bits per iteration at its image size
-            k = (int(cfg.get("image_size", 128)) // 16) ** 2 * int(cfg["code_channels"])
+            comp = cfg
+        elif family in ("sequential", "direct"):  # N_small + the 3D part
+            comp, frame_cfg = cfg["compression"], cfg["recon"]
+        if comp is not None:
+            k = (int(comp.get("image_size", 128)) // 16) ** 2 * int(comp["code_channels"])
+            n_max, size = int(comp.get("max_iterations", 8)), int(comp.get("image_size", 128))
         else:
-            k = cfg["code_bits"]
+            k, n_max, size = cfg["code_bits"], 1, int(cfg.get("image_size", 128))
         if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             raise ValueError(f"code_bits must be a positive integer, got {k!r}")
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise ModelFileError(f"{path}: bad model config metadata: {e}") from e
     fp_hex = md.get("voxlink.fingerprint")
     fp = None
@@ -150,13 +162,14 @@ def read_model_info(name_or_path: str | Path | None = None, code_bits: int | Non
             raise ModelFileError(f"{path}: fingerprint {fp_hex!r} is not 16 hex digits")
     if code_bits is not None and k != code_bits:
         raise ModelFileError(f"{path} makes {k}-bit codes, but {code_bits}-bit codes are needed")
-    return ModelInfo(path=path, name=str(cfg.get("name") or path.stem), family=family, code_bits=k, fingerprint=fp,
-                     frame=str(cfg.get("frame", DEFAULT_FRAME[family])), image_size=int(cfg.get("image_size", 128)),
-                     config=cfg, meta=meta)
+    name = cfg.get("name") or (frame_cfg.get("name") if frame_cfg is not cfg else None) or path.stem
+    return ModelInfo(path=path, name=str(name), family=family, code_bits=k, fingerprint=fp,
+                     frame=str(frame_cfg.get("frame", DEFAULT_FRAME[family])), image_size=size,
+                     config=cfg, meta=meta, max_iterations=n_max)
 
 
 #: Families that reconstruct 3D from per-view codes: what the edge encodes for and the ground decodes.
-RECONSTRUCTION_FAMILIES = ("implicit", "fusion")
+RECONSTRUCTION_FAMILIES = ("implicit", "fusion", "sequential", "direct")
 
 
 def require_reconstruction_model(name_or_path: str | Path | None) -> "ModelInfo":

@@ -61,11 +61,36 @@ def build(method: str, prof: Profile, code_bits: int | None = None) -> torch.nn.
     if method == "uncompressed":
         return ImplicitModel(dataclasses.replace(r, name="uncompressed", code_bits=1024, binarize=False))
     if method in ("sequential", "direct"):
-        return JointModel(JointConfig(kind=method, compression=prof.compression,
-                                      recon=dataclasses.replace(r, name=method, code_bits=1024, binarize=False)))
+        comp = pretrained_codec(prof.codec).cfg if prof.codec else prof.compression
+        model = JointModel(JointConfig(kind=method, compression=comp,
+                                       recon=dataclasses.replace(r, name=method, code_bits=1024, binarize=False)))
+        if prof.codec:
+            model.compressor.load_state_dict(pretrained_codec(prof.codec).state_dict())
+        return model
     if method == "jpeg2000":
         return Reconstructor3D(dataclasses.replace(r, name="jpeg2000", code_bits=1024, binarize=False))
     raise ValueError(f"unknown method {method!r}")
+
+
+_CODECS: dict = {}
+_CODEC_CACHES: dict = {}
+
+
+def pretrained_codec(name: str):
+    """A shipped image codec (:class:`voxlink.models.rnn_compress.RNNCompressor`, eval mode), loaded once.
+
+    Raises:
+        voxlink.weights.ModelFileError: no such model, or not an image codec.
+    """
+    from voxlink.modelfile import ModelFileError
+    from voxlink.weights import load_model
+
+    if name not in _CODECS:
+        model, _, _ = load_model(name)
+        if getattr(model, "family", None) != "codec":
+            raise ModelFileError(f"{name} is a {getattr(model, 'family', 'implicit')} model, not an image codec")
+        _CODECS[name] = model.float().eval()
+    return _CODECS[name]
 
 
 def save_bench_model(model: torch.nn.Module, path: Path, meta: dict) -> None:
@@ -96,6 +121,19 @@ def load_bench_model(path: Path, model: torch.nn.Module, expect: dict) -> dict |
         log.warning("cannot reuse %s (%s): retraining", path, e)
         return None
     return meta
+
+
+def streaming_model_file(model: JointModel, meta: dict, path: Path) -> Path:
+    """Write a benchmark's sequential or direct model as a voxlink model file (:mod:`voxlink.weights`), so
+    that ``voxlink edge`` and ``voxlink ground`` stream with it (float32 weights; the benchmark's metadata
+    under ``bench``).
+
+    Returns:
+        ``path``.
+    """
+    from voxlink.weights import save_model
+
+    return save_model(model, path, meta={"bench": meta, "made_by": "voxlink bench accuracy"})
 
 
 def open_bench_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -181,6 +219,8 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     np.random.seed(seed)
+    if isinstance(model, JointModel) and prof.codec:
+        return _train_from_codec(method, model, prof, data, seed, progress, device)
     train_ds = MultiViewDataset(data, "train", prof.max_views, train=True, frame=prof.frame)
     decoder = model.recon.decoder if isinstance(model, JointModel) else model.decoder
     model.to(device)
@@ -249,6 +289,135 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
         pool.shutdown()
     model.eval()
     return time.time() - t0, {k: round(x, 4) for k, x in ema.items()}
+
+
+def codec_cache(compressor, ds: MultiViewDataset, objects: int, batch_views: int = 20, progress: bool = True,
+                device: str = "cpu") -> dict[str, torch.Tensor]:
+    """N_small's codes and decoded images of the first ``objects`` items of ``ds``, at every rate, made once.
+
+    One pass of ``max_iterations`` iterations per view gives every rate at once (additive reconstruction:
+    the image after N iterations is the running sum of the first N outputs, Eq. 14).
+
+    Returns:
+        ``codes`` float32 [P, V, N_max, m] in {-1, +1}; ``images`` uint8 [P, V, N_max, 3, H, W] (the
+        decoded view after 1..N_max iterations); ``occupancy`` float32 [P, R, R, R].
+    """
+    from tqdm import tqdm
+
+    nmax = compressor.cfg.max_iterations
+    items = [ds[i] for i in range(min(objects, len(ds)))]
+    views = torch.cat([it["images"] for it in items])
+    codes, images = [], []
+    compressor.eval()
+    with torch.no_grad():
+        for i in tqdm(range(0, len(views), batch_views), desc="codec cache", unit="batch", disable=not progress):
+            o = compressor(views[i:i + batch_views].to(device), nmax)
+            codes.append(o["codes"].cpu())
+            images.append((o["recon"].clamp(0, 1) * 255).round().byte().cpu())
+    p, v = len(items), items[0]["images"].shape[0]
+    return {"codes": torch.cat(codes).view(p, v, nmax, -1), "images": torch.cat(images).view(p, v, *images[0].shape[1:]),
+            "occupancy": torch.stack([it["occupancy"] for it in items])}
+
+
+def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path, seed: int, progress: bool,
+                      device: str) -> tuple[float, dict]:
+    """The sequential or direct model started from a pre-trained N_small (``prof.codec``, already loaded
+    by :func:`build`), in two stages.
+
+    1. The 3D part alone, ``prof.steps`` steps of ``prof.batch_size`` objects, on the frozen codec's
+       output (:func:`codec_cache` of ``prof.codec_pool`` training objects): the sequential model's
+       3D-R2N2 on decoded images, the direct model's 3D network on the codes (Eq. 15); 1..max_views views
+       and N in 1..N_max drawn per batch.
+    2. Everything jointly (Eq. 16), ``prof.joint_steps`` steps of ``prof.joint_batch`` objects, N_small at
+       ``prof.comp_lr``, the 3D part at ``prof.lr`` x 0.2.
+
+    This departs from the paper, which trains both from scratch (docs/results.md says why: on 2 CPU cores
+    N_small does not learn to compress inside the joint loss's budget).
+
+    Returns:
+        ``(seconds, final running-mean losses)`` as :func:`train_method`.
+    """
+    from voxlink.train import TrainConfig, _collate, batches_forever, recalibrate_bn, run_loop
+
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    model.to(device)
+    model.recon.decoder.init_prior(_mean_grid(data, prof.frame).to(device))
+    # the same frozen codec on the same views for both models: made once per run
+    key = (prof.codec, str(Path(data).resolve()), manifest_hash(data), prof.codec_pool, prof.max_views, prof.frame, seed)
+    if key not in _CODEC_CACHES:
+        _CODEC_CACHES.clear()
+        pool_ds = MultiViewDataset(data, "train", prof.max_views, train=True, frame=prof.frame, seed=seed)
+        _CODEC_CACHES[key] = codec_cache(model.compressor, pool_ds, prof.codec_pool, progress=progress, device=device)
+    cache = _CODEC_CACHES[key]
+    p, nmax = len(cache["occupancy"]), model.cfg.compression.max_iterations
+    bs = max(1, min(prof.batch_size, p))
+    for q in model.compressor.parameters():
+        q.requires_grad_(False)
+    params = [q for q in model.recon.parameters()]
+    opt = torch.optim.Adam(params, lr=prof.lr)
+    for g in opt.param_groups:
+        g["base_lr"] = prof.lr
+    model.train()
+    model.compressor.eval()
+
+    def batches():
+        """Random objects of the cache, forever."""
+        while True:
+            yield torch.from_numpy(rng.choice(p, bs, replace=p < bs))
+
+    def stage1_step(idx):
+        """Eq. 15 on the frozen codec's output: ``idx`` int64 [B] objects of the cache."""
+        v, n = int(rng.integers(1, prof.max_views + 1)), int(rng.integers(1, nmax + 1))
+        target = cache["occupancy"][idx].to(device)
+        if method == "direct":
+            logits = model.recon.fuse(model._pad(cache["codes"][idx, :v, :n].to(device)))
+        else:
+            logits = model.recon(cache["images"][idx, :v, n - 1].to(device).float() / 255.0)
+        l3d = occupancy_loss(logits, target)
+        return {"loss": l3d, "loss_3d": l3d}, {}, {}
+
+    tcfg = TrainConfig(steps=prof.steps, lr=prof.lr, lr_decay=0.2, decay_at=0.75, val_every=prof.steps + 1,
+                       checkpoint_minutes=float("inf"))
+    _, _, ema = run_loop(model, opt, tcfg, None, 0, 0.0, batches(), stage1_step, lambda at: {},
+                         lambda at, secs: None, progress=progress)
+    for q in model.compressor.parameters():
+        q.requires_grad_(True)
+    if prof.joint_steps:
+        train_ds = MultiViewDataset(data, "train", prof.max_views, train=True, frame=prof.frame)
+        jb = max(1, min(prof.joint_batch, len(train_ds)))
+        loader = torch.utils.data.DataLoader(train_ds, batch_size=jb, shuffle=True, collate_fn=_collate,
+                                             drop_last=True, generator=torch.Generator().manual_seed(seed + 1))
+        comp_lr = prof.comp_lr or prof.lr
+        opt = torch.optim.Adam([{"params": list(model.compressor.parameters()), "lr": comp_lr},
+                                {"params": params, "lr": prof.lr * 0.2}])
+        for g, lr in zip(opt.param_groups, (comp_lr, prof.lr * 0.2)):
+            g["base_lr"] = lr
+        model.train()
+
+        def joint_step(batch):
+            """Eq. 16 on fresh training views: ``batch`` as :func:`train_method`'s."""
+            v, n = int(rng.integers(1, prof.max_views + 1)), int(rng.integers(1, nmax + 1))
+            images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
+            o = model(images, n)
+            return {"loss": model.loss(o, target), "loss_3d": occupancy_loss(o["logits"], target),
+                    "loss_comp": o["loss_comp"]}, {}, {}
+
+        tcfg = TrainConfig(steps=prof.joint_steps, lr=prof.lr, lr_decay=1.0, decay_at=1.0,
+                           val_every=prof.joint_steps + 1, checkpoint_minutes=float("inf"))
+        _, _, ema2 = run_loop(model, opt, tcfg, None, 0, 0.0, batches_forever(loader), joint_step, lambda at: {},
+                              lambda at, secs: None, progress=progress)
+        ema.update({f"joint_{k}": x for k, x in ema2.items()})
+    if method == "sequential":  # BatchNorm of E^3D sees decoded images, as in training
+        bn_ds = MultiViewDataset(data, "train", prof.max_views, train=False, frame=prof.frame)
+        n_bn = max(1, min(4, len(bn_ds) // bs))
+
+        def fwd(imgs):
+            """E^3D on N_small reconstructions (float [N, 3, H, W]) at a random rate."""
+            return model.recon.encoder(model.compressor(imgs, int(rng.integers(1, nmax + 1)))["recon"][:, -1].clamp(0, 1))
+        recalibrate_bn(model, bn_ds, batches=n_bn, batch_size=bs, seed=seed, forward=fwd, device=device)
+    model.eval()
+    return time.time() - t0, {k: round(x, 4) for k, x in ema.items() if "loss" in k}
 
 
 # -- evaluation -------------------------------------------------------------------------------------
@@ -364,6 +533,9 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
                   "steps": prof.steps, "batch_size": prof.batch_size, "seed": seed}
         if isinstance(model, JointModel) and prof.comp_lr:
             expect["comp_lr"] = prof.comp_lr
+        if isinstance(model, JointModel) and prof.codec:
+            expect.update(codec=prof.codec, codec_fingerprint=pretrained_codec(prof.codec).fingerprint().hex(),
+                          codec_pool=prof.codec_pool, joint_steps=prof.joint_steps, joint_batch=prof.joint_batch)
         meta = None if retrain else load_bench_model(path, model, expect)
         if meta is None:
             log.info("training %s: %d steps of %d objects (%s profile)", name, prof.steps, prof.batch_size, prof.name)
@@ -372,6 +544,8 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
             meta = {**expect, "train_seconds": round(secs, 1), "git_commit": commit, "final_losses": losses}
             save_bench_model(model, path, meta)
         model.to(device).eval()
+        if isinstance(model, JointModel):
+            streaming_model_file(model, meta, out / "streaming" / f"{name}-{prof.name}.safetensors")
         return model, str(path), meta.get("train_seconds")
 
     for method in methods:
@@ -406,7 +580,7 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
             if method in ("sequential", "direct"):
                 m = model.compressor.bits_per_iteration
                 n_it = RAW_BITS_128 / (m * r)
-                if abs(n_it - round(n_it)) > 1e-6 or not 1 <= round(n_it) <= prof.compression.max_iterations:
+                if abs(n_it - round(n_it)) > 1e-6 or not 1 <= round(n_it) <= model.cfg.compression.max_iterations:
                     add(method, r, {"iou": np.array([]), "reachable": False, "ratio": None,
                                     "iterations": None}, path, secs)
                     continue
@@ -418,6 +592,7 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
                     floor = score(method, model, test_ds, n, ratio=r, jpeg_pool=pool, device=device)
                 add(method, r, floor, path, secs, bits=int(round(floor["bytes"] * 8)))
     pool.shutdown()
+    _CODEC_CACHES.clear()
     elapsed = time.time() - t_start
     info = {"profile": prof.to_dict(), "data": str(data), "data_manifest": manifest, "git_commit": commit,
             "objects": n, "seconds": round(elapsed, 1), "machine": machine_description()}

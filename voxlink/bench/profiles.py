@@ -44,14 +44,22 @@ class Profile:
         steps: optimiser steps per model. batch_size: objects per step. lr: Adam learning rate
             (x0.2 after 75 % of the steps, as ``voxlink train``).
         comp_lr: learning rate of N_small inside the sequential and direct models (None: ``lr``).
-            At the quick budget N_small at ``lr`` = 5e-4 had not learned to compress (L1 0.20, a
-            flat grey image's), so it gets its own, as a small N_small needed in the tests.
+            Trained from scratch at the quick budget, N_small at ``lr`` = 5e-4 (or 3e-3) had not learned
+            to compress (L1 0.20, a flat grey image's); started from a pre-trained ``codec``, its joint
+            stage gets a small rate (quick: 1e-4) so that it refines the codec instead of undoing it.
         max_views: views per training object drawn in 1..max_views (3D-R2N2).
         eval_objects: test objects scored per model and ratio (None = all).
         ratios: target compression ratios.
         jpeg_train_ratios: (low, high) of the log-uniform ratio drawn per JPEG 2000 training batch.
         frame: reconstruction frame of every model.
         threads: torch threads (0 = default).
+        codec: a shipped image codec (``voxlink/weights``, e.g. ``nsmall-k1024``) that the sequential
+            and direct models start from: its widths replace ``compression`` and its weights N_small's.
+            Then they train in two stages: the 3D part on the frozen codec's decoded images or codes for
+            ``steps`` steps (codes and images of ``codec_pool`` training objects x ``max_views`` views made
+            once: 8 iterations of N_small at 128 x 128 cost about 0.3 s a view on these 2 cores, too much
+            to run afresh every step), then all of it jointly (Eq. 16) for ``joint_steps`` steps of
+            ``joint_batch`` objects. None: both train from scratch, jointly, as the paper.
     """
 
     name: str
@@ -67,6 +75,10 @@ class Profile:
     jpeg_train_ratios: tuple[float, float] = (24.0, 300.0)
     frame: str = "object"
     threads: int = 0
+    codec: str | None = None
+    codec_pool: int = 480
+    joint_steps: int = 0
+    joint_batch: int = 4
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -84,10 +96,10 @@ PROFILES: dict[str, Profile] = {
                                                 hidden=16, gate_rank=64, dec_channels=(16, 16, 12, 8),
                                                 depth_channels=(16, 8, 8), frame="object"),
                      compression=COMPRESSION_CONFIGS["quick"], steps=360, batch_size=8, eval_objects=100,
-                     comp_lr=3e-3),
+                     comp_lr=1e-4, codec="nsmall-k1024", codec_pool=480, joint_steps=40, joint_batch=4),
     "tiny": Profile("tiny", recon=dataclasses.replace(CONFIGS["tiny"], frame="object"),
                     compression=COMPRESSION_CONFIGS["tiny"], steps=2, batch_size=2, eval_objects=2,
-                    max_views=2),
+                    max_views=2, joint_steps=1, joint_batch=2, codec_pool=4),
 }
 
 

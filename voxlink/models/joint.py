@@ -10,7 +10,13 @@
   every rate (zero = "no bits received").
 
 Both unified models minimise Eq. 16 jointly: the compression loss (Eq. 14) of every view plus the 3D
-loss (Eq. 15) of the final view; no part is pre-trained or frozen.
+loss (Eq. 15) of the final view. (``voxlink bench accuracy`` may start them from a pre-trained N_small:
+:mod:`voxlink.bench.accuracy`.)
+
+Streaming (the drone and the ground, as the implicit model): the drone sends each view's N iterations
+(``N m`` bits, N in 1..N_max chosen per view: variable rate); the ground keeps the 3D-LSTM's state per
+object and steps it one view at a time (:meth:`JointModel.step_decoded`), and shows the view's decoded
+image.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from voxlink.models.codec import CodeError
 from voxlink.models.config import ModelConfig
 from voxlink.models.decoder import Decoder3D
 from voxlink.models.encoder import Encoder2D
@@ -102,6 +109,31 @@ class JointConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(**d)
 
+    @property
+    def code_bits(self) -> int:
+        """m: bits per view and iteration (what a stream-info message announces; a view carries N m)."""
+        return self.compression.bits_per_iteration
+
+    @property
+    def image_size(self) -> int:
+        """Side of a view in pixels."""
+        return self.compression.image_size
+
+    @property
+    def frame(self) -> str:
+        """Reconstruction frame of the 3D part."""
+        return self.recon.frame
+
+    @property
+    def resolution(self) -> int:
+        """Side R of the occupancy grid in voxels."""
+        return self.recon.resolution
+
+    @property
+    def name(self) -> str:
+        """The model's name (its 3D part's)."""
+        return self.recon.name
+
 
 class JointModel(nn.Module):
     """The sequential or the direct model (module docstring), one model for every rate.
@@ -114,9 +146,12 @@ class JointModel(nn.Module):
         logits float32 [B, 2, R, R, R].
     """
 
+    needs_pose = False
+
     def __init__(self, cfg: JointConfig):
         super().__init__()
         self.cfg = cfg
+        self.family = cfg.kind
         self.compressor = RNNCompressor(cfg.compression)
         m, n = cfg.compression.bits_per_iteration, cfg.compression.max_iterations
         self.recon = Reconstructor3D(cfg.recon, code_inputs=m * n if cfg.kind == "direct" else None)
@@ -190,6 +225,64 @@ class JointModel(nn.Module):
         """One object's views' packed codes -> occupancy probabilities float32 [1, R, R, R] (the ground's
         half: :meth:`reconstruct_from_codes`; ``K`` and ``pose`` are not used)."""
         return torch.softmax(self.reconstruct_from_codes(self.decompress(payloads)[None])[0], 1)[:, 1]
+
+    # -- streaming: the drone's and the ground's halves, one view at a time ------------------------
+    def fingerprint(self) -> bytes:
+        """8-byte fingerprint of the config and weights (:func:`voxlink.models.codec.model_fingerprint`)."""
+        from voxlink.models.codec import model_fingerprint
+
+        return model_fingerprint(self, f"{self.cfg.kind}:")
+
+    def encode(self, images: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
+        """The drone's half: each view's bits after ``iterations`` N_small iterations (None: N_max).
+
+        Shape:
+            images float32 [B, 3, H, W] in [0, 1] -> codes float32 [B, N m] in {-1, +1} (iteration-major).
+
+        Raises:
+            ValueError: iterations outside 1..N_max, or a side that is not a multiple of 16.
+        """
+        n = iterations or self.cfg.compression.max_iterations
+        return self.compressor.encode(images, n).flatten(1)
+
+    def init_state(self, batch: int = 1, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero 3D-LSTM state for ``batch`` objects: ``(h, s)`` float32 [B, N_h, G, G, G] each."""
+        return self.recon.lstm.init_state(batch, device)
+
+    def _iterations(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, N m] -> [B, N, m], checked."""
+        m, nmax = self.cfg.compression.bits_per_iteration, self.cfg.compression.max_iterations
+        if codes.dim() != 2 or codes.shape[1] % m or not 1 <= codes.shape[1] // m <= nmax:
+            raise CodeError(f"expected codes [B, N x {m}] with N in 1..{nmax}, got {tuple(codes.shape)}")
+        return codes.view(codes.shape[0], -1, m)
+
+    def step_decoded(self, codes: torch.Tensor, state, pose=None, K=None):
+        """The ground's half for one view per object: decode the view's image, step the 3D-LSTM
+        (``pose`` and ``K`` are accepted for the common interface and ignored: the paper's models do not
+        use poses).
+
+        Shape:
+            codes float32 [B, N m] (the same N for the batch) in {-1, +1}; state ``(h, s)`` ->
+            ``(new state, images float32 [B, 3, H, W] in [0, 1])`` (the decoded views).
+
+        Raises:
+            CodeError: codes that are not a whole number of 1..N_max iterations.
+        """
+        c = self._iterations(codes)
+        images = self.compressor.decode(c)[:, -1]
+        if self.cfg.kind == "direct":
+            x = self._pad(c[:, None]).flatten(1)
+        else:
+            x = self.recon.encoder(images)
+        return self.recon.lstm(x, state), images
+
+    def step(self, codes: torch.Tensor, state, pose=None, K=None):
+        """:meth:`step_decoded` without the images: the new state."""
+        return self.step_decoded(codes, state, pose, K)[0]
+
+    def occupancy(self, state) -> torch.Tensor:
+        """Occupancy probabilities float32 [B, R, R, R] (softmax class 1) from a state."""
+        return torch.softmax(self.recon.decoder(state[0]), dim=1)[:, 1]
 
     def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Eq. 16: ``comp_weight * L_comp + L_3D`` (target float [B, R, R, R] 0/1)."""

@@ -70,8 +70,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "order-invariant fusion placed by the poses, a 3D refiner (voxlink.models.fusion)", _fusion, model_file=True),
     Family("codec", "N_small, the RNN image codec (Sec. II-B, Eq. 14; Toderici et al. 2017): N iterations of "
            "m bits a view, images back", _codec, model_file=True, reconstructs=False),
-    Family("sequential", "N_small then 3D-R2N2 on its decoded images, trained jointly (Sec. III-A, Eq. 16)", _joint),
-    Family("direct", "N_small's codes straight into the 3D network, trained jointly (Sec. III-B, Eq. 16)", _joint),
+    Family("sequential", "N_small then 3D-R2N2 on its decoded images, trained jointly (Sec. III-A, Eq. 16)", _joint,
+           model_file=True),
+    Family("direct", "N_small's codes straight into the 3D network, trained jointly (Sec. III-B, Eq. 16)", _joint,
+           model_file=True),
     Family("jpeg2000", "JPEG 2000 (OpenJPEG) at the same bytes, then 3D-R2N2 on the decoded views (Sec. IV, "
            "the baseline of Fig. 8)", _jpeg2000),
 )}

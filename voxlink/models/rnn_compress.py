@@ -29,6 +29,7 @@ with a 3x3 input kernel (stride 2 in the encoder) and a 1x1 hidden kernel (Toder
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -264,6 +265,44 @@ class RNNCompressor(nn.Module):
             images [B, 3, H, W] in [0, 1] -> codes float32 [B, N, m] in {-1, +1}.
         """
         return self.forward(images, iterations)["codes"]
+
+    @torch.no_grad()
+    def encode_to_quality(self, images: torch.Tensor, psnr_db: float, max_iterations: int | None = None) -> list[torch.Tensor]:
+        """Variable rate: each view's code stops at the first iteration whose reconstruction reaches
+        ``psnr_db`` (more iterations for views that need them), at most ``max_iterations`` (None: N_max).
+        The iterations are those of :meth:`forward` (the first N of a view's code are the same bits as
+        :meth:`encode` with N iterations); the loop ends when every view is done.
+
+        Shape:
+            images float32 [B, 3, H, W] in [0, 1] -> B codes float32 [N_i m] in {-1, +1}, N_i in 1..max.
+
+        Raises:
+            ValueError: as :meth:`forward`; a non-finite ``psnr_db``.
+        """
+        nmax = max_iterations or self.cfg.max_iterations
+        self._check(images, nmax)
+        if not math.isfinite(psnr_db):
+            raise ValueError(f"psnr_db must be finite, got {psnr_db}")
+        x = images - 0.5
+        recon = torch.zeros_like(x)
+        r, se, sd = x, None, None
+        codes, n_used = [], torch.full((len(x),), nmax, dtype=torch.long)
+        done = torch.zeros(len(x), dtype=torch.bool)
+        for t in range(nmax):
+            e, se = self.encoder(r, se)
+            b = self.binarizer(e)
+            d, sd = self.decoder(b, sd)
+            recon = recon + d
+            r = x - recon
+            codes.append(b.flatten(1))
+            mse = (recon.clamp(-0.5, 0.5) - x).square().flatten(1).mean(1).clamp_min(1e-12)
+            reached = ~done & (10 * torch.log10(1.0 / mse) >= psnr_db)
+            n_used[reached] = t + 1
+            done |= reached
+            if bool(done.all()):
+                break
+        c = torch.stack(codes, 1)
+        return [c[i, :int(n_used[i])].flatten() for i in range(len(x))]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Viewable images from codes (the ground's job).
