@@ -174,7 +174,8 @@ def test_bench_accuracy_tiny_writes_every_method_and_ratio(small_dataset, tmp_pa
     for m in ("implicit", "sequential", "direct", "jpeg2000"):
         assert [float(t) for mm, t in keys if mm == m] == list(RATIOS)
     assert [m for m, _ in keys].count("uncompressed") == 1 and [m for m, _ in keys].count("mean-grid") == 1
-    assert len(rows) == 4 * len(RATIOS) + 2
+    assert [m for m, _ in keys].count("pose-aware") == 1
+    assert len(rows) == 4 * len(RATIOS) + 3
     manifest = manifest_hash(small_dataset)
     for r in rows:
         assert r["data_manifest"] == manifest and r["git_commit"]
@@ -191,6 +192,12 @@ def test_bench_accuracy_tiny_writes_every_method_and_ratio(small_dataset, tmp_pa
     assert int(by[("implicit", 1000.0)]["code_bits"]) == 393
     assert float(by[("uncompressed", 12.0)]["ratio"]) == pytest.approx(12.0)
     assert "not reachable" in (out / "accuracy.md").read_text()
+    # the sequential and direct models can be streamed: voxlink model files of their families
+    from voxlink.modelfile import require_reconstruction_model
+
+    for m in ("sequential", "direct"):
+        info = require_reconstruction_model(out / "streaming" / f"{m}-tiny.safetensors")
+        assert info.family == m and info.code_bits == 1024 and info.max_iterations == 8
     # a second run reuses the trained models
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
     res = CliRunner().invoke(app, ["bench", "accuracy", "--data", str(small_dataset), "--profile", "tiny",

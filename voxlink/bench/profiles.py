@@ -60,6 +60,7 @@ class Profile:
             once: 8 iterations of N_small at 128 x 128 cost about 0.3 s a view on these 2 cores, too much
             to run afresh every step), then all of it jointly (Eq. 16) for ``joint_steps`` steps of
             ``joint_batch`` objects. None: both train from scratch, jointly, as the paper.
+        pose_aware_model: the shipped pose-aware model scored as the ``pose-aware`` method.
     """
 
     name: str
@@ -79,6 +80,7 @@ class Profile:
     codec_pool: int = 480
     joint_steps: int = 0
     joint_batch: int = 4
+    pose_aware_model: str = "fusion-k1024"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
