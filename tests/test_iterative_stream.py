@@ -81,6 +81,20 @@ def test_ground_applies_variable_rate_views_and_writes_their_images(tmp_path, jo
             state = m.step(c[None], state)
         expect = m.occupancy(state)[0].numpy()
     np.testing.assert_allclose(st.occupancy(s), expect, atol=1e-5)
+    # the viewer's state carries the latest decoded view and the stream's ratio as received
+    import base64
+
+    from ground.viewer import ViewerServer
+
+    viewer = ViewerServer(st, "127.0.0.1", 0)
+    try:
+        state = viewer.state()
+    finally:
+        viewer.httpd.server_close()
+    (obj,) = state["objects"]
+    png = cv2.imdecode(np.frombuffer(base64.b64decode(obj["image_png"].split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+    assert png.shape == (128, 128, 3) and np.array_equal(png[:, :, ::-1], s.last_image)
+    assert state["streams"][0]["ratio"] == pytest.approx(128 * 128 * 24 / 2048)
     summary = st.finalise((3, 1))
     d = tmp_path / "out" / "s3_o1" / "snap-000"
     pngs = sorted((d / "images").glob("*.png"))
