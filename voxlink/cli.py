@@ -666,7 +666,8 @@ def codec_decompress_cmd(
 
 
 def _codec_model(name: str):
-    """N_small from a codec model file (or shipped name), or the one inside a sequential/direct bench model."""
+    """N_small from a codec model file (or shipped name), or the one inside a sequential or direct model (a
+    model file, or a benchmark's model)."""
     from voxlink.weights import ModelFileError, load_model, read_model_info
 
     try:
@@ -675,6 +676,8 @@ def _codec_model(name: str):
         family = None
     if family == "codec":
         return load_model(name)[0]
+    if family in ("sequential", "direct"):  # a streaming model file: the N_small inside it
+        return load_model(name)[0].compressor
     if family is not None:
         _fail(f"{name} is a {family} model; image codes need an N_small codec (e.g. nsmall-k1024)")
     from voxlink.bench.accuracy import open_bench_model
