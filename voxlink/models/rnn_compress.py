@@ -243,20 +243,25 @@ class RNNCompressor(nn.Module):
             ValueError: a side that is not a multiple of 16, or iterations outside 1..max_iterations.
         """
         self._check(images, iterations)
-        x = images - 0.5
+        codes, recons, loss = [], [], 0.0
+        for b, recon, r in self._iterate(images - 0.5, iterations):
+            loss = loss + r.abs().mean()
+            codes.append(b)
+            recons.append(recon + 0.5)
+        return {"codes": torch.stack(codes, 1), "recon": torch.stack(recons, 1), "loss": loss / iterations}
+
+    def _iterate(self, x: torch.Tensor, iterations: int):
+        """The iterations of Eq. 14 on centred images ``x`` = images - 0.5 [B, 3, H, W]: yields, after each,
+        its bits float32 [B, m], the reconstruction so far (centred) and the residual ``x - recon``."""
         recon = torch.zeros_like(x)
         r, se, sd = x, None, None
-        codes, recons, loss = [], [], 0.0
         for _ in range(iterations):
             e, se = self.encoder(r, se)
             b = self.binarizer(e)
             d, sd = self.decoder(b, sd)
             recon = recon + d
             r = x - recon
-            loss = loss + r.abs().mean()
-            codes.append(b.flatten(1))
-            recons.append(recon + 0.5)
-        return {"codes": torch.stack(codes, 1), "recon": torch.stack(recons, 1), "loss": loss / iterations}
+            yield b.flatten(1), recon, r
 
     def encode(self, images: torch.Tensor, iterations: int) -> torch.Tensor:
         """The bits only (the edge's job; the encoder needs the decoder for the residual).
@@ -284,17 +289,10 @@ class RNNCompressor(nn.Module):
         if not math.isfinite(psnr_db):
             raise ValueError(f"psnr_db must be finite, got {psnr_db}")
         x = images - 0.5
-        recon = torch.zeros_like(x)
-        r, se, sd = x, None, None
         codes, n_used = [], torch.full((len(x),), nmax, dtype=torch.long)
         done = torch.zeros(len(x), dtype=torch.bool)
-        for t in range(nmax):
-            e, se = self.encoder(r, se)
-            b = self.binarizer(e)
-            d, sd = self.decoder(b, sd)
-            recon = recon + d
-            r = x - recon
-            codes.append(b.flatten(1))
+        for t, (b, recon, _) in enumerate(self._iterate(x, nmax)):
+            codes.append(b)
             mse = (recon.clamp(-0.5, 0.5) - x).square().flatten(1).mean(1).clamp_min(1e-12)
             reached = ~done & (10 * torch.log10(1.0 / mse) >= psnr_db)
             n_used[reached] = t + 1
