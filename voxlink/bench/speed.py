@@ -14,6 +14,9 @@ nsmall_decode  N_small decoder only, 4 iterations, 5 views (the ground)         
 sequential     sequential model (Sec. III-A), 5 views, 4 iterations                   45
 direct         direct model (Sec. III-B), 5 views, 4 iterations                       39
 implicit       implicit model (Sec. III-C), 5 views                                   13
+pose_aware     the pose-aware model (voxlink's default, beyond the paper) at its      --
+               shipped size whatever the profile: E_K + B, view decoder, fusion by
+               the poses, 3D refiner, 5 views
 =============  =====================================================================  ============
 
 Backends: PyTorch (CPU, and CUDA when there is a GPU), ONNX Runtime (each block exported to ONNX;
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 
 #: Tab. III of the paper: forward pass in ms on a GTX 1080 Ti (None: not in the table).
 PAPER_MS = {"r2n2": 13.0, "e3d": 6.0, "lstm_decoder": None, "nsmall": 32.0, "nsmall_decode": None,
-            "sequential": 45.0, "direct": 39.0, "implicit": 13.0}
+            "sequential": 45.0, "direct": 39.0, "implicit": 13.0, "pose_aware": None}
 BLOCK_NAMES = {
     "r2n2": "3D-R2N2 (E^3D + 3D-LSTM + D^3D), 5 views",
     "e3d": "E^3D / E_K only, 5 views",
@@ -55,6 +58,7 @@ BLOCK_NAMES = {
     "sequential": "sequential model, 5 views x 4 iterations",
     "direct": "direct model, 5 views x 4 iterations",
     "implicit": "implicit model (E_K + B + 3D-LSTM + D^3D), 5 views",
+    "pose_aware": "pose-aware model (fusion-k1024's size: E_K + B, view decoder, fusion, refiner), 5 views",
 }
 VIEWS, ITERATIONS = 5, 4
 CSV_FIELDS = ("block", "name", "backend", "size", "input_shape", "median_ms", "p90_ms", "reps", "ratio_to_sequential",
@@ -111,6 +115,21 @@ def blocks(size: str = "paper") -> dict[str, tuple[nn.Module, torch.Tensor]]:
             state = implicit.step(c[i:i + 1], state)
         return implicit.logits(state)
 
+    from voxlink import camera
+    from voxlink.modelfile import read_model_info
+    from voxlink.models.fusion import FusionConfig, FusionModel
+
+    fusion = FusionModel(FusionConfig.from_dict(read_model_info("fusion-k1024").config)).eval()
+    K = torch.from_numpy(camera.intrinsics(s)).float()
+    poses = torch.from_numpy(camera.orbit_poses(VIEWS, np.random.default_rng(0))).float()
+
+    def pose_aware(x):
+        """E_K + sign, then each view fused by its pose, then the refiner: occupancy [1, R, R, R]."""
+        codes, state = fusion.encode(x), fusion.init_state(1)
+        for i in range(codes.shape[0]):
+            state = fusion.step(codes[i:i + 1], state, poses[i:i + 1], K)
+        return fusion.occupancy(state)
+
     return {
         "r2n2": (_Block(lambda x: r2n2(x[None]), r2n2), images),
         "e3d": (_Block(lambda x: r2n2.encoder(x), r2n2), images),
@@ -120,6 +139,7 @@ def blocks(size: str = "paper") -> dict[str, tuple[nn.Module, torch.Tensor]]:
         "sequential": (_Block(lambda x: seq(x[None], ITERATIONS)["logits"], seq), images),
         "direct": (_Block(lambda x: direct(x[None], ITERATIONS)["logits"], direct), images),
         "implicit": (_Block(lambda x: lstm_dec(implicit.encode(x)), implicit), images),
+        "pose_aware": (_Block(pose_aware, fusion), images),
     }
 
 
@@ -248,6 +268,9 @@ def run(out: str | Path, size: str = "paper", backends: list[str] | None = None,
                         res = time_torch(module, x, "cuda" if backend.endswith("cuda") else "cpu", **kw)
                         module.cpu()
                     elif backend.startswith("onnxruntime"):
+                        if key == "pose_aware":
+                            raise RuntimeError("pose_aware: not one graph (the ground runs its geometry in PyTorch; "
+                                               "its view decoder and refiner export: voxlink ground --backend onnxruntime)")
                         if key not in onnx_files:
                             try:
                                 onnx_files[key] = export_block(module, x, tdir / f"{key}.onnx")
