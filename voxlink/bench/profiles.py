@@ -77,7 +77,7 @@ class Profile:
     frame: str = "object"
     threads: int = 0
     codec: str | None = None
-    codec_pool: int = 960
+    codec_pool: int = 480
     joint_steps: int = 0
     joint_batch: int = 4
     pose_aware_model: str = "fusion-k1024"
@@ -98,7 +98,7 @@ PROFILES: dict[str, Profile] = {
                                                 hidden=16, gate_rank=64, dec_channels=(16, 16, 12, 8),
                                                 depth_channels=(16, 8, 8), frame="object"),
                      compression=COMPRESSION_CONFIGS["quick"], steps=360, batch_size=8, eval_objects=100,
-                     comp_lr=1e-4, codec="nsmall-k1024", codec_pool=960, joint_steps=40, joint_batch=4),
+                     comp_lr=1e-4, codec="nsmall-k1024", codec_pool=480, joint_steps=40, joint_batch=4),
     "tiny": Profile("tiny", recon=dataclasses.replace(CONFIGS["tiny"], frame="object"),
                     compression=COMPRESSION_CONFIGS["tiny"], steps=2, batch_size=2, eval_objects=2,
                     max_views=2, joint_steps=1, joint_batch=2, codec_pool=4),
