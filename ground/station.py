@@ -1022,12 +1022,13 @@ class GroundStation:
             "point_source": s.point_source, "model": self.model.cfg.name, "frame": self.model.cfg.frame,
             "folder": None if folder is None else str(folder), "snapshot": len(s.snapshots)})
 
-    def ratio(self, s: ObjectSession | None = None) -> float:
-        """Compression ratio (Eq. 12) of an object's views as received (a variable-rate stream's mean), or
-        of one code of this model (``s`` None, or no views yet)."""
-        if s is None or not s.views or not s.code_bits:
+    def ratio(self, *sessions: ObjectSession) -> float:
+        """Compression ratio (Eq. 12) of the views of these objects as received (a variable-rate stream's
+        mean), or of one code of this model (no objects, or no views yet)."""
+        views, bits = sum(s.views for s in sessions), sum(s.code_bits for s in sessions)
+        if not views or not bits:
             return compression_ratio(self.code_bits)
-        return compression_ratio(1) * s.views / s.code_bits  # raw bits of a view x views / code bits received
+        return compression_ratio(1) * views / bits  # raw bits of a view x views / code bits received
 
     def _next_snap(self, parent: Path) -> int:
         n = self._snap_index.get(str(parent), 0)

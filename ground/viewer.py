@@ -47,15 +47,6 @@ def _image_png(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
 
 
-def _stream_ratio(st, stream: int) -> float:
-    """A stream's compression ratio as received: raw bits of its views / code bits received (Eq. 12)."""
-    views = [s for s in st.sessions.values() if s.stream == stream and s.views]
-    if not views:
-        return st.ratio()
-    bits = sum(s.code_bits for s in views)
-    return 393216 * sum(s.views for s in views) / bits if bits else st.ratio()
-
-
 class ViewerServer:
     """HTTP server of the viewer page and the station's state.
 
@@ -118,7 +109,7 @@ class ViewerServer:
             streams = [{"stream": int(k), "model": v["model"] or "?", "views": v["views"], "gaps": len(v["missing"]),
                         "missing_views": v["missing_views"], "duplicates": v["duplicates"], "late": v["late"],
                         "bytes_per_s": sum(s.bytes for s in st.sessions.values() if s.stream == int(k)) / dt,
-                        "ratio": _stream_ratio(st, int(k))} for k, v in status["streams"].items() if v["views"]]
+                        "ratio": st.ratio(*(s for s in st.sessions.values() if s.stream == int(k)))} for k, v in status["streams"].items() if v["views"]]
             objects = []
             for s in list(st.sessions.values()):
                 if s.views == 0:

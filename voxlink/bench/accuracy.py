@@ -205,6 +205,33 @@ def _mean_grid(data: Path, frame: str) -> torch.Tensor:
     return _MEAN_GRIDS[key]
 
 
+def _joint_losses(model: JointModel, batch: dict, rng: np.random.Generator, max_views: int,
+                  device: str) -> dict[str, torch.Tensor]:
+    """Eq. 16 on one batch (``images`` float32 [B, V, 3, H, W] in [0, 1], ``occupancy`` [B, R, R, R]): 1..
+    ``max_views`` views and N in 1..N_max drawn; ``loss`` (total), ``loss_3d`` (Eq. 15), ``loss_comp`` (Eq. 14)."""
+    v = int(rng.integers(1, max_views + 1))
+    n = int(rng.integers(1, model.cfg.compression.max_iterations + 1))
+    images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
+    o = model(images, n)
+    return {"loss": model.loss(o, target), "loss_3d": occupancy_loss(o["logits"], target), "loss_comp": o["loss_comp"]}
+
+
+def _recalibrate_sequential(model: JointModel, prof: Profile, data: Path, batch_size: int, batches: int,
+                            rng: np.random.Generator, seed: int, device: str) -> None:
+    """BatchNorm of the sequential model's E^3D recomputed on N_small's reconstructions at random N
+    (:func:`voxlink.train.recalibrate_bn`): it sees decoded images, as in training."""
+    from voxlink.train import recalibrate_bn
+
+    nmax = model.cfg.compression.max_iterations
+    ds = MultiViewDataset(data, "train", prof.max_views, train=False, frame=prof.frame)
+
+    def fwd(imgs):
+        """E^3D on N_small reconstructions of views float [N, 3, H, W] at a random N."""
+        return model.recon.encoder(model.compressor(imgs, int(rng.integers(1, nmax + 1)))["recon"][:, -1].clamp(0, 1))
+    recalibrate_bn(model, ds, batches=max(1, min(batches, len(ds) // max(1, batch_size))), batch_size=batch_size,
+                   seed=seed, forward=fwd, device=device)
+
+
 def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path, seed: int = 0,
                  progress: bool = True, device: str = "cpu") -> tuple[float, dict]:
     """Train one benchmark model for ``prof.steps`` steps.
@@ -242,7 +269,6 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     for g, src in zip(opt.param_groups, groups):
         g["base_lr"] = src["base_lr"]
     pool = ThreadPoolExecutor(2) if method == "jpeg2000" else None
-    nmax = prof.compression.max_iterations
     lo, hi = (math.log(r) for r in prof.jpeg_train_ratios)
     t0 = time.time()
     model.train()
@@ -254,15 +280,13 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
         Args:
             batch: the collated batch: ``images`` float32 [B, V, 3, H, W] in [0, 1], ``occupancy`` [B, R, R, R].
         """
+        if method in ("sequential", "direct"):
+            return _joint_losses(model, batch, rng, prof.max_views, device), {}, {}
         v = int(rng.integers(1, prof.max_views + 1))
         images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
         if method in ("implicit", "uncompressed"):
             l3d = occupancy_loss(model(images)["logits"], target)
             return {"loss": l3d, "loss_3d": l3d}, {}, {}
-        if method in ("sequential", "direct"):
-            o = model(images, int(rng.integers(1, nmax + 1)))
-            return {"loss": model.loss(o, target), "loss_3d": occupancy_loss(o["logits"], target),
-                    "loss_comp": o["loss_comp"]}, {}, {}
         dec = _jpeg_roundtrip(images.flatten(0, 1), math.exp(rng.uniform(lo, hi)), pool).view_as(images)
         l3d = occupancy_loss(model(dec), target)
         return {"loss": l3d, "loss_3d": l3d}, {}, {}
@@ -274,21 +298,17 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     _, _, ema = run_loop(model, opt, tcfg, None, 0, 0.0, batches_forever(loader), train_step, lambda at: {},
                          lambda at, secs: None, progress=progress)
     ema = {k: x for k, x in ema.items() if k.startswith("loss_")}
-    bn_ds = MultiViewDataset(data, "train", prof.max_views, train=False, frame=prof.frame)
-    n_bn = max(1, min(10, len(bn_ds) // max(1, bs)))
     if method in ("implicit", "uncompressed", "jpeg2000"):
+        bn_ds = MultiViewDataset(data, "train", prof.max_views, train=False, frame=prof.frame)
         fwd = None
         if method == "jpeg2000":
             def fwd(imgs):  # noqa: E306
                 """E^3D on JPEG 2000 views (float [N, 3, H, W]): BatchNorm sees what it saw in training."""
                 return model.encoder(_jpeg_roundtrip(imgs, math.exp(rng.uniform(lo, hi)), pool))
-        recalibrate_bn(model, bn_ds, batches=n_bn, batch_size=bs, seed=seed, forward=fwd, device=device)
+        recalibrate_bn(model, bn_ds, batches=max(1, min(10, len(bn_ds) // max(1, bs))), batch_size=bs, seed=seed,
+                       forward=fwd, device=device)
     elif method == "sequential":
-        def fwd(imgs):  # noqa: E306
-            """E^3D on N_small reconstructions (float [N, 3, H, W]): BatchNorm sees decoded images, as in training."""
-            n = int(rng.integers(1, nmax + 1))
-            return model.recon.encoder(model.compressor(imgs, n)["recon"][:, -1].clamp(0, 1))
-        recalibrate_bn(model, bn_ds, batches=n_bn, batch_size=bs, seed=seed, forward=fwd, device=device)
+        _recalibrate_sequential(model, prof, data, bs, 10, rng, seed, device)
     if pool:
         pool.shutdown()
     model.eval()
@@ -341,7 +361,7 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
     Returns:
         ``(seconds, final running-mean losses)`` as :func:`train_method`.
     """
-    from voxlink.train import TrainConfig, _collate, batches_forever, recalibrate_bn, run_loop
+    from voxlink.train import TrainConfig, _collate, batches_forever, run_loop
 
     rng = np.random.default_rng(seed)
     t0 = time.time()
@@ -358,7 +378,7 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
     bs = max(1, min(prof.batch_size, p))
     for q in model.compressor.parameters():
         q.requires_grad_(False)
-    params = [q for q in model.recon.parameters()]
+    params = list(model.recon.parameters())
     opt = torch.optim.Adam(params, lr=prof.lr)
     for g in opt.param_groups:
         g["base_lr"] = prof.lr
@@ -401,25 +421,15 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
 
         def joint_step(batch):
             """Eq. 16 on fresh training views: ``batch`` as :func:`train_method`'s."""
-            v, n = int(rng.integers(1, prof.max_views + 1)), int(rng.integers(1, nmax + 1))
-            images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
-            o = model(images, n)
-            return {"loss": model.loss(o, target), "loss_3d": occupancy_loss(o["logits"], target),
-                    "loss_comp": o["loss_comp"]}, {}, {}
+            return _joint_losses(model, batch, rng, prof.max_views, device), {}, {}
 
         tcfg = TrainConfig(steps=prof.joint_steps, lr=prof.lr, lr_decay=1.0, decay_at=1.0,
                            val_every=prof.joint_steps + 1, checkpoint_minutes=float("inf"))
         _, _, ema2 = run_loop(model, opt, tcfg, None, 0, 0.0, batches_forever(loader), joint_step, lambda at: {},
                               lambda at, secs: None, progress=progress)
         ema.update({f"joint_{k}": x for k, x in ema2.items()})
-    if method == "sequential":  # BatchNorm of E^3D sees decoded images, as in training
-        bn_ds = MultiViewDataset(data, "train", prof.max_views, train=False, frame=prof.frame)
-        n_bn = max(1, min(4, len(bn_ds) // bs))
-
-        def fwd(imgs):
-            """E^3D on N_small reconstructions (float [N, 3, H, W]) at a random rate."""
-            return model.recon.encoder(model.compressor(imgs, int(rng.integers(1, nmax + 1)))["recon"][:, -1].clamp(0, 1))
-        recalibrate_bn(model, bn_ds, batches=n_bn, batch_size=bs, seed=seed, forward=fwd, device=device)
+    if method == "sequential":
+        _recalibrate_sequential(model, prof, data, bs, 4, rng, seed, device)
     model.eval()
     return time.time() - t0, {k: round(x, 4) for k, x in ema.items() if "loss" in k}
 

@@ -270,15 +270,19 @@ class JointModel(nn.Module):
         """
         c = self._iterations(codes)
         images = self.compressor.decode(c)[:, -1]
-        if self.cfg.kind == "direct":
-            x = self._pad(c[:, None]).flatten(1)
-        else:
-            x = self.recon.encoder(images)
-        return self.recon.lstm(x, state), images
+        return self.recon.lstm(self._lstm_input(c, images), state), images
 
     def step(self, codes: torch.Tensor, state, pose=None, K=None):
-        """:meth:`step_decoded` without the images: the new state."""
-        return self.step_decoded(codes, state, pose, K)[0]
+        """:meth:`step_decoded` without the images: the new state (the direct model decodes no image)."""
+        c = self._iterations(codes)
+        return self.recon.lstm(self._lstm_input(c), state)
+
+    def _lstm_input(self, c: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """The 3D-LSTM's input for one view per object: the zero-padded codes (direct) or E^3D of the
+        decoded view (sequential; ``images`` [B, 3, H, W] if already decoded). c: codes [B, N, m]."""
+        if self.cfg.kind == "direct":
+            return self._pad(c[:, None]).flatten(1)
+        return self.recon.encoder(images if images is not None else self.compressor.decode(c)[:, -1])
 
     def occupancy(self, state) -> torch.Tensor:
         """Occupancy probabilities float32 [B, R, R, R] (softmax class 1) from a state."""
