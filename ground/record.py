@@ -108,6 +108,7 @@ class Recorder:
         self.fsync_interval_s = fsync_interval_s
         self._last_sync = time.monotonic()
         self._seq = 0
+        self._calibrated: dict[str, tuple] = {}  # frame id -> (its calibration, when last written)
         self.ch: dict[str, int] = {}
         self.ch["wire"] = self.w.register_channel(WIRE_TOPIC, WIRE_ENCODING, 0)
         sid = self.w.register_schema("voxlink.View", "jsonschema", json.dumps(_VIEW_SCHEMA).encode())
@@ -136,12 +137,20 @@ class Recorder:
         self._add("views", t_recv, json.dumps(d).encode())
 
     def camera(self, frame_id: str, pose: np.ndarray | None, K: np.ndarray, size: int, t: float) -> None:
-        """Record a view's camera: ``foxglove.PoseInFrame`` (camera-to-object, metres) and its calibration."""
+        """Record a view's camera: ``foxglove.PoseInFrame`` (camera-to-object, metres), and its
+        ``foxglove.CameraCalibration`` where it is the frame's first, changed, or 10 s old (``t``: unix s)."""
         if pose is not None:
             p = {"timestamp": _stamp(t), "frame_id": frame_id,
                  "pose": {"position": dict(zip("xyz", map(float, pose[:3, 3]))), "orientation": _quat_xyzw(pose[:3, :3])}}
             self._add("camera_pose", t, json.dumps(p).encode())
         Kl = np.asarray(K, np.float64)
+        # the calibration when it is new or changed for this frame, and every 10 s (so that a player that
+        # seeks finds one nearby); not with every view: its JSON was a fifth of the record's cost a view
+        key = (frame_id, Kl.tobytes(), int(size))
+        last = self._calibrated.get(frame_id)
+        if last is not None and last[0] == key and t - last[1] < 10.0:
+            return
+        self._calibrated[frame_id] = (key, t)
         cal = {"timestamp": _stamp(t), "frame_id": frame_id, "width": int(size), "height": int(size),
                "distortion_model": "plumb_bob", "D": [0.0] * 5, "K": Kl.reshape(-1).tolist(),
                "R": np.eye(3).reshape(-1).tolist(), "P": np.hstack([Kl, np.zeros((3, 1))]).reshape(-1).tolist()}

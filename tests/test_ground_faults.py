@@ -403,7 +403,10 @@ def test_record_is_a_standard_mcap_with_foxglove_outputs(tmp_path, tiny):
     assert [json.loads(d)["seq"] for d in by_topic["/voxlink/views"]] == [0, 1, 2]
     cloud = json.loads(by_topic["/voxlink/points"][0])
     assert cloud["point_stride"] == 12 and [f["name"] for f in cloud["fields"]] == ["x", "y", "z"]
-    assert len(by_topic["/voxlink/camera_pose"]) == 3 and len(by_topic["/voxlink/calibration"]) == 3
+    assert len(by_topic["/voxlink/camera_pose"]) == 3, "every view's camera pose"
+    cal = [json.loads(d) for d in by_topic["/voxlink/calibration"]]
+    assert len(cal) == 1, "the object's camera calibration once (its intrinsics did not change)"
+    assert cal[0]["frame_id"] == json.loads(by_topic["/voxlink/camera_pose"][0])["frame_id"] and len(cal[0]["K"]) == 9
     depth = [json.loads(d) for d in by_topic["/voxlink/depth"]]
     assert len(depth) == 3 and {d["format"] for d in depth} == {"png"}, "every view's depth image"
     assert [d["timestamp"] for d in depth] == [json.loads(p)["timestamp"] for p in by_topic["/voxlink/camera_pose"]]

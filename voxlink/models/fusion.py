@@ -39,7 +39,7 @@ from voxlink.models.codec import BitCodeModel
 from voxlink.models.config import ConfigDict
 from voxlink.models.decoder import DepthDecoder, view_head
 from voxlink.models.encoder import Encoder2D
-from voxlink.models.projection import max_filter2d, project, sample_maps, voxel_centres
+from voxlink.models.projection import max_filter2d, project_normalized, voxel_centres
 
 #: Evidence channels of the fused state, and how each is pooled over views.
 EVIDENCE = ("hull", "seen_empty", "surface", "behind", "seen_object")
@@ -209,7 +209,9 @@ class SpatialViewDecoder(nn.Module):
         self.cells = image_size // 16
         self.code_channels = code_bits // (self.cells * self.cells)
         self.image_size, self.depth_offset = image_size, depth_offset
-        self.net = nn.Sequential(nn.Conv2d(self.code_channels, channels[0], 3, padding=1), nn.LeakyReLU(0.01),
+        # in-place activations (each follows a convolution, whose backward does not need its output):
+        # measured on 2 cores, [16, 32, 64, 64]: 0.23 ms against 0.70 ms
+        self.net = nn.Sequential(nn.Conv2d(self.code_channels, channels[0], 3, padding=1), nn.LeakyReLU(0.01, inplace=True),
                                  *view_head(channels[0], channels[1:]))
 
     def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +221,9 @@ class SpatialViewDecoder(nn.Module):
         x = code.reshape(-1, self.code_channels, self.cells, self.cells).contiguous(memory_format=torch.channels_last)
         out = self.net(x)
         if out.shape[-1] != self.image_size:
-            out = torch.nn.functional.interpolate(out, size=(self.image_size, self.image_size), mode="bilinear",
+            # in the default layout: measured on 2 cores, [16, 2, 64, 64] -> 128^2 took 4.0 ms channels-last
+            # and 1.2 ms contiguous, the conversion included (the same values)
+            out = torch.nn.functional.interpolate(out.contiguous(), size=(self.image_size, self.image_size), mode="bilinear",
                                                   align_corners=False)
         return out[:, 0] + self.depth_offset, out[:, 1]
 
@@ -364,25 +368,28 @@ class FusionModel(BitCodeModel):
         place their formulas are written; :meth:`evidence` stacks them for training, :meth:`place` pools
         them into the state one by one)."""
         cfg = self.cfg
-        uv, z = project(self.centres, K.float(), pose.float())
+        h, w = mask_prob.shape[-2:]
+        grid, z, in_view = project_normalized(self.centres, K.float(), pose.float(), h, w)
         # A voxel's footprint is about 2 pixels across at the orbit's distance: a thin part can cover
         # the footprint but miss its centre (measured: the hull of true masks sampled at centres kept
         # 58-70 % of a chair's or bench's voxels, 100 % with a 5 x 5 footprint), so the hull and the
         # "off the silhouette" test read the silhouette's maximum over the footprint.
         foot = max_filter2d(mask_prob, 5)
-        vals, inside = sample_maps(torch.stack([mask_prob, depth, foot], 1), uv)
-        # "where(inside, x, 0)" as a product with the 0 / 1 mask: fewer passes over [N, R^3], and the
+        vals = torch.nn.functional.grid_sample(torch.stack([mask_prob, depth, foot], 1), grid[:, None].to(depth.dtype),
+                                               mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
+        # "where(in_view, x, 0)" as a product with the 0 / 1 mask: fewer passes over [N, R^3], and the
         # same values (every sampled value is finite)
-        fin = (inside & (z > 1e-3)).to(vals.dtype)
+        fin = in_view.to(vals.dtype)
         s, d, s_foot = vals.unbind(1)
         s_in = s * fin
-        off = fin * (1 - s_foot)  # in the view and off the silhouette's footprint
-        dz = z - d
-        front = torch.sigmoid((dz + cfg.depth_margin) * (-1.0 / cfg.depth_sigma))
-        behind = torch.sigmoid((dz - cfg.depth_margin) * (1.0 / cfg.depth_sigma))
+        off = fin - fin * s_foot  # in the view and off the silhouette's footprint
+        t = (z - d) * (1.0 / cfg.depth_sigma)  # signed distance behind the decoded surface, in sigmas
+        m = cfg.depth_margin / cfg.depth_sigma
+        front = torch.sigmoid(-m - t)
+        behind = torch.sigmoid(t - m)
         # the exponent clamped at -80 (exp(-80) = 1.8e-35): below about -88 the exponential takes a slow
         # path (measured on 2 cores, [8, 32768]: 0.2 ms for arguments above -87, 1.6 to 3.5 ms below -100)
-        surface = torch.exp(-((dz * (0.5 / cfg.depth_sigma)) ** 2).clamp(max=80.0))
+        surface = torch.exp((t * t).clamp(max=320.0) * -0.25)
         return [1 - off, off + s_in * front, s_in * surface, s_in * behind, s_in]
 
     def fuse(self, state: torch.Tensor, ev: torch.Tensor) -> torch.Tensor:
