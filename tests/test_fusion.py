@@ -85,6 +85,11 @@ def test_batched_inference_gives_the_grid_of_training_path():
         ref = model.step_decoded(codes, state, pose, K)
     for a, b in zip(fast, ref):
         assert torch.allclose(a, b.detach(), atol=1e-5)
+    # the ground's form: each object's own state, pooled in place
+    own = [state[i:i + 1].clone() for i in range(19)]
+    with torch.no_grad():
+        out, _, _ = model.step_decoded(codes, own, pose, K)
+    assert out is own and torch.allclose(torch.cat(own), ref[0].detach(), atol=1e-5)
     x = torch.rand(3, 2, 20, 17)
     assert torch.equal(max_filter2d(x, 5), torch.nn.functional.max_pool2d(x, 5, stride=1, padding=2))
     with pytest.raises(ValueError):

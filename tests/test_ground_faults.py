@@ -302,6 +302,30 @@ def test_output_errors_are_contained(tmp_path, tiny):
     assert good is not None and Path(good["folder"], "occupancy.npz").is_file()
 
 
+def test_a_failing_depth_thread_is_counted_and_loses_no_view(tmp_path, tiny, monkeypatch):
+    """The depth maps' files and points are made in worker threads: an unexpected error there is counted
+    as an internal error, the views stay applied, the other views' depth maps are written."""
+    from voxlink import camera as cam
+
+    st = station(tmp_path, tiny[0], record=False)
+    st.handle(info(tiny))
+    real = cam.backproject
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(*a, **k)
+
+    monkeypatch.setattr(cam, "backproject", flaky)
+    for seq in range(4):
+        st.handle(view(tiny, seq, obj=1))
+    summary = st.snapshot((2, 1))
+    assert st.rejected["internal_error"] >= 1 and st.stats["views"] == 4
+    assert summary["views"] == 4 and len(list(Path(summary["folder"], "depth").glob("*.png"))) == 4
+
+
 def test_sigterm_snapshots_every_object_even_with_an_output_error(tmp_path, tiny):
     import signal
     import subprocess

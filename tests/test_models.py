@@ -168,3 +168,26 @@ def test_paper_config_is_full_size():
     assert cfg.enc_channels == (96, 128, 256, 256, 256, 256) and cfg.code_bits == 1024 and cfg.hidden == 128
     cpu = get_config("cpu")
     assert len(cpu.enc_channels) == len(cfg.enc_channels) and cpu.grid == cfg.grid, "same structure, scaled widths"
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_folded_upsample_conv_is_upsample_then_conv(dim):
+    """The decoders' "2x nearest upsample + 3x3(x3) conv" runs as one stride-2 transposed convolution
+    with a folded kernel: the same outputs and gradients as the two steps, from the same parameters
+    (so weights trained either way load into the other)."""
+    from voxlink.models.decoder import NearestUpConv2d, NearestUpConv3d, fold_nearest_upsample
+
+    torch.manual_seed(dim)
+    fast = (NearestUpConv2d if dim == 2 else NearestUpConv3d)(6, 5)
+    conv = (torch.nn.Conv2d if dim == 2 else torch.nn.Conv3d)(6, 5, 3, padding=1)
+    conv.load_state_dict(fast.state_dict())
+    x = torch.randn((2, 6) + (7,) * dim, requires_grad=True)
+    y_fast = fast(x)
+    y_ref = conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    assert y_fast.shape == y_ref.shape == (2, 5) + (14,) * dim
+    assert torch.allclose(y_fast, y_ref, atol=1e-5)
+    g = torch.randn_like(y_ref)
+    for a, b in zip(torch.autograd.grad(y_fast, [x, fast.weight], g), torch.autograd.grad(y_ref, [x, conv.weight], g)):
+        assert torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="3x3"):
+        fold_nearest_upsample(torch.zeros(5, 6, 5, 5))

@@ -426,7 +426,8 @@ class FusionModel(BitCodeModel):
         maps (the ground station) does not decode the views a second time.
 
         ``inplace``: in inference, pool into ``state`` itself and return it (a caller whose state batch is
-        a temporary, as the ground's, saves a fresh tensor of the batch's size).
+        a temporary, as the ground's, saves a fresh tensor of the batch's size). In inference ``state``
+        may also be a list of the B objects' own states, each pooled in place (:meth:`place`; the ground).
 
         Returns:
             ``(state [B, 5, R, R, R], depth float32 [B, H, W] metres, silhouette probability float32 [B, H, W])``.
@@ -441,28 +442,43 @@ class FusionModel(BitCodeModel):
         return self.place(state, depth, mask_prob, K, pose, out=state if inplace else None), depth, mask_prob
 
     @torch.no_grad()
-    def place(self, state: torch.Tensor, depth: torch.Tensor, mask_prob: torch.Tensor, K: torch.Tensor,
-              pose: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def place(self, state: torch.Tensor | list[torch.Tensor], depth: torch.Tensor, mask_prob: torch.Tensor,
+              K: torch.Tensor, pose: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
         """Fuse decoded views into the state (the ground's half after the view decoder, in inference):
         :meth:`evidence` then :meth:`fuse`, eight views at a time so that the evidence's element-wise
         chain stays in the cache (measured on 2 cores, 64 views: 2.4 ms a view at once, 1.4 ms in
         chunks of 8; the same values), each channel pooled as it is made (no stacked evidence tensor).
 
-        ``out``: where to write the new state (a tensor like ``state``; may be ``state`` itself: each element
-        is read before it is written). Measured on 2 cores, 64 views: a fresh 42 MB state batch per call
-        cost about 0.2 ms a view in page faults.
+        ``state`` may be a batch [B, 5, R, R, R], or a list of B objects' own states ([1, 5, R, R, R] or
+        [5, R, R, R] each), which are then pooled in place, view ``i`` into ``state[i]``, and the list is
+        returned: no batch is gathered and scattered (measured with 100 drones' real codes on 2 cores,
+        gathering 64 objects' states into a batch and copying them back cost about 0.3 ms a view).
+
+        ``out``: for a batch, where to write the new state (a tensor like ``state``; may be ``state``
+        itself: each element is read before it is written). Measured on 2 cores, 64 views: a fresh 42 MB
+        state batch per call cost about 0.2 ms a view in page faults.
 
         Shape:
-            state [B, 5, R, R, R], depth and mask_prob float32 [B, H, W], K [B, 3, 3], pose [B, 4, 4]
-            -> the new state [B, 5, R, R, R] (``out`` where given).
+            state [B, 5, R, R, R] (or a list of B states), depth and mask_prob float32 [B, H, W], K [B, 3, 3],
+            pose [B, 4, 4] -> the new state [B, 5, R, R, R] (``out`` where given; the list where given).
         """
-        n, c = len(state), len(EVIDENCE)
-        new = torch.empty_like(state) if out is None else out
-        old, out = state.view(n, c, -1), new.view(n, c, -1)
+        c = len(EVIDENCE)
+        if isinstance(state, (list, tuple)):
+            n, new = len(state), state
+            targets = [t.view(c, -1) for t in state]
+        else:
+            n = len(state)
+            new = torch.empty_like(state) if out is None else out
+            old, dst = state.view(n, c, -1), new.view(n, c, -1)
         for i in range(0, n, 8):
             sl = slice(i, i + 8)
             for ch, ev in enumerate(self._evidence_channels(depth[sl], mask_prob[sl], K[sl], pose[sl])):
-                (torch.minimum if _POOL_MIN[ch] else torch.maximum)(old[sl, ch], ev, out=out[sl, ch])
+                pool = torch.minimum if _POOL_MIN[ch] else torch.maximum
+                if new is state and isinstance(state, (list, tuple)):
+                    for j, t in enumerate(targets[sl]):
+                        pool(t[ch], ev[j], out=t[ch])
+                else:
+                    pool(old[sl, ch], ev, out=dst[sl, ch])
         return new
 
     def logits(self, state: torch.Tensor) -> torch.Tensor:
