@@ -10,7 +10,10 @@ The network is the shipped ``fusion-k1024``'s (config ``fusion-cpu``: spatial co
   (6 evidence channels + 8 features), float32, NCHW;
 * ``+ 8-channel refiner input``: the evidence padded to 8 channels (oneDNN's blocked 3D convolution);
 * ``+ channels_last``: the 2D encoder and view decoder in channels-last memory format;
-* ``+ bf16 autocast``: bfloat16 autocast on the CPU (AVX-512 BF16 here).
+* ``+ folded upsampling convolutions``: each "2x nearest upsample + 3x3 conv" of the view decoder as
+  one stride-2 transposed convolution (:class:`voxlink.models.decoder.NearestUpConv2d`; the same
+  function; the rows above compute the two steps);
+* ``+ bf16 autocast``: bfloat16 autocast on the CPU (slower on a CPU without AVX-512 BF16).
 
 Ground decode (one object, one view at a time, PyTorch on the CPU): fuse one code (3D-LSTM step or
 projective evidence + min/max), decode its depth map, and decode the occupancy grid after it (the
@@ -78,13 +81,17 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
     cfg = dataclasses.replace(FUSION_CONFIGS["fusion-cpu"])  # the shipped fusion-k1024's architecture
     images, K, pose, target, depth = _batch(8, 5)
     rows = []
-    settings = [("baseline (float32, NCHW, 14-channel refiner input)", False, False, False),
-                ("+ 8-channel refiner input", True, False, False),
-                ("+ channels_last", True, True, False),
-                ("+ bf16 autocast", True, True, True)]
-    for name, padded, cl, bf16 in settings:
+    settings = [("baseline (float32, NCHW, 14-channel refiner input)", False, False, False, False),
+                ("+ 8-channel refiner input", True, False, False, False),
+                ("+ channels_last", True, True, False, False),
+                ("+ folded upsampling convolutions", True, True, True, False),
+                ("+ bf16 autocast", True, True, True, True)]
+    for name, padded, cl, folded, bf16 in settings:
         torch.manual_seed(0)
         model = FusionModel(cfg) if padded else _baseline_model(cfg)
+        for mod in model.modules():
+            if hasattr(mod, "folded"):
+                mod.folded = folded
         x = images
         if cl:
             model.encoder.to(memory_format=torch.channels_last)

@@ -49,17 +49,22 @@ class NearestUpConv2d(nn.Conv2d):
     a view (largest difference to the two-step form 2.5e-5 on outputs up to 25).
 
     The parameters are a plain ``Conv2d``'s (``weight`` [C_out, C_in, 3, 3], ``bias``): weights trained
-    or shipped with ``Upsample`` + ``Conv2d`` load unchanged.
+    or shipped with ``Upsample`` + ``Conv2d`` load unchanged. ``folded = False`` computes the two steps
+    instead (``voxlink bench fusion`` times both).
 
     Shape:
         [N, C_in, H, W] -> [N, C_out, 2H, 2W].
     """
+
+    folded = True
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__(c_in, c_out, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C_in, H, W] -> [N, C_out, 2H, 2W] (float32)."""
+        if not self.folded:
+            return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
         return F.conv_transpose2d(x, fold_nearest_upsample(self.weight), self.bias, stride=2, padding=1)
 
 
@@ -71,11 +76,15 @@ class NearestUpConv3d(nn.Conv3d):
         [B, C_in, D, H, W] -> [B, C_out, 2D, 2H, 2W].
     """
 
+    folded = True
+
     def __init__(self, c_in: int, c_out: int):
         super().__init__(c_in, c_out, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C_in, D, H, W] -> [B, C_out, 2D, 2H, 2W] (float32)."""
+        if not self.folded:
+            return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
         return F.conv_transpose3d(x, fold_nearest_upsample(self.weight), self.bias, stride=2, padding=1)
 
 
