@@ -191,3 +191,16 @@ def test_folded_upsample_conv_is_upsample_then_conv(dim):
         assert torch.allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="3x3"):
         fold_nearest_upsample(torch.zeros(5, 6, 5, 5))
+
+
+def test_unfolded_upsample_conv_is_the_same_function():
+    """``folded = False`` (what ``voxlink bench fusion`` times as the rows before the change) computes
+    the two steps and gives the folded form's outputs."""
+    from voxlink.models.decoder import NearestUpConv2d, NearestUpConv3d
+
+    for cls, shape in ((NearestUpConv2d, (2, 4, 5, 6)), (NearestUpConv3d, (2, 4, 3, 4, 5))):
+        m = cls(4, 3)
+        x = torch.randn(shape)
+        a = m(x)
+        m.folded = False
+        assert torch.allclose(m(x), a, atol=1e-5)
