@@ -463,7 +463,8 @@ class FusionModel(BitCodeModel):
             pose [B, 4, 4] -> the new state [B, 5, R, R, R] (``out`` where given; the list where given).
         """
         c = len(EVIDENCE)
-        if isinstance(state, (list, tuple)):
+        per_object = isinstance(state, (list, tuple))
+        if per_object:
             n, new = len(state), state
             targets = [t.view(c, -1) for t in state]
         else:
@@ -474,7 +475,7 @@ class FusionModel(BitCodeModel):
             sl = slice(i, i + 8)
             for ch, ev in enumerate(self._evidence_channels(depth[sl], mask_prob[sl], K[sl], pose[sl])):
                 pool = torch.minimum if _POOL_MIN[ch] else torch.maximum
-                if new is state and isinstance(state, (list, tuple)):
+                if per_object:
                     for j, t in enumerate(targets[sl]):
                         pool(t[ch], ev[j], out=t[ch])
                 else:
