@@ -865,15 +865,15 @@ class GroundStation:
         PyTorch's two then share two cores.)"""
         products, futures = self._view_products(chunk, depth, mask)
         for f in futures:
-            if f.exception() is not None:  # (waits for it) counted; the views stay applied
-                log.error("internal error writing depth maps", exc_info=f.exception())
-                self._reject("internal_error", repr(f.exception()))
+            # (waits for it) counted and logged at a bounded rate; the views stay applied
+            if f.exception() is not None:
+                self._reject("internal_error", f"depth maps: {f.exception()!r}")
         for k, ((s, (seq, u, _, pose, K, t_recv, source)), done) in enumerate(zip(chunk, products)):
             if done is None:  # its thread failed before it
                 continue
-            if isinstance(done, Exception):  # counted; the view stays applied, its points are lost
-                log.error("internal error making the depth map of %s view %d", s.name, u, exc_info=done)
-                self._reject("internal_error", repr(done))
+            # counted and logged at a bounded rate; the view stays applied, its points are lost
+            if isinstance(done, Exception):
+                self._reject("internal_error", f"depth map of {s.name} view {u}: {done!r}")
                 continue
             d, png, err, thinned = done
             if s.depth_u is None or u >= s.depth_u:
