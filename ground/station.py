@@ -920,7 +920,7 @@ class GroundStation:
                 self._output_error(f"image of {s.name} view {u}", e)
             self.stats["images"] += 1
 
-    def _view_products(self, chunk: list, depth: np.ndarray, mask: np.ndarray) -> list[tuple]:
+    def _view_products(self, chunk: list, depth: np.ndarray, mask: np.ndarray) -> tuple[list, list]:
         """:meth:`process_depths`' work per view: its masked depth map, its PNG file and its points (added
         to its object's cloud), in two threads.
 
@@ -941,11 +941,16 @@ class GroundStation:
         for k, (s, _) in enumerate(chunk):
             by_object.setdefault(id(s), []).append(k)
         shards: tuple[list, list] = ([], [])
+        views = [0, 0]
         for ks in sorted(by_object.values(), key=len, reverse=True):  # each object to the lighter thread
-            shards[int(sum(map(len, shards[1])) < sum(map(len, shards[0])))].append(ks)
+            j = int(views[1] < views[0])
+            shards[j].append(ks)
+            views[j] += len(ks)
         out: list = [None] * len(chunk)
 
         def work(shard: list[list[int]]) -> None:
+            """One thread's share: for each of its objects, each view in order, ``out[k]`` is set to the
+            view's products or to the exception that stopped them (never raises for a view)."""
             for ks in shard:
                 for k in ks:
                     try:

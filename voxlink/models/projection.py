@@ -34,6 +34,13 @@ def voxel_centres(resolution: int, voxel_min: float = -0.5, extent: float = 1.0,
     return torch.stack([x, y, z], dim=-1).reshape(-1, 3)
 
 
+def _world_to_camera(T_c2w: torch.Tensor) -> torch.Tensor:
+    """World-to-camera rows ``[R^T | -R^T t]`` float [N, 3, 4] of camera-to-world poses [N, 4, 4]
+    (``X_c = R^T (X_w - t)``)."""
+    Rt = T_c2w[:, :3, :3].transpose(1, 2)
+    return torch.cat([Rt, -Rt @ T_c2w[:, :3, 3:]], 2)
+
+
 def project(points: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Project world points into N cameras.
 
@@ -50,11 +57,10 @@ def project(points: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor) -> tuple
         points [P, 3], K [N, 3, 3], T_c2w [N, 4, 4] -> uv [N, P, 2], z [N, P].
     """
     n = len(T_c2w)
-    Rt = T_c2w[:, :3, :3].transpose(1, 2)
     # camera coordinates X_c = R^T (X_w - t) of every point in every view as one [3N, 3] x [3, P] matrix
     # product (one GEMM; measured on 2 cores, 8 views x 32,768 voxel centres: a batched einsum took
     # about 2.7 ms, this 0.1 ms)
-    w2c = torch.cat([Rt, -Rt @ T_c2w[:, :3, 3:]], 2).reshape(3 * n, 4)
+    w2c = _world_to_camera(T_c2w).reshape(3 * n, 4)
     pc = torch.addmm(w2c[:, 3:], w2c[:, :3], points.T.to(w2c.dtype)).view(n, 3, -1)
     x, y, z = pc.unbind(1)
     zs = torch.where(z.abs() < 1e-6, torch.full_like(z, 1e-6), z)
@@ -64,12 +70,13 @@ def project(points: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor) -> tuple
 
 
 def project_normalized(points: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor, height: int,
-                       width: int) -> tuple[torch.Tensor, torch.Tensor]:
+                       width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`project` straight to ``grid_sample``'s normalized coordinates (``align_corners=False``).
 
     The pixel-to-[-1, 1] scaling is folded into the projection matrix, so that one GEMM gives every
     view's ``(gx * z, gy * z, z)`` and one division the coordinates (measured on 2 cores, 8 views x
-    32,768 voxel centres: about a third of :func:`project` then :func:`sample_maps`' own scaling).
+    32,768 voxel centres: about a third of :func:`project` followed by a per-point pixel-to-[-1, 1]
+    scaling).
     Points at ``z <= 1e-3`` (behind or at the camera) get coordinates divided by 1e-3 instead: finite,
     and ``in_view`` is False there.
 
@@ -85,8 +92,7 @@ def project_normalized(points: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tenso
         points [P, 3], K [N, 3, 3], T_c2w [N, 4, 4] -> [N, P, 2], [N, P], [N, P].
     """
     n = len(T_c2w)
-    Rt = T_c2w[:, :3, :3].transpose(1, 2)
-    w2c = torch.cat([Rt, -Rt @ T_c2w[:, :3, 3:]], 2)  # [N, 3, 4]: X_c = R^T (X_w - t)
+    w2c = _world_to_camera(T_c2w)
     # gx = (2 (fx x / z + cx + 0.5) / W - 1) = (a x + b z) / z, likewise gy: rows of one [3N, 4] matrix
     ax, bx = 2.0 * K[:, 0, 0] / width, 2.0 * (K[:, 0, 2] + 0.5) / width - 1.0
     ay, by = 2.0 * K[:, 1, 1] / height, 2.0 * (K[:, 1, 2] + 0.5) / height - 1.0
@@ -97,30 +103,6 @@ def project_normalized(points: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tenso
     gxy = g[:, :2] / z.clamp(min=1e-3)[:, None]
     in_view = (gxy.abs().amax(1) <= 1.0) & (z > 1e-3)
     return gxy.transpose(1, 2).contiguous(), z, in_view
-
-
-def sample_maps(maps: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bilinear samples of per-view image maps at projected points, and whether each point is inside.
-
-    Args:
-        maps: float [N, C, H, W] (e.g. mask probability and depth).
-        uv: float [N, P, 2] pixel coordinates (pixel centres at integers, as :func:`project` gives).
-
-    Returns:
-        ``values`` float [N, C, P] (border values beyond the image) and ``inside`` bool [N, P]
-        (the point falls on the image).
-
-    Shape:
-        maps [N, C, H, W], uv [N, P, 2] -> [N, C, P], [N, P].
-    """
-    n, c, h, w = maps.shape
-    gx = (uv[..., 0] + 0.5) / w * 2.0 - 1.0
-    gy = (uv[..., 1] + 0.5) / h * 2.0 - 1.0
-    grid = torch.stack([gx, gy], dim=-1)[:, None]  # [N, 1, P, 2]
-    vals = torch.nn.functional.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="border",
-                                           align_corners=False)[:, :, 0]
-    inside = (gx >= -1.0) & (gx <= 1.0) & (gy >= -1.0) & (gy <= 1.0)
-    return vals, inside
 
 
 def max_filter2d(x: torch.Tensor, size: int) -> torch.Tensor:
