@@ -230,7 +230,12 @@ class OnnxFusionGroundDecoder:
 
         pose, K = view_geometry(pose, K)
         depth, mask_prob = self.decode_depth(codes)
-        return self.model.place(state, depth, mask_prob, K, pose, out=state if inplace else None), depth, mask_prob
+        return self.place(state, depth, mask_prob, K, pose, out=state if inplace else None), depth, mask_prob
+
+    def place(self, state, depth: torch.Tensor, mask_prob: torch.Tensor, K: torch.Tensor, pose: torch.Tensor,
+              out: torch.Tensor | None = None):
+        """As :meth:`FusionModel.place` (on PyTorch: the geometry is not in the graphs)."""
+        return self.model.place(state, depth, mask_prob, K, pose, out=out)
 
     def step(self, codes: torch.Tensor, state: torch.Tensor, pose=None, K=None) -> torch.Tensor:
         """As :meth:`FusionModel.step`."""

@@ -14,6 +14,7 @@ import pytest
 import torch
 import trimesh
 
+from ground.archive import read_members
 from voxlink import camera
 from voxlink.models import ImplicitModel, get_config
 from voxlink.models.binarizer import pack_bits
@@ -88,9 +89,9 @@ def test_files_are_consistent(tmp_path, tiny_model_file):
     assert z["grid_to_world"].shape == (4, 4) and float(z["voxel_size"]) == pytest.approx(1 / 32)
     occ, _, _ = read_binvox(d / "occupancy.binvox")
     assert (occ == (z["occupancy"] > 0.4)).all()
-    pngs = sorted((d / "depth").glob("*.png"))
-    assert len(pngs) == 3
-    mm = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+    pngs = read_members(d / "depth.tar")
+    assert sorted(pngs) == [f"{u:010d}.png" for u in range(3)], "every view's depth map, named by its sequence number"
+    mm = cv2.imdecode(np.frombuffer(pngs["0000000000.png"], np.uint8), cv2.IMREAD_UNCHANGED)
     assert mm.dtype == np.uint16 and np.allclose(mm / 1000.0, np.round(depths[0] * 1000) / 1000, atol=1e-3)
     js = json.loads((d / "session.json").read_text())
     assert js["views"] == 3 and js["point_source"] in ("depth", "occupancy_surface")

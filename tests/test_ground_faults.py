@@ -16,6 +16,7 @@ import pytest
 import torch
 import zmq
 
+from ground.archive import read_members
 from voxlink import camera
 from voxlink.models import ImplicitModel, get_config
 from voxlink.models.binarizer import pack_bits
@@ -86,7 +87,7 @@ def test_every_view_twice_is_applied_once(tmp_path, tiny):
         assert torch.equal(a, b), "the repeats changed the reconstruction"
     summary = twice.finalise((2, 1))
     assert summary["views"] == 12 and summary["missing_views"] == 0
-    assert len(list((Path(summary["folder"]) / "depth").glob("*.png"))) == 12
+    assert len(read_members(Path(summary["folder"]) / "depth.tar")) == 12
 
 
 def test_swapped_neighbours_make_no_false_gap(tmp_path, tiny):
@@ -212,7 +213,7 @@ def test_idle_timeout_snapshots_and_the_object_continues(tmp_path, tiny):
     assert strict_json(snap0 / "session.json")["views"] == 5
     assert strict_json(snap1 / "session.json")["views"] == 10, "the second snapshot continues the same object"
     assert tree_digest(snap0) == before, "the first snapshot's files were touched"
-    assert len(list((snap1 / "depth").glob("*.png"))) == 10
+    assert len(read_members(snap1 / "depth.tar")) == 10
     g = strict_json(tmp_path / "ground.json")
     assert g["objects"]["s2_o1"]["latest"] == str(snap1) and g["objects"]["s2_o1"]["views"] == 10
     assert not list((tmp_path / "s2_o1").glob(".tmp-*")), "temporary folders left behind"
@@ -245,7 +246,7 @@ def test_restart_rebuilds_from_the_record_and_loses_nothing(tmp_path, tiny):
     b.close_record()
     assert summary["folder"].endswith("snap-001") and summary["views"] == 10
     assert tree_digest(tmp_path / "g" / "s2_o1" / "snap-000") == first, "the first run's files were overwritten"
-    assert len(list(Path(summary["folder"], "depth").glob("*.png"))) == 10
+    assert len(read_members(Path(summary["folder"]) / "depth.tar")) == 10
     # a third start rebuilds all 10 from both records, and --replay of one record gives its views
     c = station(tmp_path / "g", tiny[0])
     assert c.rebuild() == 10
@@ -282,7 +283,7 @@ def test_an_edge_that_lost_its_code_log_restarts_at_zero_and_loses_nothing(tmp_p
     summary = a.snapshot((2, 1), "exit")
     a.close_record()
     assert summary["views"] == 16 and summary["missing_views"] == 1 and summary["never_came"] == [[7, 7]]
-    assert len(list(Path(summary["folder"], "depth").glob("*.png"))) == 16, "a new run's depth map replaced an old one"
+    assert len(read_members(Path(summary["folder"]) / "depth.tar")) == 16, "a new run's depth map replaced an old one"
     b = station(tmp_path / "g", tiny[0])
     assert b.rebuild() == 16 and b.stats["stream_restarts"] == 1 and b.delivery[2].missing_count() == 1
     for x, y in zip(b.sessions[(2, 1)].state, a.sessions[(2, 1)].state):
@@ -305,11 +306,9 @@ def test_output_errors_are_contained(tmp_path, tiny):
 def test_a_failing_depth_thread_is_counted_and_loses_no_view(tmp_path, tiny, monkeypatch):
     """The depth maps' files and points are made in worker threads: an unexpected error there is counted
     as an internal error, the views stay applied, the other views' depth maps are written."""
-    from voxlink import camera as cam
-
     st = station(tmp_path, tiny[0], record=False)
     st.handle(info(tiny))
-    real = cam.backproject
+    real = st._rays.backproject
     calls = []
 
     def flaky(*a, **k):
@@ -318,12 +317,12 @@ def test_a_failing_depth_thread_is_counted_and_loses_no_view(tmp_path, tiny, mon
             raise RuntimeError("boom")
         return real(*a, **k)
 
-    monkeypatch.setattr(cam, "backproject", flaky)
+    monkeypatch.setattr(st._rays, "backproject", flaky)
     for seq in range(4):
         st.handle(view(tiny, seq, obj=1))
     summary = st.snapshot((2, 1))
     assert st.rejected["internal_error"] >= 1 and st.stats["views"] == 4
-    assert summary["views"] == 4 and len(list(Path(summary["folder"], "depth").glob("*.png"))) == 4
+    assert summary["views"] == 4 and len(read_members(Path(summary["folder"]) / "depth.tar")) == 4
 
 
 def test_sigterm_snapshots_every_object_even_with_an_output_error(tmp_path, tiny):
@@ -439,7 +438,8 @@ def test_record_is_a_standard_mcap_with_foxglove_outputs(tmp_path, tiny):
     import cv2
 
     first = cv2.imdecode(np.frombuffer(base64.b64decode(depth[0]["data"]), np.uint8), cv2.IMREAD_UNCHANGED)
-    on_disk = cv2.imread(str(sorted((tmp_path / "s2_o1" / "snap-000" / "depth").glob("*.png"))[0]), cv2.IMREAD_UNCHANGED)
+    members = read_members(tmp_path / "s2_o1" / "snap-000" / "depth.tar")
+    on_disk = cv2.imdecode(np.frombuffer(members[sorted(members)[0]], np.uint8), cv2.IMREAD_UNCHANGED)
     assert first.dtype == np.uint16 and np.array_equal(first, on_disk), "the recorded image is the depth map written"
 
 
@@ -464,4 +464,4 @@ def test_record_without_depth_images(tmp_path, tiny):
         topics = [channel.topic for _, channel, _ in make_reader(f).iter_messages()]
     assert topics.count("/voxlink/wire") == 4 and topics.count("/voxlink/camera_pose") == 3
     assert "/voxlink/depth" not in topics and "/voxlink/points" in topics
-    assert len(list((tmp_path / "s2_o1" / "snap-000" / "depth").glob("*.png"))) == 3, "the depth files are still written"
+    assert len(read_members(tmp_path / "s2_o1" / "snap-000" / "depth.tar")) == 3, "the depth files are still written"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ground.archive import read_members
 from voxlink import protocol
 from voxlink.modelfile import ModelFileError, encoder_onnx_beside, read_model_info, shipped_models
 
@@ -323,4 +324,4 @@ def test_ground_writes_a_snapshot_without_the_lab(tmp_path):
     occ, translate, scale = read_binvox(snap / "occupancy.binvox")
     grid = np.load(snap / "occupancy.npz")["occupancy"]
     assert (occ == (grid > 0.4)).all() and np.allclose(translate, -0.5) and scale == 1.0
-    assert len(list((snap / "depth").glob("*.png"))) == 3
+    assert len(read_members(snap / "depth.tar")) == 3
