@@ -3,7 +3,10 @@
 Threads: a receiver reads messages (SUB or PULL, bound or connected, optionally CURVE-authenticated)
 and the back channel (a ROUTER the edges connect to) into a bounded queue; the main loop takes
 batches from the queue, checks each message, applies every new view exactly once (batched across
-objects), and keeps files and counts up to date.
+objects), and keeps files and counts up to date. With a fusion model the main loop only decodes the
+views: a fuser thread places them into their objects' states and a depth thread makes their depth
+PNGs and points, each in order, a few batches behind at most, while the next batch is decoded;
+whatever reads a result (snapshot, viewer, occupancy) waits for it first (:meth:`GroundStation.settle`).
 
 Delivery. A view is identified by (stream, sequence number): a repeat is counted as a duplicate and
 changes nothing; views out of order are applied as they come, without false gaps; missing views are
@@ -75,6 +78,12 @@ from voxlink.protocol import MAX_MESSAGE_BYTES, CodeMessage, ProtocolError, Stre
 
 log = logging.getLogger("voxlink.ground")
 TAU = 0.4
+#: Pipelined (``GroundConfig.pipeline``): at most this many batches of views waiting to be placed, and
+#: as many chunks of depth maps being made, before the main loop waits for them (each chunk holds its
+#: batch's depth maps, 64 x 128 x 128 float32 = 4 MiB). Measured with 100 drones (lite model): with one
+#: chunk in flight the main loop spent 18 % of its time waiting for the depth thread, which idled half
+#: of its time (a loop iteration's several chunks were made one after another).
+PIPELINE_DEPTH = 4
 #: A missing view is asked back once it has been missing this long (seconds): reordering on the
 #: link heals by itself faster than that.
 REORDER_GRACE_S = 0.5
@@ -207,6 +216,9 @@ class GroundConfig:
         maps' PNGs and points are made in another; each result is waited for only where it is read
         (:meth:`GroundStation.settle`). Measured with 100 drones x 2 views/s on 2 cores (the lite model,
         60 s): 194 against 178 views/s, latency p99 1.7 against 5.8 s. False: every step in turn.
+        torch_threads: PyTorch's intra-op threads while serving; 0: one where pipelined (each stage
+        its own thread: measured, 60-second pairs with 100 drones, p99 0.26 / 0.53 s against 1.2 /
+        0.40 s with two), else PyTorch's default. Set back when :meth:`GroundStation.run` returns.
     """
 
     bind: list[str] = field(default_factory=lambda: ["tcp://*:5555"])
@@ -232,6 +244,7 @@ class GroundConfig:
     curve_allow_dir: str | None = None
     max_msg_bytes: int = 1 << 20
     pipeline: bool = True
+    torch_threads: int = 0
 
 
 @dataclass
@@ -447,7 +460,7 @@ class GroundStation:
             if self._pipelined:
                 self._placing.append((self._worker("fuser").submit(self.net.place, states, depth, mask_prob, K, pose),
                                       len(items)))
-                self._wait_placed(keep=2)  # at most two batches ahead: bounded memory and latency
+                self._wait_placed(keep=PIPELINE_DEPTH)  # bounded memory and latency
             else:
                 self.net.place(states, depth, mask_prob, K, pose)
             for i, (s, m, _, u) in enumerate(items):
@@ -899,11 +912,10 @@ class GroundStation:
         """Make a chunk's PNGs and points in the depth thread (:meth:`_view_products`); then (pipelined: when
         the next chunk comes, or a result is read) update its objects in order on this thread: latest
         depth map, record, counts, depth listeners (:meth:`_finish_products`)."""
-        self._finish_products()  # the previous chunk's, made meanwhile
         products, future = self._view_products(chunk, depth, mask)
         self._inflight.append((chunk, depth, products, future))
-        if not self._pipelined:
-            self._finish_products()
+        # pipelined: the chunks already done, and at most PIPELINE_DEPTH left in flight (bounded memory)
+        self._finish_products(keep=PIPELINE_DEPTH if self._pipelined else 0)
 
     def _wait_placed(self, keep: int = 0) -> None:
         """Wait until at most ``keep`` batches of views are still being placed by the fuser thread; an
@@ -921,9 +933,10 @@ class GroundStation:
         self._wait_placed()
         self._finish_products()
 
-    def _finish_products(self) -> None:
-        """Apply the depth products of every chunk in flight, oldest first (waits for them)."""
-        while self._inflight:
+    def _finish_products(self, keep: int = 0) -> None:
+        """Apply the depth products of the chunks in flight, oldest first: those already made, and more
+        (waiting for them) until at most ``keep`` are left."""
+        while self._inflight and (len(self._inflight) > keep or self._inflight[0][3].done()):
             self._finish_one(*self._inflight.popleft())
 
     def _finish_one(self, chunk: list, depth: np.ndarray, products: list, future) -> None:
@@ -1507,6 +1520,7 @@ class GroundStation:
             log.info("CURVE: drones allowed from %s", self.cfg.curve_allow_dir)
         sock = router = None
         rx = None
+        torch_threads = torch.get_num_threads()  # set back at the end (an in-process ground: the demo, tests)
         try:
             sock, router = self._sockets(ctx)
             if self.cfg.record:
@@ -1516,6 +1530,9 @@ class GroundStation:
             rx = threading.Thread(target=self._receive, args=(sock, router), daemon=True, name="receiver")
             rx.start()
             self._pipelined = self.cfg.pipeline and getattr(self.model, "family", "implicit") == "fusion"
+            threads = self.cfg.torch_threads or (1 if self._pipelined else 0)
+            if threads:
+                torch.set_num_threads(threads)
             self._loop(duration_s)
         finally:
             self.stop.set()
@@ -1532,6 +1549,7 @@ class GroundStation:
             for w in self._workers.values():
                 w.shutdown(wait=True)
             self._workers.clear()
+            torch.set_num_threads(torch_threads)
             for s_ in list(self.sessions.values()):
                 self._close_view_file(s_)
             self.write_status()
