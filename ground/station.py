@@ -1596,6 +1596,13 @@ class GroundStation:
             # catch up in spare time: a backlog never builds up to be forced through at once
             with self.lock:
                 self.process_depths(budget=applied + (self.cfg.batch if self.q.qsize() == 0 else 0))
+                # pipelined: the results already made are applied at once (latest depth map, record,
+                # listeners), and all of them once no message came for 0.1 s: a quiet link leaves
+                # nothing in flight (waiting whenever the queue is empty would stall the pipeline)
+                if batch:
+                    self._finish_products(keep=PIPELINE_DEPTH)
+                else:
+                    self.settle()
             now = time.monotonic()
             with self.lock:
                 # an object is idle when its last view is old AND no views wait in the queue (a decode

@@ -64,13 +64,11 @@ def test_rays_back_project_the_same_points_as_camera_backproject():
     assert len(rays.backproject(np.zeros((128, 128), np.float32), K, pose)) == 0
 
 
-def test_pipelined_serving_gives_what_one_step_at_a_time_gives(tmp_path):
-    """The serving loop's pipeline (views placed in the fuser thread while the next batch is decoded,
-    depth maps made in the depth thread) reconstructs exactly what the station gives one step at a time:
-    the same fused states, depth archives, clouds and counts."""
+def _fusion_stream(tmp_path, n: int = 60):
+    """A tiny fusion model file and ``n`` view messages of three drones (after their stream infos), the
+    views interleaved so that each object comes in consecutive batches."""
     import torch
 
-    from ground.station import GroundConfig, GroundStation
     from voxlink.models.binarizer import pack_bits
     from voxlink.models.fusion import FUSION_CONFIGS, FusionModel
     from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
@@ -84,11 +82,23 @@ def test_pipelined_serving_gives_what_one_step_at_a_time_gives(tmp_path):
     K = camera.intrinsics(m.cfg.image_size)
     msgs = [encode_info(StreamInfo(stream=s, seq=0, fingerprint=bytes.hex(m.fingerprint()), code_bits=bits, K=K,
                                    model="tiny", epoch_unix=1e9)) for s in range(3)]
-    for i in range(60):  # three drones, views interleaved, one object seen in consecutive batches
-        s = i % 3
-        msgs.append(encode_code(CodeMessage(stream=s, object_id=7, seq=i // 3, t_ms=i, fingerprint=fingerprint32(m.fingerprint()),
-                                            n_bits=bits, payload=pack_bits(np.where(rng.random(bits) > 0.5, 1.0, -1.0)),
-                                            pose=camera.circle_pose(i, 60))))
+    for i in range(n):
+        msgs.append(encode_code(CodeMessage(stream=i % 3, object_id=7, seq=i // 3, t_ms=i,
+                                            fingerprint=fingerprint32(m.fingerprint()), n_bits=bits,
+                                            payload=pack_bits(np.where(rng.random(bits) > 0.5, 1.0, -1.0)),
+                                            pose=camera.circle_pose(i, n))))
+    return path, msgs
+
+
+def test_pipelined_serving_gives_what_one_step_at_a_time_gives(tmp_path):
+    """The serving loop's pipeline (views placed in the fuser thread while the next batch is decoded,
+    depth maps made in the depth thread) reconstructs exactly what the station gives one step at a time:
+    the same fused states, depth archives, clouds and counts."""
+    import torch
+
+    from ground.station import GroundConfig, GroundStation
+
+    path, msgs = _fusion_stream(tmp_path)
     got = {}
     for pipelined in (False, True):
         st = GroundStation(GroundConfig(bind=[], model=str(path), out=str(tmp_path / f"out{pipelined}"), batch=8,
@@ -108,3 +118,31 @@ def test_pipelined_serving_gives_what_one_step_at_a_time_gives(tmp_path):
         assert torch.equal(a.sessions[key].state, b.sessions[key].state), f"object {key} fused differently"
     assert tars_a == tars_b and all(len(t) == 20 for t in tars_a)
     assert all(np.array_equal(x, y) for x, y in zip(pts_a, pts_b))
+
+
+def test_a_quiet_link_leaves_nothing_in_flight(tmp_path):
+    """Serving pipelined, the last views' depth maps are made and applied (record, listeners, the
+    viewer's latest depth map) once the link goes quiet, without anyone asking for a result."""
+    import threading
+    import time
+
+    from ground.station import GroundConfig, GroundStation
+
+    path, msgs = _fusion_stream(tmp_path)
+    st = GroundStation(GroundConfig(bind=[], model=str(path), out=str(tmp_path / "out"), record=False))
+    seen = []
+    st.depth_listeners.append(lambda s, seq, depth, pose: seen.append((s.stream, seq)))
+    t = threading.Thread(target=st.run, kwargs={"duration_s": 120}, daemon=True)
+    t.start()
+    try:
+        for b in msgs:
+            st.q.put((b, time.time(), "link"))
+        deadline = time.time() + 60
+        while time.time() < deadline and len(seen) < 60:
+            time.sleep(0.05)
+        assert len(seen) == 60 and st.stats["depth_maps"] == 60, f"{len(seen)} of 60 depth maps applied"
+        assert sorted(seen) == sorted((i % 3, i // 3) for i in range(60))
+    finally:
+        st.stop.set()
+        t.join(timeout=60)
+    assert not t.is_alive()
