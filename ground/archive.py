@@ -85,12 +85,10 @@ def finish_copy(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     Raises:
         OSError: ``dst`` cannot be written.
     """
-    try:
+    if os.path.exists(src):
         shutil.copyfile(src, dst)
         n = os.path.getsize(dst)
-    except FileNotFoundError:
-        if os.path.exists(src):
-            raise
+    else:
         open(dst, "xb").close()
         n = 0
     with open(dst, "ab") as f:

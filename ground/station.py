@@ -155,39 +155,6 @@ def depth_png(d: np.ndarray) -> bytes:
     return png.tobytes()
 
 
-class _Rays:
-    """Every pixel's viewing ray ``((u - cx) / fx, (v - cy) / fy, 1)`` float32 [H * W, 3], per intrinsics
-    (the few a ground sees), so that back-projecting a depth map is one gather, one product and one
-    3 x 3 rotation: :func:`voxlink.camera.backproject`'s points to float32 rounding, about 2x faster."""
-
-    def __init__(self):
-        self._rays: dict[tuple, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    def backproject(self, d: np.ndarray, K: np.ndarray, pose: np.ndarray) -> np.ndarray:
-        """Points float32 [N, 3] (metres, the pose's frame) of the pixels with ``d > 0``, in row-major order.
-
-        Args:
-            d: float32 [H, W] depth, metres (finite; 0 = invalid). K: [3, 3] intrinsics (pixels).
-            pose: [4, 4] camera-to-object.
-        """
-        h, w = d.shape
-        key = (h, w, np.asarray(K, np.float64).tobytes())
-        rays = self._rays.get(key)
-        if rays is None:
-            with self._lock:
-                v, u = np.mgrid[0:h, 0:w]
-                rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones((h, w))], -1)
-                rays = rays.reshape(-1, 3).astype(np.float32)
-                if len(self._rays) > 64:  # a stream whose intrinsics keep changing: keep the cache small
-                    self._rays.clear()
-                self._rays[key] = rays
-        flat = d.reshape(-1)
-        idx = np.flatnonzero((flat > 0) & (flat < np.inf))
-        T = np.asarray(pose, np.float32)
-        return (rays[idx] * flat[idx, None]) @ T[:3, :3].T + T[:3, 3]
-
-
 @dataclass
 class GroundConfig:
     """Ground station settings.
@@ -361,7 +328,6 @@ class GroundStation:
         self._snap_index: dict[str, int] = {}
         self._view_files: OrderedDict = OrderedDict()  # object name -> its open views.jsonl (line-buffered)
         self._workers: dict = {}  # name -> its one worker thread (:meth:`_worker`)
-        self._rays = _Rays()  # per-pixel rays per intrinsics, for the point clouds
         # pipelined (cfg.pipeline, while serving): views being placed (future, views), chunks whose depth
         # products are being made (chunk, depth, products, future), oldest first
         self._pipelined = False
@@ -1024,7 +990,7 @@ class GroundStation:
                         err = e
                     thinned = 0
                     if pose is not None:
-                        thinned = self._add_points(s, self._rays.backproject(d, K, pose))
+                        thinned = self._add_points(s, camera.backproject(d, K, pose).astype(np.float32))
                     out[k] = (d, png, err, thinned)
                 except Exception as e:  # noqa: BLE001 - an internal error, counted by the caller
                     out[k] = e

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from ground import archive
-from ground.station import _Rays
 from voxlink import camera
 
 
@@ -51,17 +50,18 @@ def test_a_failed_append_cuts_the_archive_back_and_the_next_one_is_kept(tmp_path
     assert archive.read_members(path) == {"0000000000.png": b"a" * 700, "0000000002.png": b"c" * 5}
 
 
-def test_rays_back_project_the_same_points_as_camera_backproject():
+def test_backproject_gives_each_valid_pixels_pinhole_point():
     rng = np.random.default_rng(0)
     d = np.where(rng.random((128, 128)) > 0.6, 1.5 + rng.random((128, 128)), 0.0).astype(np.float32)
     d[3, 4], d[5, 6] = np.nan, np.inf  # never points
     K, pose = camera.intrinsics(128), camera.circle_pose(5, 24)
-    rays = _Rays()
-    got = rays.backproject(d, K, pose)
-    want = camera.backproject(d, K, pose)
-    assert got.dtype == np.float32 and got.shape == want.shape
+    got = camera.backproject(d, K, pose)
+    v, u = np.nonzero(np.isfinite(d) & (d > 0))
+    z = d[v, u].astype(np.float64)
+    want = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], 1) @ pose[:3, :3].T + pose[:3, 3]
+    assert got.dtype == np.float64 and got.shape == want.shape
     assert np.abs(got - want).max() < 2e-6, "points differ by more than float32 rounding (metres)"
-    assert len(rays.backproject(np.zeros((128, 128), np.float32), K, pose)) == 0
+    assert len(camera.backproject(np.zeros((128, 128), np.float32), K, pose)) == 0
 
 
 def _fusion_stream(tmp_path, n: int = 60):

@@ -306,9 +306,11 @@ def test_output_errors_are_contained(tmp_path, tiny):
 def test_a_failing_depth_thread_is_counted_and_loses_no_view(tmp_path, tiny, monkeypatch):
     """The depth maps' files and points are made in worker threads: an unexpected error there is counted
     as an internal error, the views stay applied, the other views' depth maps are written."""
+    from voxlink import camera as cam
+
     st = station(tmp_path, tiny[0], record=False)
     st.handle(info(tiny))
-    real = st._rays.backproject
+    real = cam.backproject
     calls = []
 
     def flaky(*a, **k):
@@ -317,7 +319,7 @@ def test_a_failing_depth_thread_is_counted_and_loses_no_view(tmp_path, tiny, mon
             raise RuntimeError("boom")
         return real(*a, **k)
 
-    monkeypatch.setattr(st._rays, "backproject", flaky)
+    monkeypatch.setattr(cam, "backproject", flaky)
     for seq in range(4):
         st.handle(view(tiny, seq, obj=1))
     summary = st.snapshot((2, 1))

