@@ -91,7 +91,9 @@ def test_batched_inference_gives_the_grid_of_training_path():
         out, _, _ = model.step_decoded(codes, own, pose, K)
     assert out is own and torch.allclose(torch.cat(own), ref[0].detach(), atol=1e-5)
     x = torch.rand(3, 2, 20, 17)
-    assert torch.equal(max_filter2d(x, 5), torch.nn.functional.max_pool2d(x, 5, stride=1, padding=2))
+    for size in (1, 3, 5, 7, 9, 11, 13, 17):
+        ref_max = torch.nn.functional.max_pool2d(x, size, stride=1, padding=size // 2)
+        assert torch.equal(max_filter2d(x, size), ref_max), size
     with pytest.raises(ValueError):
         max_filter2d(x, 4)
 
@@ -144,6 +146,15 @@ def test_pose_noise_has_the_asked_magnitude():
     assert torch.allclose(angle, torch.full_like(angle, 2.0), atol=0.05)
     shift = (noisy[:, :3, 3] - pose[:, :3, 3]).norm(dim=1)
     assert torch.allclose(shift, torch.full_like(shift, 0.02), atol=1e-5)
+    # training noise with a floor: every view off by at least half the maximum, none by more
+    noisy = perturb_poses(pose, 2.0, 0.02, torch.Generator().manual_seed(1), floor=0.5)
+    R_rel = noisy[:, :3, :3] @ pose[:, :3, :3].transpose(1, 2)
+    angle = torch.rad2deg(torch.acos(((R_rel.diagonal(dim1=1, dim2=2).sum(1) - 1) / 2).clamp(-1, 1)))
+    shift = (noisy[:, :3, 3] - pose[:, :3, 3]).norm(dim=1)
+    assert angle.min() > 0.95 and angle.max() < 2.05 and angle.std() > 0.1
+    assert shift.min() > 0.0099 and shift.max() < 0.0201
+    with pytest.raises(ValueError, match="floor"):
+        perturb_poses(pose, 2.0, 0.02, floor=1.5)
 
 
 def test_tiny_fusion_model_trains_and_evaluates(small_dataset, tmp_path):
@@ -295,3 +306,79 @@ def test_onnx_fusion_ground_decoder_matches_pytorch(tmp_path, name):
     assert export_ground(model, folder) == folder and (folder / "depth.onnx").stat().st_mtime_ns == mtime
     with pytest.raises(BackendUnavailable, match="other weights"):
         OnnxFusionGroundDecoder(folder, _tiny(seed=1, name=name))
+
+
+def test_refiner_only_fine_tune_keeps_every_code_and_the_view_decoder(small_dataset, tmp_path):
+    """``trainable = "refiner"`` (how the shipped model's wider footprint was fine-tuned): the codes a
+    drone sends stay the same bit for bit, the view decoder too, BatchNorm statistics included; only the
+    3D refiner changes. An unknown part is refused."""
+    from voxlink.train import TrainConfig
+    from voxlink.train_fusion import train_fusion
+    from voxlink.weights import load_model, save_model
+
+    start = FusionModel(dataclasses.replace(FUSION_CONFIGS["fusion-spatial-tiny"]))
+    save_model(start, tmp_path / "start.safetensors", meta={"family": "fusion"}, half=True)
+    cfg = dataclasses.replace(FUSION_CONFIGS["fusion-spatial-tiny"], footprint=9)
+    tcfg = TrainConfig(data=str(small_dataset), steps=4, batch_size=2, min_views=2, max_views=3, lr=3e-3,
+                       heading="random", val_every=4, val_objects=2, warm_start=str(tmp_path / "start.safetensors"),
+                       trainable="refiner")
+    tuned = load_model(train_fusion(cfg, tcfg, tmp_path / "run", progress=False))[0].eval()
+    start = load_model(tmp_path / "start.safetensors")[0].eval()
+    images = torch.rand(6, 3, 128, 128)
+    assert torch.equal(tuned.encode(images), start.encode(images))
+    a, b = start.state_dict(), tuned.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("refiner."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("refiner."))
+    assert tuned.cfg.footprint == 9 and tuned.fingerprint() != start.fingerprint()
+    with pytest.raises(ValueError, match="trainable"):
+        train_fusion(cfg, dataclasses.replace(tcfg, trainable="refiner,decoder"), tmp_path / "bad", progress=False)
+
+
+def test_footprint_widens_the_hull_and_keeps_earlier_fingerprints():
+    """The footprint (pixels) a voxel's hull test reads: a wider one carves less (what makes the fusion
+    tolerant of pose error), an even one is refused, and models made before the field existed (footprint
+    5) keep their fingerprint, so the drones that send it stay valid."""
+    import hashlib
+
+    from voxlink.models.fusion import FusionConfig
+
+    with pytest.raises(ValueError, match="odd"):
+        FusionConfig(footprint=4)
+    model = _tiny(name="fusion-spatial-tiny")
+    pose, K = _views(3, seed=1)
+    depth = torch.full((3, 128, 128), 2.0)
+    mask = torch.zeros(3, 128, 128)
+    mask[:, 54:74, 54:74] = 1.0
+    hull = {}
+    for fp in (5, 11):
+        model.cfg.footprint = fp
+        hull[fp] = model.evidence(depth, mask, K, pose)[:, 0].amin(0)
+    assert (hull[11] >= hull[5]).all() and hull[11].sum() > hull[5].sum()
+    # the fingerprint of a footprint-5 model hashes the config as it was before the field existed
+    model.cfg.footprint = 5
+    old = {k: v for k, v in model.cfg.to_dict().items() if k != "footprint"}
+    h = hashlib.sha256(("fusion:" + repr(sorted(old.items()))).encode())
+    for k, t in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
+    assert model.fingerprint() == h.digest()[:8]
+    model.cfg.footprint = 11
+    assert model.fingerprint() != h.digest()[:8]
+
+
+def test_warm_start_copies_whole_layers_only(tmp_path):
+    """Warm-starting a model whose view decoder has other widths copies E_K and the refiner, and none
+    of the view decoder: not even its last bias, whose shape (2) both decoders share (a graft of two
+    models' layers would decode neither's silhouettes)."""
+    from voxlink.train_fusion import warm_start
+    from voxlink.weights import save_model
+
+    src = _tiny(seed=1, name="fusion-spatial-tiny")
+    save_model(src, tmp_path / "src.safetensors", meta={"family": "fusion"})
+    dst = FusionModel(dataclasses.replace(FUSION_CONFIGS["fusion-spatial-tiny"], view_channels=(8, 8, 4)))
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    copied = warm_start(dst, str(tmp_path / "src.safetensors"))
+    assert copied and not [k for k in copied if k.startswith("depth.")]
+    after, s = dst.state_dict(), src.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("depth."))
+    assert all(torch.equal(after[k], s[k]) for k in after if k.startswith(("encoder.", "refiner.")))

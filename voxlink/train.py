@@ -60,6 +60,7 @@ class TrainConfig:
         backgrounds: ``plain`` or ``textured`` training backgrounds (:mod:`voxlink.data.backgrounds`).
         pose_noise_deg, pose_noise_m: pose noise in training, up to these magnitudes per view
             (degrees, metres; fusion models).
+        pose_noise_floor: the least share of those maxima a view's noise has (0: uniform from none).
         bf16: bfloat16 autocast on the CPU (fusion models).
         channels_last: channels-last memory format for the 2D encoder and decoder (fusion models).
         warm_start: model file or shipped name whose matching weights (same name and shape) start
@@ -68,6 +69,9 @@ class TrainConfig:
             into a smaller one (fusion models): E_K and the 3D refiner are copied from it and frozen (the
             same codes bit for bit), and only the view decoder trains, on the teacher's depth maps and
             silhouettes of the same codes (:func:`voxlink.train_fusion.distill_losses`).
+        trainable: comma-separated parts of a fusion model that train (``encoder``, ``depth``,
+            ``refiner``); the others are frozen in eval mode, their BatchNorm statistics kept (with
+            ``encoder`` frozen every code stays the same, bit for bit). Empty: all of them.
         patch_size: side in pixels of the training patches (image codecs: :mod:`voxlink.train_codec`).
         bank_views: rendered views held in memory to crop the patches from (image codecs).
     """
@@ -94,10 +98,12 @@ class TrainConfig:
     backgrounds: str = "plain"
     pose_noise_deg: float = 0.0
     pose_noise_m: float = 0.0
+    pose_noise_floor: float = 0.0
     bf16: bool = False
     channels_last: bool = False
     warm_start: str = ""
     distill_from: str = ""
+    trainable: str = ""
     patch_size: int = 32
     bank_views: int = 4096
 

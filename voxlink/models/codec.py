@@ -119,10 +119,16 @@ def model_fingerprint(model: nn.Module, salt: str = "") -> bytes:
     """8-byte fingerprint of a model: SHA-256 of ``salt`` (the family's), its config (``model.cfg``) and
     every weight, in name order.
 
+    A config field added after models were shipped is named in its class's ``ADDED_FIELDS`` with the
+    value every earlier model has; at that value it is left out of the hash, so earlier model files
+    (and the drones that send their fingerprint) keep theirs.
+
     Returns:
         8 bytes.
     """
-    h = hashlib.sha256((salt + repr(sorted(model.cfg.to_dict().items()))).encode())
+    added = getattr(type(model.cfg), "ADDED_FIELDS", {})
+    cfg = {k: v for k, v in model.cfg.to_dict().items() if not (k in added and v == added[k])}
+    h = hashlib.sha256((salt + repr(sorted(cfg.items()))).encode())
     for k, t in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())

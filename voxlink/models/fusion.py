@@ -61,6 +61,8 @@ class FusionConfig(ConfigDict):
         refiner_channels: widths of the 3D U-Net at 32^3 (last stage), 16^3 and 8^3.
         depth_margin: metres; a voxel this far in front of the decoded surface counts as seen empty.
         depth_sigma: metres; softness of the in-front / on-surface / behind tests.
+        footprint: pixels (odd); the side of the square window whose silhouette maximum a voxel's hull
+            and "off the silhouette" tests read (a voxel's footprint, widened for pose error).
         frame: always ``pose``: the grid is the unit cube of the frame the poses are given in.
         code_layout: ``fc``: E_K as in 3D-R2N2 (six conv stages, a fully connected layer to K values);
             ``spatial``: a fully convolutional E_K whose K values are a grid of (H/16) x (W/16) cells
@@ -80,8 +82,13 @@ class FusionConfig(ConfigDict):
     refiner_channels: tuple[int, ...] = (8, 32, 64)
     depth_margin: float = 0.04
     depth_sigma: float = 0.02
+    footprint: int = 5
     frame: str = "pose"
     code_layout: str = "fc"
+
+    #: fields added after models were shipped, with the value those models have (left out of the
+    #: fingerprint at that value: :func:`voxlink.models.codec.model_fingerprint`)
+    ADDED_FIELDS = {"footprint": 5}
 
     def __post_init__(self):
         self.enc_channels = tuple(self.enc_channels)
@@ -97,6 +104,8 @@ class FusionConfig(ConfigDict):
             raise ValueError(f"code_layout must be fc or spatial, got {self.code_layout!r}")
         if self.code_layout == "spatial" and self.code_bits % ((self.image_size // 16) ** 2):
             raise ValueError(f"a spatial code needs K divisible by {(self.image_size // 16) ** 2} cells")
+        if self.footprint < 1 or self.footprint % 2 == 0:
+            raise ValueError(f"footprint must be an odd number of pixels, got {self.footprint}")
         if self.frame != "pose":
             raise ValueError(f"a fusion model reconstructs in the poses' frame (frame = 'pose'), got {self.frame!r}")
 
@@ -354,7 +363,7 @@ class FusionModel(BitCodeModel):
 
         Returns:
             float32 [N, 5, R, R, R], channels :data:`EVIDENCE`: ``hull`` the silhouette's maximum over
-            the voxel's footprint (5 x 5 pixels; 1 outside the view: not carved), ``seen_empty`` the
+            the voxel's footprint (``footprint`` pixels square, 5 in the shipped models; 1 outside the view: not carved), ``seen_empty`` the
             footprint off the silhouette, or in front of the decoded surface by more than ``depth_margin``, ``surface`` on the decoded surface,
             ``behind`` in the silhouette and behind the surface (0 outside the view), ``seen_object``
             the silhouette at the voxel (0 outside the view).
@@ -374,7 +383,7 @@ class FusionModel(BitCodeModel):
         # the footprint but miss its centre (measured: the hull of true masks sampled at centres kept
         # 58-70 % of a chair's or bench's voxels, 100 % with a 5 x 5 footprint), so the hull and the
         # "off the silhouette" test read the silhouette's maximum over the footprint.
-        foot = max_filter2d(mask_prob, 5)
+        foot = max_filter2d(mask_prob, cfg.footprint)
         vals = torch.nn.functional.grid_sample(torch.stack([mask_prob, depth, foot], 1), grid[:, None].to(depth.dtype),
                                                mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
         # "where(in_view, x, 0)" as a product with the 0 / 1 mask: fewer passes over [N, R^3], and the
