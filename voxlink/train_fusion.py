@@ -137,7 +137,8 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
 
     Args:
         mcfg: architecture. tcfg: training parameters (``heading``, ``backgrounds``, ``pose_noise_*``,
-            ``bf16``, ``channels_last``, ``warm_start``, ``mask_weight`` and ``min_views`` apply here).
+            ``pose_noise_floor``, ``bf16`` (float32 where the CPU has no native bfloat16), ``channels_last``,
+            ``warm_start``, ``trainable``, ``mask_weight`` and ``min_views`` apply here).
         out: run folder. resume: continue from ``out/checkpoint.pt``. device: ``cpu`` or ``cuda``.
         command: the command line, recorded in the model file. progress: show a progress bar.
 
@@ -146,6 +147,8 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
 
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint. voxlink.data.store.DatasetError: bad data.
+        ValueError: ``trainable`` naming something other than :data:`FUSION_PARTS`, or given with
+            ``distill_from``; a ``distill_from`` model that is not a fusion model with the same K.
     """
     from voxlink.weights import save_model
 

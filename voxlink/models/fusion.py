@@ -363,7 +363,7 @@ class FusionModel(BitCodeModel):
 
         Returns:
             float32 [N, 5, R, R, R], channels :data:`EVIDENCE`: ``hull`` the silhouette's maximum over
-            the voxel's footprint (``footprint`` pixels square, 5 in the shipped models; 1 outside the view: not carved), ``seen_empty`` the
+            the voxel's footprint (a square of ``cfg.footprint`` pixels, 11 in the shipped models; 1 outside the view: not carved), ``seen_empty`` the
             footprint off the silhouette, or in front of the decoded surface by more than ``depth_margin``, ``surface`` on the decoded surface,
             ``behind`` in the silhouette and behind the surface (0 outside the view), ``seen_object``
             the silhouette at the voxel (0 outside the view).
