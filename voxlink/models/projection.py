@@ -197,18 +197,19 @@ def perturb_poses(pose: torch.Tensor, angle_deg: float, dist_m: float, generator
     Raises:
         ValueError: ``floor`` outside [0, 1].
     """
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
     shape = pose.shape
     p = pose.reshape(-1, 4, 4).float().clone()
     n = len(p)
-    axis = torch.randn(n, 3, generator=generator)
-    axis = axis / axis.norm(dim=1, keepdim=True).clamp(min=1e-9)
-    if not 0.0 <= floor <= 1.0:
-        raise ValueError(f"floor must be in [0, 1], got {floor}")
 
-    def draw() -> torch.Tensor:
+    def _magnitudes() -> torch.Tensor:
+        # each view's share of the maximum, float32 [n]: 1 (exact) or uniform in [floor, 1]
         return torch.ones(n) if exact else floor + (1.0 - floor) * torch.rand(n, generator=generator)
 
-    mag = draw()
+    axis = torch.randn(n, 3, generator=generator)
+    axis = axis / axis.norm(dim=1, keepdim=True).clamp(min=1e-9)
+    mag = _magnitudes()
     theta = math.radians(angle_deg) * mag
     kx = torch.zeros(n, 3, 3)
     kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
@@ -218,5 +219,5 @@ def perturb_poses(pose: torch.Tensor, angle_deg: float, dist_m: float, generator
     p[:, :3, :3] = R @ p[:, :3, :3]
     d = torch.randn(n, 3, generator=generator)
     d = d / d.norm(dim=1, keepdim=True).clamp(min=1e-9)
-    p[:, :3, 3] += d * (dist_m * draw())[:, None]
+    p[:, :3, 3] += d * (dist_m * _magnitudes())[:, None]
     return p.view(shape)
