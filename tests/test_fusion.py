@@ -382,3 +382,16 @@ def test_warm_start_copies_whole_layers_only(tmp_path):
     after, s = dst.state_dict(), src.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("depth."))
     assert all(torch.equal(after[k], s[k]) for k in after if k.startswith(("encoder.", "refiner.")))
+
+
+def test_fusing_all_views_at_once_equals_fusing_them_one_by_one():
+    """``fuse_all`` (the state made anew, as after pose refinement) is the state of :meth:`step` view by view."""
+    model = _tiny(name="fusion-spatial-tiny")
+    pose, K = _views(4, seed=5)
+    codes = model.encode(torch.rand(4, 3, 128, 128))
+    s = model.init_state(1)
+    for v in range(4):
+        s = model.step(codes[v:v + 1], s, pose=pose[v:v + 1], K=K[v:v + 1])
+    with torch.no_grad():
+        depth, mask = model.decode_depth(codes)
+        assert torch.allclose(model.fuse_all(depth, mask, K, pose), s, atol=1e-6)

@@ -9,6 +9,7 @@ delta1 = share of pixels with max(d / d*, d* / d) < 1.25.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -26,7 +27,7 @@ from voxlink.models.implicit import iou
 def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: int = 5, geometry: bool = True,
                      pose_noise: tuple[float, float] = (0.0, 0.0), seed: int = 0,
                      baseline: tuple[torch.Tensor, float] | None = None, device="cpu", progress: bool = False,
-                     reconstruct=None) -> dict:
+                     reconstruct=None, refine_poses=None) -> dict:
     """The one scoring loop: ``voxlink eval`` (:func:`evaluate`), the validation passes of training
     (:func:`voxlink.train.validate`, :func:`voxlink.train_fusion.validate_fusion`) and ``voxlink bench
     accuracy`` (:func:`voxlink.bench.accuracy.score`) call it.
@@ -50,6 +51,11 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
             (float32 [V, 3, H, W] on ``device``) to occupancy probabilities float [1, R, R, R]; then only
             the IoU after ``views`` views is scored (the other columns of ``iou`` are NaN), ``geometry``
             and the code statistics do not apply, and ``model`` may be None.
+        refine_poses: a :class:`voxlink.models.pose_refine.PoseRefineConfig` (pose-aware models only):
+            after ``v`` views, the ``v`` poses are first corrected by silhouette coherence on the masks
+            decoded from the codes (:func:`voxlink.models.pose_refine.refine_poses`), and the grid is
+            fused anew from the ``v`` views at the corrected poses (as the ground does with
+            ``--refine-poses``); the hull baselines keep the poses as given. None: poses as given.
 
     Returns:
         ``iou`` float64 [n, views] (Eq. 17, tau = 0.4, after 1..views views), ``hull_true`` and
@@ -58,10 +64,13 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
         ``categories`` [n], ``objects`` [{id, name, category}], ``payload_bytes`` (mean bytes of a
         view's packed code; None for an uncompressed model), ``distinct_predictions`` (distinct
         thresholded grids after ``views`` views: 1 means the model ignores its input), ``bits_varying``
-        (share of code bits whose value differs across the objects' first views).
+        (share of code bits whose value differs across the objects' first views); with ``refine_poses``,
+        ``pose_refinement`` {``ms`` float64 [n, views] (0 for one view), ``rotation_deg`` and ``shift_m``
+        (mean correction a view got, after ``views`` views) float64 [n]}.
     """
     from tqdm import tqdm
 
+    from voxlink.models.pose_refine import refine_poses as refine
     from voxlink.models.projection import perturb_poses, silhouette_hull
 
     if model is not None:
@@ -74,6 +83,9 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
     base = np.zeros(n)
     cats, objects, preds, first_codes, payload_bytes = [], [], set(), [], []
     d_abs, d_sq, d_delta, d_n = 0.0, 0.0, 0.0, 0
+    if refine_poses is not None and not getattr(model, "needs_pose", False):
+        raise ValueError("pose refinement applies to pose-aware models only")
+    ref_ms, ref_rot, ref_shift = np.zeros((n, views)), np.zeros(n), np.zeros(n)
     sil_inter, sil_n = 0.0, 0
     for i in tqdm(range(n), desc="eval", unit="obj", disable=None if progress else True):
         it = ds[i]
@@ -95,8 +107,16 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
                 pose = perturb_poses(pose, pose_noise[0], pose_noise[1], gen, exact=True)
             pose = pose.to(device)
             state = model.init_state(1, device=device)
+            if refine_poses is not None:
+                depth_all, mask_all = model.decode_depth(codes[:v_n])
             for v in range(v_n):
-                state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=K[v:v + 1])
+                if refine_poses is None:
+                    state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=K[v:v + 1])
+                else:  # every pose of the first v views corrected, and the v views fused anew
+                    fixed, info = refine(mask_all[:v + 1].cpu(), K[:v + 1].cpu(), pose[:v + 1].cpu(), refine_poses)
+                    state = model.fuse_all(depth_all[:v + 1], mask_all[:v + 1], K[:v + 1], fixed.to(device))
+                    ref_ms[i, v] = info["ms"]
+                    ref_rot[i], ref_shift[i] = np.mean(info["rotation_deg"]), np.mean(info["shift_m"])
                 prob = model.occupancy(state)
                 ious[i, v] = float(iou(prob, target)[0])
         preds.add((prob > 0.4).flatten().cpu().numpy().tobytes())
@@ -140,13 +160,15 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
                               "delta1": d_delta / max(d_n, 1)}})
     if baseline is not None:
         out["baseline"] = base
+    if refine_poses is not None:
+        out["pose_refinement"] = {"ms": ref_ms, "rotation_deg": ref_rot, "shift_m": ref_shift}
     return out
 
 
 def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
              baseline: tuple[torch.Tensor, float] | None = None, max_objects: int | None = None,
              progress: bool = False, heading: str | None = None, pose_noise: tuple[float, float] = (0.0, 0.0),
-             seed: int = 0) -> dict:
+             seed: int = 0, refine_poses=None) -> dict:
     """Score a model on a dataset split, beside the trivial and the geometric baselines (``voxlink eval``).
 
     Args:
@@ -164,6 +186,8 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         pose_noise: ``(degrees, metres)``: every view's pose given to the model (and to the hulls) is
             off by exactly this rotation and shift, in random directions (seeded), as a drone knows it.
         seed: seed of the pose noise.
+        refine_poses: a :class:`voxlink.models.pose_refine.PoseRefineConfig`: correct the poses by
+            silhouette coherence before fusing (pose-aware models; see :func:`evaluate_dataset`).
 
     Returns:
         the report dict (from :func:`evaluate_dataset`'s scores): ``miou`` {"1": .., ..}, ``miou_std``
@@ -171,10 +195,12 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         {"1": ..}: the silhouette hull (tau = 0.5) of the true masks and of the masks decoded from the
         codes, on the same views and poses; ``silhouette_iou`` of the decoded masks; ``depth`` {absrel,
         rmse, delta1}, ``compression_ratio``, ``bits_per_view``, ``bytes_per_view``, ``objects``,
-        ``frame``, ``baseline_miou``, ``per_object`` [{id, category, iou}], ``data_manifest``.
+        ``frame``, ``baseline_miou``, ``per_object`` [{id, category, iou}], ``data_manifest``; with
+        ``refine_poses``, ``pose_refinement`` {``config``, ``ms`` {"2": mean ms per object, ..},
+        ``rotation_deg``, ``shift_m`` (mean correction per view after ``views`` views)}.
 
     Raises:
-        ValueError: unknown ``heading``.
+        ValueError: unknown ``heading``; ``refine_poses`` for a model that does not use poses.
     """
     pose_aware = bool(getattr(model, "needs_pose", False))
     heading = heading or ("random" if pose_aware else "canonical")
@@ -187,7 +213,7 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         ds = MultiViewDataset(data, "all", views, train=False, frame=frame, with_depth=True, heading=heading)
         split = "all"
     sc = evaluate_dataset(model, ds, max_objects, views, geometry=True, pose_noise=pose_noise, seed=seed,
-                          baseline=baseline, progress=progress)
+                          baseline=baseline, progress=progress, refine_poses=refine_poses)
     ious = sc["iou"]
     by_cat = defaultdict(list)
     for c, x in zip(sc["categories"], ious[:, views - 1]):
@@ -215,6 +241,12 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
     if baseline is not None:
         report["baseline_miou"] = round(float(sc["baseline"].mean()), 4)
         report["baseline_threshold"] = baseline[1]
+    if refine_poses is not None:
+        pr = sc["pose_refinement"]
+        report["pose_refinement"] = {"config": dataclasses.asdict(refine_poses),
+                                     "ms": {str(v + 1): round(float(pr["ms"][:, v].mean()), 1) for v in range(views)},
+                                     "rotation_deg": round(float(pr["rotation_deg"].mean()), 3),
+                                     "shift_m": round(float(pr["shift_m"].mean()), 4)}
     return report
 
 
@@ -231,6 +263,11 @@ def format_report(r: dict) -> str:
     noise = r.get("pose_noise") or {}
     if noise.get("deg") or noise.get("m"):
         lines.append(f"pose noise: {noise['deg']} degrees, {noise['m']} m per view")
+    if "pose_refinement" in r:
+        pr = r["pose_refinement"]
+        lines.append(f"poses refined by silhouette coherence: mean correction {pr['rotation_deg']:.2f} degrees, "
+                     f"{pr['shift_m'] * 100:.1f} cm per view; {pr['ms'][str(r['views'])]:.0f} ms an object at "
+                     f"{r['views']} views")
     if "baseline_miou" in r:
         lines.append(f"trivial baseline (mean training grid, threshold {r['baseline_threshold']:.2f}): "
                      f"mIoU {r['baseline_miou']:.3f}")

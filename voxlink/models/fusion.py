@@ -412,6 +412,17 @@ class FusionModel(BitCodeModel):
         """
         return torch.where(self.pool_min, torch.minimum(state, ev), torch.maximum(state, ev))
 
+    def fuse_all(self, depth: torch.Tensor, mask_prob: torch.Tensor, K: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """The state of one object from all its decoded views at once (the same values as fusing them one by
+        one with :meth:`step`: min and max are exact). Used where the poses change after the views came
+        (pose refinement, :mod:`voxlink.models.pose_refine`), so the state is made anew.
+
+        Shape:
+            depth, mask_prob float32 [V, H, W], K [V, 3, 3], pose [V, 4, 4] -> state float32 [1, 5, R, R, R].
+        """
+        ev = self.evidence(depth, mask_prob, K, pose)
+        return torch.where(self.pool_min, ev.amin(0, keepdim=True), ev.amax(0, keepdim=True))
+
     def step(self, codes: torch.Tensor, state: torch.Tensor, pose: torch.Tensor | None = None,
              K: torch.Tensor | None = None) -> torch.Tensor:
         """Fuse one view per object into the state.
