@@ -189,7 +189,7 @@ class GroundConfig:
         refine_poses: a pose-aware fusion model's grid is made from all the object's distinct views at
             poses corrected by silhouette coherence (:func:`voxlink.models.pose_refine.refine_poses`:
             drones know their poses to a few degrees), whenever views came since the grid was last made
-            (about 3 s an object at 5 views on 2 cores, 10 to 20 s at 24). The object then keeps each
+            (measured on 2 cores: 2 to 4.5 s an object at 5 views, 5 to 6.5 s at 12, 10.5 to 16 s at 24). The object then keeps each
             distinct view's code, pose and intrinsics (about 250 bytes a view); the running state (and
             the depth maps and point clouds) keep the poses as sent. ``session.json`` says what was
             corrected (``pose_refinement``). False: the poses as sent.
