@@ -241,7 +241,7 @@ class ObjectSession:
         latencies. snap_views: views at the last snapshot. snapshots: folders written. last_t:
         monotonic time of the last view. no_pose: sequence numbers of views that came without a pose
         (a pose-aware model does not fuse them), at most 10,000. kept: with ``refine_poses``, each
-        distinct view (code bytes, pose bytes) -> ``(payload, pose [4, 4], K [3, 3])``. pose_refinement:
+        distinct view (code bytes, float32 pose [4, 4] bytes) -> its K float32 [3, 3]. pose_refinement:
         what the last refinement corrected (``voxlink.models.pose_refine.refine_poses``'s info), or None.
     """
 
@@ -444,9 +444,8 @@ class GroundStation:
             for i, (s, m, info, u) in enumerate(items):
                 s.dirty = True
                 if self.cfg.refine_poses:  # a repeated view (same code, same pose) is kept once
-                    pose_i = np.asarray(m.pose, dtype=np.float32)
-                    s.kept.setdefault((bytes(m.payload), pose_i.tobytes()), (bytes(m.payload), pose_i,
-                                                                              np.asarray(info.K, dtype=np.float32)))
+                    s.kept.setdefault((bytes(m.payload), np.asarray(m.pose, dtype=np.float32).tobytes()),
+                                      np.asarray(info.K, dtype=np.float32))
                 self._decoded[(m.stream, u)] = (depth[i].numpy().astype(np.float16), mask_prob[i].numpy() > 0.5)
             while len(self._decoded) > self.cfg.decoded_cache:
                 self._decoded.popitem(last=False)
@@ -533,11 +532,11 @@ class GroundStation:
         that fails is logged and counted (``pose_refinement_failed``) and the running state is used."""
         from voxlink.models.pose_refine import PoseRefineConfig, refine_poses
 
-        views = [s.kept[k] for k in sorted(s.kept)]
+        keys = sorted(s.kept)
         try:
-            codes = torch.stack([unpack_bits(p, self.code_bits) for p, _, _ in views])
-            pose = torch.from_numpy(np.stack([v[1] for v in views]))
-            K = torch.from_numpy(np.stack([v[2] for v in views]))
+            codes = torch.stack([unpack_bits(payload, self.code_bits) for payload, _ in keys])
+            pose = torch.from_numpy(np.stack([np.frombuffer(p, dtype=np.float32).reshape(4, 4) for _, p in keys]))
+            K = torch.from_numpy(np.stack([s.kept[k] for k in keys]))
             depth, mask = self.net.decode_depth(codes)
             fixed, info = refine_poses(mask, K, pose, PoseRefineConfig())
             state = self.model.fuse_all(depth, mask, K, fixed)
@@ -546,7 +545,7 @@ class GroundStation:
             log.exception("pose refinement of %s failed (%s): poses as sent", s.name, e)
             return s.state if s.state is not None else self.net.init_state(1)
         self.stats["pose_refinements"] += 1
-        s.pose_refinement = {"views": len(views), "loss_before": info["loss_before"], "loss_after": info["loss_after"],
+        s.pose_refinement = {"views": len(keys), "loss_before": info["loss_before"], "loss_after": info["loss_after"],
                              "rotation_deg_mean": float(np.mean(info["rotation_deg"])),
                              "shift_m_mean": float(np.mean(info["shift_m"])), "ms": round(info["ms"], 1)}
         return state

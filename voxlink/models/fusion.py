@@ -420,8 +420,12 @@ class FusionModel(BitCodeModel):
         Shape:
             depth, mask_prob float32 [V, H, W], K [V, 3, 3], pose [V, 4, 4] -> state float32 [1, 5, R, R, R].
         """
-        ev = self.evidence(depth, mask_prob, K, pose)
-        return torch.where(self.pool_min, ev.amin(0, keepdim=True), ev.amax(0, keepdim=True))
+        return self._pool_views(self.evidence(depth, mask_prob, K, pose)[None])
+
+    def _pool_views(self, ev: torch.Tensor) -> torch.Tensor:
+        """Views' evidence float32 [B, V, 5, R, R, R] pooled over the views (min or max per channel) ->
+        [B, 5, R, R, R]: what :meth:`fuse` gives view by view, in one pass."""
+        return torch.where(self.pool_min, ev.amin(1), ev.amax(1))
 
     def step(self, codes: torch.Tensor, state: torch.Tensor, pose: torch.Tensor | None = None,
              K: torch.Tensor | None = None) -> torch.Tensor:
@@ -530,7 +534,7 @@ class FusionModel(BitCodeModel):
         depth, mask_logit = self.depth(codes)
         ev = self.evidence(depth.float(), torch.sigmoid(mask_logit.float()), K.flatten(0, 1), pose.flatten(0, 1))
         ev = ev.view(b, v, *ev.shape[1:])
-        state = torch.where(self.pool_min, ev.amin(1), ev.amax(1))
+        state = self._pool_views(ev)
         h, w = depth.shape[-2:]
         return {"logits": self.logits(state), "codes": codes.view(b, v, -1), "depth": depth.view(b, v, h, w),
                 "mask_logit": mask_logit.view(b, v, h, w)}

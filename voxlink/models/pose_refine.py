@@ -104,16 +104,32 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1))[:, 0]
 
 
-def _rays(K: torch.Tensor, h: int, w: int, n: int):
-    """The pixel grid every view's rays go through: pixel coordinates (u, v) float32 [n*n] each, and
-    their directions in each camera's frame float32 [V, n*n, 3] (z = 1)."""
+def trace_set(sil: torch.Tensor, K: torch.Tensor, n: int, floor: float | None = None) -> tuple:
+    """The rays :func:`coherence_loss` traces, made once per silhouette blur (they do not depend on the
+    poses): every view's ``n x n`` grid of pixel centres.
+
+    Args:
+        sil: float32 [V, H, W] silhouettes. K: float32 [V, 3, 3] intrinsics, pixels. n: rays a side.
+        floor: trace only the rays whose pixel's silhouette value is above this (the others add nothing
+            to the loss); None: all of them.
+
+    Returns:
+        ``(target float32 [V, n*n], directions float32 [V, n*n, 3], index)``: the silhouette at every
+        ray's pixel, the rays' directions in each camera's frame (z = 1), and per view the long tensor
+        of the rays to trace.
+    """
+    v, h, w = sil.shape
     c = (torch.arange(n, dtype=torch.float32) + 0.5) * (w / n) - 0.5
     r = (torch.arange(n, dtype=torch.float32) + 0.5) * (h / n) - 0.5
     vv, uu = torch.meshgrid(r, c, indexing="ij")
     uu, vv = uu.flatten(), vv.flatten()
     x = (uu[None] - K[:, 0, 2, None]) / K[:, 0, 0, None]
     y = (vv[None] - K[:, 1, 2, None]) / K[:, 1, 1, None]
-    return uu, vv, torch.stack([x, y, torch.ones_like(x)], -1)
+    grid = torch.stack([(uu + 0.5) / w * 2 - 1, (vv + 0.5) / h * 2 - 1], -1)
+    target = torch.nn.functional.grid_sample(sil[:, None], grid[None, None].expand(v, -1, -1, -1),
+                                             align_corners=False)[:, 0, 0]
+    index = [torch.arange(n * n) if floor is None else torch.nonzero(t > floor).flatten() for t in target]
+    return target, torch.stack([x, y, torch.ones_like(x)], -1), index
 
 
 def partner_views(pose: torch.Tensor, max_others: int) -> list[list[int]]:
@@ -145,8 +161,8 @@ def coherence_loss(sil: torch.Tensor, K: torch.Tensor, pose: torch.Tensor, cfg: 
     Args:
         sil: float32 [V, H, W] silhouette probabilities (blurred or not). K: float32 [V, 3, 3] intrinsics,
             pixels. pose: float32 [V, 4, 4] camera-to-world, metres (the grid's unit cube in its frame).
-        cfg: ray grid, samples and ``max_others``. rays: a precomputed ``(index [V] of long tensors, directions)`` of the
-            rays to trace (:func:`refine_poses` traces only rays on or near a silhouette); None: all.
+        cfg: ray grid, samples and ``max_others``. rays: :func:`trace_set` of ``sil`` (:func:`refine_poses`
+            makes it once per blur and traces only rays on or near a silhouette); None: every ray.
         partners: each view's partner views (:func:`partner_views`); None: from ``pose``.
 
     Returns:
@@ -159,15 +175,12 @@ def coherence_loss(sil: torch.Tensor, K: torch.Tensor, pose: torch.Tensor, cfg: 
     v, h, w = sil.shape
     if v < 2:
         raise ValueError("silhouette coherence needs at least two views")
-    uu, vv, dirs = _rays(K, h, w, cfg.rays)
-    grid = torch.stack([(uu + 0.5) / w * 2 - 1, (vv + 0.5) / h * 2 - 1], -1)
-    target = torch.nn.functional.grid_sample(sil[:, None], grid[None, None].expand(v, -1, -1, -1),
-                                             align_corners=False)[:, 0, 0]  # [V, n*n]
+    target, dirs, index = rays if rays is not None else trace_set(sil, K, cfg.rays)
     total = sil.new_zeros(())
     if partners is None:
         partners = partner_views(pose.detach(), cfg.max_others)
     for i in range(v):
-        idx = rays[i] if rays is not None else torch.arange(len(uu))
+        idx = index[i]
         if len(idx) == 0:
             continue
         ti = target[i, idx]
@@ -220,7 +233,6 @@ def refine_poses(masks: torch.Tensor, K: torch.Tensor, pose: torch.Tensor,
     if v < max(2, cfg.min_views):
         return pose.clone(), {"loss_before": None, "loss_after": None, "kept_reported": True, "rotation_deg": [0.0] * v,
                               "shift_m": [0.0] * v, "ms": 0.0}
-    h, w = masks.shape[-2:]
     partners = partner_views(pose, cfg.max_others)  # from the reported poses, fixed while refining
     omega = torch.zeros(v, 3, requires_grad=True)
     delta = torch.zeros(v, 3, requires_grad=True)
@@ -231,11 +243,7 @@ def refine_poses(masks: torch.Tensor, K: torch.Tensor, pose: torch.Tensor,
         for k, sigma in enumerate(cfg.blur_px):
             sil = gaussian_blur(masks, sigma)
             # trace only the rays whose pixel is (nearly) on a blurred silhouette: the others add nothing
-            uu, vv, _ = _rays(K, h, w, cfg.rays)
-            grid = torch.stack([(uu + 0.5) / w * 2 - 1, (vv + 0.5) / h * 2 - 1], -1)
-            tgt = torch.nn.functional.grid_sample(sil[:, None], grid[None, None].expand(v, -1, -1, -1),
-                                                  align_corners=False)[:, 0, 0]
-            rays = [torch.nonzero(t > 1e-3).flatten() for t in tgt]
+            rays = trace_set(sil, K, cfg.rays, floor=1e-3)
             n = cfg.iterations // stages + (cfg.iterations % stages if k == stages - 1 else 0)
             for _ in range(n):
                 opt.zero_grad()
