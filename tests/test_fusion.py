@@ -334,6 +334,37 @@ def test_refiner_only_fine_tune_keeps_every_code_and_the_view_decoder(small_data
         train_fusion(cfg, dataclasses.replace(tcfg, trainable="refiner,decoder"), tmp_path / "bad", progress=False)
 
 
+def test_view_decoder_on_cached_codes_keeps_codes_and_refiner_and_learns(small_dataset, tmp_path):
+    """``cached_codes`` (how a view decoder trains on the codes drones already send): every training view
+    is encoded once, E_K and the 3D refiner stay the same tensors (the same codes bit for bit), the view
+    decoder's silhouette loss falls on the cached views, and without ``trainable = "depth"`` it is refused."""
+    from voxlink.train import TrainConfig
+    from voxlink.train_fusion import encode_training_views, train_fusion, view_losses
+    from voxlink.weights import load_model, save_model
+
+    cfg = dataclasses.replace(FUSION_CONFIGS["fusion-spatial-tiny"])
+    start = FusionModel(cfg)
+    save_model(start, tmp_path / "start.safetensors", meta={"family": "fusion"}, half=True)
+    start = load_model(tmp_path / "start.safetensors")[0].eval()
+    tcfg = TrainConfig(data=str(small_dataset), steps=30, batch_size=16, lr=3e-3, val_every=30, val_objects=2,
+                       warm_start=str(tmp_path / "start.safetensors"), trainable="depth", cached_codes=True, mask_weight=3.0)
+    np.random.seed(0)
+    codes, depth = encode_training_views(start, small_dataset, tcfg)
+    n_views = sum(start.cfg.code_bits == c.numel() for c in codes)  # one code per view of every training object
+    assert codes.dtype == torch.int8 and set(codes.unique().tolist()) <= {-1, 1} and len(depth) == n_views
+    tuned = load_model(train_fusion(cfg, tcfg, tmp_path / "run", progress=False))[0].eval()
+    images = torch.rand(6, 3, 128, 128)
+    assert torch.equal(tuned.encode(images), start.encode(images))
+    a, b = start.state_dict(), tuned.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("depth."))
+    with torch.no_grad():
+        before = view_losses(*start.depth(codes.float()), depth.float())[0]
+        after = view_losses(*tuned.depth(codes.float()), depth.float())[0]
+    assert after < before
+    with pytest.raises(ValueError, match="cached_codes"):
+        train_fusion(cfg, dataclasses.replace(tcfg, trainable="depth,refiner"), tmp_path / "bad", progress=False)
+
+
 def test_footprint_widens_the_hull_and_keeps_earlier_fingerprints():
     """The footprint (pixels) a voxel's hull test reads: a wider one carves less (what makes the fusion
     tolerant of pose error), an even one is refused, and models made before the field existed (footprint

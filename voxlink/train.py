@@ -72,6 +72,11 @@ class TrainConfig:
         trainable: comma-separated parts of a fusion model that train (``encoder``, ``depth``,
             ``refiner``); the others are frozen in eval mode, their BatchNorm statistics kept (with
             ``encoder`` frozen every code stays the same, bit for bit). Empty: all of them.
+        cached_codes: with ``trainable = "depth"`` (fusion models): E_K is frozen, so a view's code is
+            the same at every step; every view of the training split is encoded once (over the
+            configured ``backgrounds``, one draw per view) and the view decoder trains on those codes,
+            ``batch_size`` *views* a step, silhouette BCE (``mask_weight``) and depth L1 (``depth_weight``)
+            (:func:`voxlink.train_fusion.train_view_decoder`): no image is encoded and no grid fused in a step.
         patch_size: side in pixels of the training patches (image codecs: :mod:`voxlink.train_codec`).
         bank_views: rendered views held in memory to crop the patches from (image codecs).
     """
@@ -104,6 +109,7 @@ class TrainConfig:
     warm_start: str = ""
     distill_from: str = ""
     trainable: str = ""
+    cached_codes: bool = False
     patch_size: int = 32
     bank_views: int = 4096
 
