@@ -132,7 +132,8 @@ def warm_start(model: FusionModel, source: str) -> list[str]:
     return sorted(copied)
 
 
-def encode_training_views(model: FusionModel, data: str | Path, tcfg: TrainConfig, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def encode_training_views(model: FusionModel, data: str | Path, tcfg: TrainConfig,
+                          device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Every view of the training split encoded once by the model's (frozen) E_K, for
     ``cached_codes`` training of the view decoder.
 
@@ -201,7 +202,8 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint. voxlink.data.store.DatasetError: bad data.
         ValueError: ``trainable`` naming something other than :data:`FUSION_PARTS`, or given with
-            ``distill_from``; ``cached_codes`` without ``trainable = "depth"``; a ``distill_from`` model that is not a fusion model with the same K.
+            ``distill_from``; ``cached_codes`` without ``trainable = "depth"``; a ``distill_from`` model that
+            is not a fusion model with the same K.
     """
     from voxlink.weights import save_model
 
@@ -247,7 +249,8 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
             getattr(model, name).requires_grad_(name in parts)
         frozen = [getattr(model, name) for name in FUSION_PARTS if name not in parts]
     if tcfg.cached_codes and parts != ["depth"]:
-        raise ValueError(f'cached_codes needs trainable = "depth" (E_K frozen: the same codes at every step), got {tcfg.trainable!r}')
+        raise ValueError('cached_codes needs trainable = "depth" (E_K frozen: the same codes at every step), '
+                         f'got {tcfg.trainable!r}')
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr)
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
