@@ -350,7 +350,8 @@ def test_view_decoder_on_cached_codes_keeps_codes_and_refiner_and_learns(small_d
                        warm_start=str(tmp_path / "start.safetensors"), trainable="depth", cached_codes=True, mask_weight=3.0)
     np.random.seed(0)
     codes, depth = encode_training_views(start, small_dataset, tcfg)
-    n_views = sum(start.cfg.code_bits == c.numel() for c in codes)  # one code per view of every training object
+    train = MultiViewDataset(small_dataset, "train", 1)
+    n_views = len(train) * train.n_views  # one code per view of every training object
     assert codes.dtype == torch.int8 and set(codes.unique().tolist()) <= {-1, 1} and len(depth) == n_views
     tuned = load_model(train_fusion(cfg, tcfg, tmp_path / "run", progress=False))[0].eval()
     images = torch.rand(6, 3, 128, 128)

@@ -149,9 +149,9 @@ def encode_training_views(model: FusionModel, data: str | Path, tcfg: TrainConfi
     """
     from tqdm import tqdm
 
-    probe = MultiViewDataset(data, "train", 1, train=False)
-    ds = MultiViewDataset(data, "train", probe.n_views, train=True, frame="object", with_depth=True,
-                          heading="canonical", backgrounds=tcfg.backgrounds)
+    ds = MultiViewDataset(data, "train", 1, train=True, frame="object", with_depth=True, heading="canonical",
+                          backgrounds=tcfg.backgrounds)
+    ds.max_views = ds.n_views  # every view of an object, in one item
     codes, depth = [], []
     model.eval()
     with torch.no_grad():
