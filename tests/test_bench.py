@@ -310,3 +310,30 @@ def test_sequential_and_direct_start_from_the_shipped_codec(small_dataset):
         moved = [float((v - before[k]).abs().max()) for k, v in model.compressor.state_dict().items()
                  if v.is_floating_point()]
         assert 0 < max(moved) < 0.05
+
+
+def test_joint_stage_can_keep_batchnorm_frozen(small_dataset, monkeypatch):
+    """With ``joint_freeze_bn`` the sequential model's E^3D BatchNorm runs on its running statistics
+    (eval mode) through the joint stage, and on batch statistics otherwise; stage 1 trains it either way."""
+    import dataclasses
+
+    import voxlink.train as vt
+    from voxlink.bench.accuracy import build, train_method
+
+    for freeze in (False, True):
+        prof = dataclasses.replace(get_profile("tiny"), codec="nsmall-k1024", codec_pool=2, steps=2, joint_steps=2,
+                                   joint_batch=1, max_views=2, comp_lr=1e-4, joint_freeze_bn=freeze)
+        model = build("sequential", prof)
+        modes: list = []  # True / False: a BatchNorm call in train / eval mode; "loop": a training stage starts
+        bns = [m for m in model.recon.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert bns
+        for bn in bns:
+            bn.register_forward_hook(lambda mod, inp, out: modes.append(mod.training))
+        orig = vt.run_loop
+        monkeypatch.setattr(vt, "run_loop", lambda *a, **k: (modes.append("loop"), orig(*a, **k))[1])
+        train_method("sequential", model, prof, small_dataset, progress=False)
+        monkeypatch.setattr(vt, "run_loop", orig)
+        starts = [i for i, m in enumerate(modes) if m == "loop"]
+        assert len(starts) == 2  # stage 1, then the joint stage
+        assert all(m is True for m in modes[starts[0] + 1:starts[1]])
+        assert modes[starts[1] + 1] is (not freeze), (freeze, modes[starts[1]:starts[1] + 4])

@@ -483,7 +483,7 @@ def demo_cmd(
 def bench_accuracy_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset with train and test splits (voxlink data make)."),
     out: Path = typer.Option(Path("bench"), "--out", help="Output folder (models/ inside keeps trained models)."),
-    profile: str = typer.Option("quick", "--profile", help="quick (2-core CPU, < 45 min), full (paper size, GPU) or tiny (tests)."),
+    profile: str = typer.Option("quick", "--profile", help="quick (2-core CPU, under 2 h), full (paper size, GPU) or tiny (tests)."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated subset of implicit,sequential,"
                                           "direct,jpeg2000,uncompressed,mean-grid."),
     seed: int = typer.Option(0, "--seed", help="Seed of training and evaluation."),

@@ -353,7 +353,8 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
        3D-R2N2 on decoded images, the direct model's 3D network on the codes (Eq. 15); 1..max_views views
        and N in 1..N_max drawn per batch.
     2. Everything jointly (Eq. 16), ``prof.joint_steps`` steps of ``prof.joint_batch`` objects, N_small at
-       ``prof.comp_lr``, the 3D part at ``prof.lr`` x 0.2.
+       ``prof.comp_lr``, the 3D part at ``prof.lr`` x 0.2; with ``prof.joint_freeze_bn`` the 3D part's
+       BatchNorm layers keep their running statistics (eval mode) through this stage.
 
     This departs from the paper, which trains both from scratch (docs/results.md says why: on 2 CPU cores
     N_small does not learn to compress inside the joint loss's budget).
@@ -418,6 +419,10 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
         for g, lr in zip(opt.param_groups, (comp_lr, prof.lr * 0.2)):
             g["base_lr"] = lr
         model.train()
+        if prof.joint_freeze_bn:
+            for mod in model.recon.modules():
+                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
 
         def joint_step(batch):
             """Eq. 16 on fresh training views: ``batch`` as :func:`train_method`'s."""
@@ -549,7 +554,8 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
             expect["comp_lr"] = prof.comp_lr
         if isinstance(model, JointModel) and prof.codec:
             expect.update(codec=prof.codec, codec_fingerprint=pretrained_codec(prof.codec).fingerprint().hex(),
-                          codec_pool=prof.codec_pool, joint_steps=prof.joint_steps, joint_batch=prof.joint_batch)
+                          codec_pool=prof.codec_pool, joint_steps=prof.joint_steps, joint_batch=prof.joint_batch,
+                          joint_freeze_bn=prof.joint_freeze_bn)
         meta = None if retrain else load_bench_model(path, model, expect)
         if meta is None:
             log.info("training %s: %d steps of %d objects (%s profile)", name, prof.steps, prof.batch_size, prof.name)
