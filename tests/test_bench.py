@@ -325,7 +325,7 @@ def test_joint_stage_can_keep_batchnorm_frozen(small_dataset, monkeypatch):
                                    joint_batch=1, max_views=2, comp_lr=1e-4, joint_freeze_bn=freeze)
         model = build("sequential", prof)
         modes: list = []  # True / False: a BatchNorm call in train / eval mode; "loop": a training stage starts
-        bns = [m for m in model.recon.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        bns = vt.batchnorm_layers(model.recon)
         assert bns
         for bn in bns:
             bn.register_forward_hook(lambda mod, inp, out: modes.append(mod.training))

@@ -188,6 +188,11 @@ def best_threshold(grid: torch.Tensor, targets: torch.Tensor) -> tuple[float, fl
     return best
 
 
+def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every BatchNorm layer (1d, 2d, 3d) of ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def recalibrate_bn(model: torch.nn.Module, ds: MultiViewDataset, batches: int = 40, batch_size: int = 16,
                    device="cpu", seed: int = 0, forward=None) -> None:
@@ -204,7 +209,7 @@ def recalibrate_bn(model: torch.nn.Module, ds: MultiViewDataset, batches: int = 
         forward: what to run on each batch of views float32 [N, 3, H, W] (default ``model.encoder``;
             models whose normalised layers see something else pass their own).
     """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorm_layers(model)
     if not norms:
         return
     was = model.training

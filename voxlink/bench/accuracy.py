@@ -362,7 +362,7 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
     Returns:
         ``(seconds, final running-mean losses)`` as :func:`train_method`.
     """
-    from voxlink.train import TrainConfig, _collate, batches_forever, run_loop
+    from voxlink.train import TrainConfig, _collate, batches_forever, batchnorm_layers, run_loop
 
     rng = np.random.default_rng(seed)
     t0 = time.time()
@@ -420,9 +420,8 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
             g["base_lr"] = lr
         model.train()
         if prof.joint_freeze_bn:
-            for mod in model.recon.modules():
-                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                    mod.eval()
+            for bn in batchnorm_layers(model.recon):
+                bn.eval()
 
         def joint_step(batch):
             """Eq. 16 on fresh training views: ``batch`` as :func:`train_method`'s."""
