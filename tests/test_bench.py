@@ -337,3 +337,43 @@ def test_joint_stage_can_keep_batchnorm_frozen(small_dataset, monkeypatch):
         assert len(starts) == 2  # stage 1, then the joint stage
         assert all(m is True for m in modes[starts[0] + 1:starts[1]])
         assert modes[starts[1] + 1] is (not freeze), (freeze, modes[starts[1]:starts[1] + 4])
+
+
+def test_draw_iterations_keeps_to_the_profile_set():
+    """A profile's ``train_iterations`` is the set of N a training step can draw (each of them drawn),
+    capped at the codec's N_max; None draws every N in 1..N_max; a set with no N in range is an error."""
+    import dataclasses
+
+    import numpy as np
+
+    from voxlink.bench.accuracy import _draw_iterations
+
+    rng = np.random.default_rng(0)
+    quick = get_profile("quick")
+    assert quick.train_iterations == (1, 2, 4, 8)
+    assert {_draw_iterations(rng, quick, 8) for _ in range(400)} == {1, 2, 4, 8}
+    assert {_draw_iterations(rng, quick, 3) for _ in range(200)} == {1, 2}
+    free = dataclasses.replace(quick, train_iterations=None)
+    assert {_draw_iterations(rng, free, 8) for _ in range(800)} == set(range(1, 9))
+    with pytest.raises(ValueError, match="train_iterations"):
+        _draw_iterations(rng, dataclasses.replace(quick, train_iterations=(16,)), 8)
+
+
+def test_sequential_training_runs_n_small_only_at_the_profile_iterations(small_dataset):
+    """Past the codec cache (made once at N_max), every N_small call of the sequential model's training
+    (joint stage, BatchNorm recalibration) runs one of the profile's ``train_iterations``."""
+    import dataclasses
+
+    from voxlink.bench.accuracy import build, train_method
+
+    prof = dataclasses.replace(get_profile("tiny"), codec="nsmall-k1024", codec_pool=2, steps=2, joint_steps=6,
+                               joint_batch=1, max_views=2, comp_lr=1e-4, joint_freeze_bn=True,
+                               train_iterations=(2, 3))
+    model = build("sequential", prof)
+    calls: list[int] = []
+    model.compressor.register_forward_hook(lambda mod, args, out: calls.append(int(args[1])))
+    train_method("sequential", model, prof, small_dataset, progress=False)
+    nmax = model.cfg.compression.max_iterations
+    assert calls[0] == nmax  # the cache of decoded views, all rates at once
+    later = calls[1:]
+    assert len(later) >= 6 and set(later) <= {2, 3}, later

@@ -205,12 +205,28 @@ def _mean_grid(data: Path, frame: str) -> torch.Tensor:
     return _MEAN_GRIDS[key]
 
 
-def _joint_losses(model: JointModel, batch: dict, rng: np.random.Generator, max_views: int,
+def _draw_iterations(rng: np.random.Generator, prof: Profile, nmax: int) -> int:
+    """One training step's N_small iteration count: uniform over ``prof.train_iterations`` (those above
+    ``nmax`` dropped), or over 1..``nmax`` when it is None.
+
+    Raises:
+        ValueError: no count of ``prof.train_iterations`` lies in 1..``nmax``.
+    """
+    if not prof.train_iterations:
+        return int(rng.integers(1, nmax + 1))
+    allowed = [int(n) for n in prof.train_iterations if 1 <= int(n) <= nmax]
+    if not allowed:
+        raise ValueError(f"profile {prof.name!r}: train_iterations {prof.train_iterations} has no N in 1..{nmax}")
+    return allowed[int(rng.integers(len(allowed)))]
+
+
+def _joint_losses(model: JointModel, batch: dict, rng: np.random.Generator, prof: Profile,
                   device: str) -> dict[str, torch.Tensor]:
     """Eq. 16 on one batch (``images`` float32 [B, V, 3, H, W] in [0, 1], ``occupancy`` [B, R, R, R]): 1..
-    ``max_views`` views and N in 1..N_max drawn; ``loss`` (total), ``loss_3d`` (Eq. 15), ``loss_comp`` (Eq. 14)."""
-    v = int(rng.integers(1, max_views + 1))
-    n = int(rng.integers(1, model.cfg.compression.max_iterations + 1))
+    ``prof.max_views`` views and N (:func:`_draw_iterations`) drawn; ``loss`` (total), ``loss_3d`` (Eq. 15),
+    ``loss_comp`` (Eq. 14)."""
+    v = int(rng.integers(1, prof.max_views + 1))
+    n = _draw_iterations(rng, prof, model.cfg.compression.max_iterations)
     images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
     o = model(images, n)
     return {"loss": model.loss(o, target), "loss_3d": occupancy_loss(o["logits"], target), "loss_comp": o["loss_comp"]}
@@ -218,8 +234,8 @@ def _joint_losses(model: JointModel, batch: dict, rng: np.random.Generator, max_
 
 def _recalibrate_sequential(model: JointModel, prof: Profile, data: Path, batch_size: int, batches: int,
                             rng: np.random.Generator, seed: int, device: str) -> None:
-    """BatchNorm of the sequential model's E^3D recomputed on N_small's reconstructions at random N
-    (:func:`voxlink.train.recalibrate_bn`): it sees decoded images, as in training."""
+    """BatchNorm of the sequential model's E^3D recomputed on N_small's reconstructions at N drawn as in
+    training (:func:`_draw_iterations`, :func:`voxlink.train.recalibrate_bn`): it sees decoded images."""
     from voxlink.train import recalibrate_bn
 
     nmax = model.cfg.compression.max_iterations
@@ -227,7 +243,7 @@ def _recalibrate_sequential(model: JointModel, prof: Profile, data: Path, batch_
 
     def fwd(imgs):
         """E^3D on N_small reconstructions of views float [N, 3, H, W] at a random N."""
-        return model.recon.encoder(model.compressor(imgs, int(rng.integers(1, nmax + 1)))["recon"][:, -1].clamp(0, 1))
+        return model.recon.encoder(model.compressor(imgs, _draw_iterations(rng, prof, nmax))["recon"][:, -1].clamp(0, 1))
     recalibrate_bn(model, ds, batches=max(1, min(batches, len(ds) // max(1, batch_size))), batch_size=batch_size,
                    seed=seed, forward=fwd, device=device)
 
@@ -243,7 +259,7 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
     The 3D-R2N2 protocol of ``voxlink train``: 1..max_views random views per batch, Adam, random
     plain backgrounds, a per-voxel prior bias from the mean training grid, learning rate x0.2 after
     75 % of the steps, BatchNorm statistics recomputed at the end. Losses: Eq. 15 (implicit,
-    uncompressed, jpeg2000) or Eq. 16 (sequential, direct; N drawn in 1..N_max per batch).
+    uncompressed, jpeg2000) or Eq. 16 (sequential, direct; N drawn per batch by :func:`_draw_iterations`).
     """
     from voxlink.train import TrainConfig, _collate, batches_forever, recalibrate_bn, run_loop
 
@@ -275,13 +291,13 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
 
     def train_step(batch):
         """One step's losses for :func:`voxlink.train.run_loop`: Eq. 15 (implicit, uncompressed, on
-        JPEG 2000 views at a random training ratio) or Eq. 16 (sequential, direct; N drawn in 1..N_max).
+        JPEG 2000 views at a random training ratio) or Eq. 16 (sequential, direct; N by :func:`_draw_iterations`).
 
         Args:
             batch: the collated batch: ``images`` float32 [B, V, 3, H, W] in [0, 1], ``occupancy`` [B, R, R, R].
         """
         if method in ("sequential", "direct"):
-            return _joint_losses(model, batch, rng, prof.max_views, device), {}, {}
+            return _joint_losses(model, batch, rng, prof, device), {}, {}
         v = int(rng.integers(1, prof.max_views + 1))
         images, target = batch["images"][:, :v].to(device), batch["occupancy"].to(device)
         if method in ("implicit", "uncompressed"):
@@ -351,7 +367,7 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
     1. The 3D part alone, ``prof.steps`` steps of ``prof.batch_size`` objects, on the frozen codec's
        output (:func:`codec_cache` of ``prof.codec_pool`` training objects): the sequential model's
        3D-R2N2 on decoded images, the direct model's 3D network on the codes (Eq. 15); 1..max_views views
-       and N in 1..N_max drawn per batch.
+       and N drawn per batch (:func:`_draw_iterations`).
     2. Everything jointly (Eq. 16), ``prof.joint_steps`` steps of ``prof.joint_batch`` objects, N_small at
        ``prof.comp_lr``, the 3D part at ``prof.lr`` x 0.2; with ``prof.joint_freeze_bn`` the 3D part's
        BatchNorm layers keep their running statistics (eval mode) through this stage.
@@ -393,7 +409,7 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
 
     def stage1_step(idx):
         """Eq. 15 on the frozen codec's output: ``idx`` int64 [B] objects of the cache."""
-        v, n = int(rng.integers(1, prof.max_views + 1)), int(rng.integers(1, nmax + 1))
+        v, n = int(rng.integers(1, prof.max_views + 1)), _draw_iterations(rng, prof, nmax)
         target = cache["occupancy"][idx].to(device)
         if method == "direct":
             logits = model.recon.fuse(model._pad(cache["codes"][idx, :v, :n].to(device)))
@@ -425,7 +441,7 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
 
         def joint_step(batch):
             """Eq. 16 on fresh training views: ``batch`` as :func:`train_method`'s."""
-            return _joint_losses(model, batch, rng, prof.max_views, device), {}, {}
+            return _joint_losses(model, batch, rng, prof, device), {}, {}
 
         tcfg = TrainConfig(steps=prof.joint_steps, lr=prof.lr, lr_decay=1.0, decay_at=1.0,
                            val_every=prof.joint_steps + 1, checkpoint_minutes=float("inf"))
@@ -551,6 +567,8 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
                   "steps": prof.steps, "batch_size": prof.batch_size, "seed": seed}
         if isinstance(model, JointModel) and prof.comp_lr:
             expect["comp_lr"] = prof.comp_lr
+        if isinstance(model, JointModel) and prof.train_iterations:
+            expect["train_iterations"] = list(prof.train_iterations)
         if isinstance(model, JointModel) and prof.codec:
             expect.update(codec=prof.codec, codec_fingerprint=pretrained_codec(prof.codec).fingerprint().hex(),
                           codec_pool=prof.codec_pool, joint_steps=prof.joint_steps, joint_batch=prof.joint_batch,
