@@ -92,12 +92,15 @@ TRAIN_STEPS = 600
 
 
 # -- sequential and direct --------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["sequential", "direct"])
+@pytest.mark.parametrize("kind", ["sequential", "direct", "direct+code-encoder"])
 def test_joint_models_split_edge_and_ground(kind):
     """The ground's half (codes -> grid and images) gives exactly the training forward's output."""
     prof = get_profile("tiny")
     torch.manual_seed(0)
-    model = JointModel(JointConfig(kind, prof.compression, dataclasses.replace(prof.recon, binarize=False))).eval()
+    ce = (8, 8) if "code-encoder" in kind else ()
+    kind = kind.split("+")[0]
+    model = JointModel(JointConfig(kind, prof.compression, dataclasses.replace(prof.recon, binarize=False),
+                                   code_encoder=ce)).eval()
     images = torch.rand(1, 3, 3, 128, 128)
     with torch.no_grad():
         out = model(images, 2)
@@ -111,6 +114,16 @@ def test_joint_models_split_edge_and_ground(kind):
     loss.backward()  # Eq. 16 trains N_small and the 3D part jointly
     assert model.compressor.encoder.conv.weight.grad is not None
     assert model.recon.lstm.gate_h.weight.grad is not None
+    if ce:
+        assert model.code_encoder.net[0].weight.grad is not None
+
+
+def test_code_encoder_is_for_the_direct_model_only():
+    prof = get_profile("tiny")
+    with pytest.raises(ValueError, match="code_encoder"):
+        JointConfig("sequential", prof.compression, dataclasses.replace(prof.recon, binarize=False), code_encoder=(8, 8))
+    with pytest.raises(ValueError, match="code_encoder"):
+        JointConfig("direct", prof.compression, dataclasses.replace(prof.recon, binarize=False), code_encoder=(8,))
 
 
 def test_implicit_bits_for_the_papers_ratios():

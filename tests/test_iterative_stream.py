@@ -23,13 +23,16 @@ from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, 
 from voxlink.weights import save_model
 
 
-@pytest.fixture(scope="module", params=["sequential", "direct"])
+@pytest.fixture(scope="module", params=["sequential", "direct", "direct+code-encoder"])
 def joint_file(request, tmp_path_factory):
+    """A saved tiny sequential or direct model (the last with a code encoder, :class:`CodeEncoder`)."""
     torch.manual_seed(0)
-    recon = dataclasses.replace(get_config("tiny"), name=f"{request.param}-tiny", code_bits=64, binarize=False,
+    kind = request.param.split("+")[0]
+    recon = dataclasses.replace(get_config("tiny"), name=f"{kind}-tiny", code_bits=64, binarize=False,
                                 frame="object")
-    m = JointModel(JointConfig(kind=request.param, compression=COMPRESSION_CONFIGS["tiny"], recon=recon)).eval()
-    return save_model(m, tmp_path_factory.mktemp("m") / f"{request.param}.safetensors"), m
+    m = JointModel(JointConfig(kind=kind, compression=COMPRESSION_CONFIGS["tiny"], recon=recon,
+                               code_encoder=(8, 8) if "code-encoder" in request.param else ())).eval()
+    return save_model(m, tmp_path_factory.mktemp("m") / f"{kind}.safetensors"), m
 
 
 def _view(m, image, seq, n, stream=3, obj=1):
@@ -49,6 +52,7 @@ def test_model_file_says_bits_per_iteration_and_iterations(joint_file):
     assert info.frame == "object" and info.name == f"{m.cfg.kind}-tiny"
     loaded, _, _ = load_model(path)
     assert loaded.fingerprint() == m.fingerprint() == bytes.fromhex(read_model_info(path).fingerprint_hex)
+    assert loaded.cfg.code_encoder == m.cfg.code_encoder  # a code encoder comes back with its weights
 
 
 def test_ground_applies_variable_rate_views_and_writes_their_images(tmp_path, joint_file):

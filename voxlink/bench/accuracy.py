@@ -67,7 +67,8 @@ def build(method: str, prof: Profile, code_bits: int | None = None) -> torch.nn.
     if method in ("sequential", "direct"):
         comp = pretrained_codec(prof.codec).cfg if prof.codec else prof.compression
         model = JointModel(JointConfig(kind=method, compression=comp,
-                                       recon=dataclasses.replace(r, name=method, code_bits=1024, binarize=False)))
+                                       recon=dataclasses.replace(r, name=method, code_bits=1024, binarize=False),
+                                       code_encoder=prof.direct_code_encoder if method == "direct" else ()))
         if prof.codec:
             model.compressor.load_state_dict(pretrained_codec(prof.codec).state_dict())
         return model
@@ -395,7 +396,7 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
     bs = max(1, min(prof.batch_size, p))
     for q in model.compressor.parameters():
         q.requires_grad_(False)
-    params = list(model.recon.parameters())
+    params = list(model.recon.parameters()) + (list(model.code_encoder.parameters()) if model.code_encoder else [])
     opt = torch.optim.Adam(params, lr=prof.lr)
     for g in opt.param_groups:
         g["base_lr"] = prof.lr
@@ -412,7 +413,7 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
         v, n = int(rng.integers(1, prof.max_views + 1)), _draw_iterations(rng, prof, nmax)
         target = cache["occupancy"][idx].to(device)
         if method == "direct":
-            logits = model.recon.fuse(model._pad(cache["codes"][idx, :v, :n].to(device)))
+            logits = model.recon.fuse(model.code_vectors(cache["codes"][idx, :v, :n].to(device)))
         else:
             logits = model.recon(cache["images"][idx, :v, n - 1].to(device).float() / 255.0)
         l3d = occupancy_loss(logits, target)

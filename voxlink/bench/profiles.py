@@ -71,6 +71,13 @@ class Profile:
             the benchmark scores (384, 192, 96, 48:1), so that each gets a quarter of the steps instead
             of an eighth; one run gave 0.332 / 0.328 / 0.318 / 0.282 against 0.310 / 0.301 / 0.279 /
             0.233 with 1..8 (``docs/results.md``).
+        direct_code_encoder: channels of the direct model's code encoder
+            (:class:`voxlink.models.joint.CodeEncoder`: two 2D convolutions over the bits' spatial
+            layout before the 3D-LSTM); ``()``: the paper's direct model (codes into the gates).
+            ``quick``: (64, 64): the paper's linear gate map (rank 64 at this size) left the direct model
+            0.02 to 0.06 below the sequential one; with the encoder one run (seed 0, 1,080 steps, N in
+            (1, 2, 4, 8)) gave 0.283 / 0.320 / 0.318 / 0.285 at 48 / 96 / 192 / 384:1 against 0.276 /
+            0.292 / 0.271 / 0.245 without (``docs/results.md``).
         pose_aware_model: the shipped pose-aware model scored as the ``pose-aware`` method.
     """
 
@@ -93,6 +100,7 @@ class Profile:
     joint_batch: int = 4
     joint_freeze_bn: bool = False
     train_iterations: tuple[int, ...] | None = None
+    direct_code_encoder: tuple[int, ...] = ()
     pose_aware_model: str = "fusion-k1024"
     extra: dict = field(default_factory=dict)
 
@@ -112,7 +120,8 @@ PROFILES: dict[str, Profile] = {
                                                 depth_channels=(16, 8, 8), frame="object"),
                      compression=COMPRESSION_CONFIGS["quick"], steps=1080, batch_size=8, eval_objects=100,
                      comp_lr=1e-4, codec="nsmall-k1024", codec_pool=480, joint_steps=40, joint_batch=4,
-                     joint_freeze_bn=True, train_iterations=(1, 2, 4, 8)),
+                     joint_freeze_bn=True, train_iterations=(1, 2, 4, 8),
+                     direct_code_encoder=(64, 64)),
     "tiny": Profile("tiny", recon=dataclasses.replace(CONFIGS["tiny"], frame="object"),
                     compression=COMPRESSION_CONFIGS["tiny"], steps=2, batch_size=2, eval_objects=2,
                     max_views=2, joint_steps=1, joint_batch=2, codec_pool=4),

@@ -35,6 +35,34 @@ from voxlink.models.lstm3d import LSTM3DGrid
 from voxlink.models.rnn_compress import CompressionConfig, RNNCompressor
 
 
+class CodeEncoder(nn.Module):
+    """The direct model's optional code encoder: 2D convolutions over the spatial layout of N_small's
+    bits before the 3D-LSTM (a departure from Sec. III-B, where the codes feed the 3D-LSTM's gates through
+    one linear map; :attr:`JointConfig.code_encoder`). Each iteration's m bits are
+    ``code_channels`` x (H/16) x (W/16) (Toderici et al. 2017's binarizer layout), so the zero-padded
+    codes of N_max iterations are a [N_max c, H/16, W/16] map: a 3 x 3 convolution, ReLU, a strided
+    3 x 3 convolution, ReLU, flattened. No image is decoded.
+
+    Args:
+        in_channels: N_max x code_channels. side: H/16. channels: (c0, c1) of the two convolutions.
+
+    Shape:
+        codes float32 [B, N_max m] (zero-padded, {-1, 0, +1}) -> float32 [B, c1 ceil(side/2)^2].
+    """
+
+    def __init__(self, in_channels: int, side: int, channels: tuple[int, int]):
+        super().__init__()
+        self.in_channels, self.side = in_channels, side
+        c0, c1 = channels
+        self.net = nn.Sequential(nn.Conv2d(in_channels, c0, 3, padding=1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(c0, c1, 3, stride=2, padding=1), nn.ReLU(inplace=True), nn.Flatten(1))
+        self.out_features = c1 * ((side + 1) // 2) ** 2
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """Padded codes [B, N_max m] -> vectors [B, out_features]."""
+        return self.net(codes.view(-1, self.in_channels, self.side, self.side))
+
+
 class Reconstructor3D(nn.Module):
     """3D-R2N2: views -> float K-vectors (E^3D) -> 3D-LSTM -> D^3D logits.
 
@@ -84,14 +112,21 @@ class JointConfig:
         compression: N_small's architecture.
         recon: the 3D part (E^3D widths, N_h, decoder); ``code_bits`` is E^3D's K (sequential).
         comp_weight: weight of the compression loss in Eq. 16 (1 in the paper).
+        code_encoder: the direct model only: channels (c0, c1) of a :class:`CodeEncoder` between the
+            codes and the 3D-LSTM; ``()`` (the default): the paper's direct model, codes into the gates.
     """
 
     kind: str = "sequential"
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     recon: ModelConfig = field(default_factory=lambda: ModelConfig(binarize=False))
     comp_weight: float = 1.0
+    code_encoder: tuple[int, ...] = ()
 
     def __post_init__(self):
+        self.code_encoder = tuple(int(c) for c in self.code_encoder)
+        if self.code_encoder and (self.kind != "direct" or len(self.code_encoder) != 2):
+            raise ValueError(f"code_encoder is two channel counts of the direct model, got {self.code_encoder} "
+                             f"for {self.kind!r}")
         if isinstance(self.compression, dict):
             self.compression = CompressionConfig.from_dict(self.compression)
         if isinstance(self.recon, dict):
@@ -101,8 +136,11 @@ class JointConfig:
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-serialisable)."""
-        return {"kind": self.kind, "compression": self.compression.to_dict(), "recon": self.recon.to_dict(),
-                "comp_weight": self.comp_weight}
+        d = {"kind": self.kind, "compression": self.compression.to_dict(), "recon": self.recon.to_dict(),
+             "comp_weight": self.comp_weight}
+        if self.code_encoder:  # absent otherwise: files of the paper's models stay as they were
+            d["code_encoder"] = list(self.code_encoder)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "JointConfig":
@@ -154,7 +192,12 @@ class JointModel(nn.Module):
         self.family = cfg.kind
         self.compressor = RNNCompressor(cfg.compression)
         m, n = cfg.compression.bits_per_iteration, cfg.compression.max_iterations
-        self.recon = Reconstructor3D(cfg.recon, code_inputs=m * n if cfg.kind == "direct" else None)
+        self.code_encoder = None
+        if cfg.code_encoder:
+            side = cfg.compression.image_size // 16
+            self.code_encoder = CodeEncoder(n * cfg.compression.code_channels, side, cfg.code_encoder)
+        code_inputs = (self.code_encoder.out_features if self.code_encoder else m * n) if cfg.kind == "direct" else None
+        self.recon = Reconstructor3D(cfg.recon, code_inputs=code_inputs)
 
     def compression_ratio(self, iterations: int) -> float:
         """Eq. 12 for ``iterations`` N_small iterations (384 / N at 128 x 128)."""
@@ -176,15 +219,24 @@ class JointModel(nn.Module):
         s = images.shape[-1]
         images = images.view(b, v, 3, s, s)
         if self.cfg.kind == "direct":
-            return self.recon.fuse(self._pad(codes)), images
+            return self.recon.fuse(self.code_vectors(codes)), images
         return self.recon(images), images
 
-    def _pad(self, codes: torch.Tensor) -> torch.Tensor:
+    def code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """The direct model's 3D-LSTM inputs: the codes zero-padded to N_max iterations ("no bits
+        received"), through the :class:`CodeEncoder` where the config has one.
+
+        Shape:
+            codes float32 [B, V, N, m] -> float32 [B, V, N_max m] (or [B, V, code encoder outputs]).
+        """
         b, v, n, m = codes.shape
         pad = self.cfg.compression.max_iterations - n
         if pad:
             codes = torch.cat([codes, codes.new_zeros(b, v, pad, m)], 2)
-        return codes.flatten(2)
+        codes = codes.flatten(2)
+        if self.code_encoder is not None:
+            codes = self.code_encoder(codes.flatten(0, 1)).view(b, v, -1)
+        return codes
 
     def forward(self, images: torch.Tensor, iterations: int) -> dict[str, torch.Tensor]:
         """Compress every view with ``iterations`` iterations and reconstruct the grid (training).
@@ -197,7 +249,7 @@ class JointModel(nn.Module):
         out = self.compressor(images.flatten(0, 1), iterations)
         codes = out["codes"].view(b, v, iterations, -1)
         if self.cfg.kind == "direct":
-            logits = self.recon.fuse(self._pad(codes))
+            logits = self.recon.fuse(self.code_vectors(codes))
         else:
             s = images.shape[-1]
             logits = self.recon(out["recon"][:, -1].clamp(0, 1).view(b, v, 3, s, s))
@@ -281,7 +333,7 @@ class JointModel(nn.Module):
         """The 3D-LSTM's input for one view per object: the zero-padded codes (direct) or E^3D of the
         decoded view (sequential; ``images`` [B, 3, H, W] if already decoded). c: codes [B, N, m]."""
         if self.cfg.kind == "direct":
-            return self._pad(c[:, None]).flatten(1)
+            return self.code_vectors(c[:, None]).flatten(1)
         return self.recon.encoder(images if images is not None else self.compressor.decode(c)[:, -1])
 
     def occupancy(self, state) -> torch.Tensor:
