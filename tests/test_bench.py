@@ -390,3 +390,51 @@ def test_sequential_training_runs_n_small_only_at_the_profile_iterations(small_d
     assert calls[0] == nmax  # the cache of decoded views, all rates at once
     later = calls[1:]
     assert len(later) >= 6 and set(later) <= {2, 3}, later
+
+
+def _fake_run(folder: Path, seed: int, seq: list[float], jp: list[float], mg: list[float]) -> None:
+    """A seed's accuracy.json with per-object IoUs of the sequential model and JPEG 2000 at 96:1 and the
+    mean grid (three objects)."""
+    import json
+
+    def row(method, target, x, reachable=True):
+        return {"method": method, "target_ratio": target, "reachable": reachable, "miou": round(float(np.mean(x)), 4)}
+    folder.mkdir(parents=True)
+    info = {"data_manifest": "abc", "objects": 3, "git_commit": "0123456789abcdef", "seconds": 60.0,
+            "profile": {"name": "quick"}}
+    rows = [row("sequential", 96.0, seq), row("jpeg2000", 96.0, jp), row("mean-grid", "", mg)]
+    per = {"sequential@96.0": seq, "jpeg2000@96.0": jp, "mean-grid@": mg}
+    (folder / "accuracy.json").write_text(json.dumps({"info": info, "rows": rows, "per_object": per}))
+
+
+def test_seed_summary_pairs_gaps_within_each_seed(tmp_path):
+    """Over seeds: mIoU mean and spread per method and ratio, and the gaps to the mean grid and to
+    JPEG 2000 as means of per-object differences within a seed, with their smallest value over seeds."""
+    from voxlink.bench import seeds as bs
+
+    _fake_run(bs.seed_folder(tmp_path, 0), 0, [0.5, 0.3, 0.4], [0.4, 0.3, 0.2], [0.2, 0.2, 0.2])
+    _fake_run(bs.seed_folder(tmp_path, 3), 3, [0.3, 0.3, 0.3], [0.4, 0.4, 0.4], [0.2, 0.1, 0.3])
+    s = bs.write(tmp_path, [0, 3])
+    seq = next(r for r in s["rows"] if r["method"] == "sequential")
+    assert seq["miou"] == [0.4, 0.3] and seq["mean"] == pytest.approx(0.35) and seq["min"] == 0.3
+    assert seq["vs_mean_grid"]["per_seed"] == [0.2, 0.1] and seq["vs_mean_grid"]["min"] == pytest.approx(0.1)
+    assert seq["vs_jpeg2000"]["per_seed"] == [0.1, -0.1] and seq["vs_jpeg2000"]["mean"] == pytest.approx(0.0)
+    md = (tmp_path / "accuracy-seeds.md").read_text()
+    assert "+0.000 (min -0.100)" in md and "+0.150 (min +0.100)" in md
+    with pytest.raises(FileNotFoundError, match="seed 5"):
+        bs.summarize(tmp_path, [0, 5])
+
+
+def test_bench_accuracy_runs_each_seed_and_sums_them_up(small_dataset, tmp_path):
+    from voxlink.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "accuracy", "--data", str(small_dataset), "--profile", "tiny",
+                                   "--out", str(tmp_path), "--methods", "direct,mean-grid", "--seeds", "0,1"])
+    assert res.exit_code == 0, res.output
+    for s in (0, 1):
+        assert (tmp_path / f"seed-{s}" / "accuracy.csv").is_file()
+        assert (tmp_path / f"seed-{s}" / "models" / "direct.safetensors").is_file()
+    assert "over 2 seeds" in (tmp_path / "accuracy-seeds.md").read_text()
+    res = CliRunner().invoke(app, ["bench", "accuracy", "--data", str(small_dataset), "--profile", "tiny",
+                                   "--out", str(tmp_path), "--seeds", "0,x"])
+    assert res.exit_code == 2 and "--seeds" in res.output

@@ -485,12 +485,16 @@ def bench_accuracy_cmd(
     out: Path = typer.Option(Path("bench"), "--out", help="Output folder (models/ inside keeps trained models)."),
     profile: str = typer.Option("quick", "--profile", help="quick (2-core CPU, under 2 h), full (paper size, GPU) or tiny (tests)."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated subset of implicit,sequential,"
-                                          "direct,jpeg2000,uncompressed,mean-grid."),
+                                          "direct,jpeg2000,uncompressed,mean-grid,pose-aware."),
     seed: int = typer.Option(0, "--seed", help="Seed of training and evaluation."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (e.g. 0,1,2): one whole run "
+                                        "per seed in OUT/seed-S, then accuracy-seeds.md / .json in OUT: mean, spread "
+                                        "and paired gaps over the seeds. Replaces --seed."),
     retrain: bool = typer.Option(False, "--retrain", help="Train every model again, ignoring saved ones."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
     """Fig. 8: mIoU vs compression ratio for every method; writes accuracy.csv, .png, .md (trains what is missing)."""
+    from voxlink.bench import seeds as bench_seeds
     from voxlink.bench.accuracy import METHODS, run
     from voxlink.bench.profiles import get_profile
     from voxlink.data.store import DatasetError
@@ -498,9 +502,25 @@ def bench_accuracy_cmd(
     try:
         prof = get_profile(profile)
         ms = tuple(m.strip() for m in methods.split(",")) if methods else METHODS
-        run(data, out, prof, methods=ms, seed=seed, retrain=retrain, device=device)
+        if seeds is None:
+            run(data, out, prof, methods=ms, seed=seed, retrain=retrain, device=device)
+        else:
+            try:
+                seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
+            if not seed_list or len(set(seed_list)) != len(seed_list):
+                raise ValueError(f"--seeds takes distinct comma-separated integers, got {seeds!r}")
+            for s in seed_list:
+                run(data, bench_seeds.seed_folder(out, s), prof, methods=ms, seed=s, retrain=retrain, device=device)
+            bench_seeds.write(out, seed_list)
     except (DatasetError, ValueError) as e:
         _fail(str(e))
+    if seeds is not None:
+        typer.echo((out / "accuracy-seeds.md").read_text())
+        typer.echo(f"wrote {out / 'accuracy-seeds.md'}, {out / 'accuracy-seeds.json'} and a run per seed in "
+                   f"{out}/seed-S")
+        return
     typer.echo((out / "accuracy.md").read_text())
     typer.echo(f"wrote {out / 'accuracy.csv'}, {out / 'accuracy.png'}, {out / 'accuracy.md'}")
 
