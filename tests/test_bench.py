@@ -55,10 +55,13 @@ def test_nsmall_codes_are_exactly_n_m_bits_and_round_trip():
 
 
 def test_nsmall_additive_reconstruction_improves_with_iterations(small_dataset):
-    """A small N_small trained for seconds: the L1 error (Eq. 14) falls with every iteration.
+    """A small N_small trained for seconds (Eq. 14 trains every iteration): training lowers the L1 error
+    at every iteration, and the last iteration's reconstruction is clearly better than the first's.
 
-    Trained at a fixed N = 4 (Toderici's protocol; Eq. 14 trains every iteration), on 32 x 32 views
-    so that it takes seconds; deterministic from its seed.
+    Trained at a fixed N = 4 (Toderici's protocol), on 32 x 32 views so that it takes seconds. Whether
+    each of the 4 iterations improves on the one before depends on the CPU's kernels at this budget (one
+    thread gives the same trajectory on one machine, not across AVX2 and AVX-512), so that is checked on
+    the shipped codec (:func:`test_shipped_codec_improves_with_every_iteration`).
     """
     import torch.nn.functional as F
 
@@ -70,6 +73,15 @@ def test_nsmall_additive_reconstruction_improves_with_iterations(small_dataset):
     imgs = F.interpolate(imgs, size=32, mode="area")  # 32 x 32 keeps this test to seconds
     torch.manual_seed(0)
     model = RNNCompressor(dataclasses.replace(COMPRESSION_CONFIGS["quick"], image_size=32, max_iterations=4))
+
+    def errors():
+        """L1 error of the reconstruction after each of the 4 iterations, over all the views."""
+        model.eval()
+        with torch.no_grad():
+            recon = model(imgs, 4)["recon"]
+        model.train()
+        return [float((recon[:, t] - imgs).abs().mean()) for t in range(4)]
+    before = errors()
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     rng = np.random.default_rng(0)
     threads = torch.get_num_threads()
@@ -81,11 +93,28 @@ def test_nsmall_additive_reconstruction_improves_with_iterations(small_dataset):
         loss.backward()
         opt.step()
     torch.set_num_threads(threads)
-    model.eval()
+    l1 = errors()
+    assert all(a < b for a, b in zip(l1, before)), (l1, before)
+    assert l1[-1] < 0.9 * l1[0], l1
+
+
+def test_shipped_codec_improves_with_every_iteration(small_dataset):
+    """The shipped ``nsmall-k1024`` on rendered 128 x 128 views: each added iteration (128 bytes more a
+    view) lowers the L1 error, and 8 iterations give at least 24 dB PSNR (issue 13's 96:1 target is at
+    4 iterations on the real views; ``voxlink bench codec``)."""
+    from voxlink.bench.accuracy import pretrained_codec
+    from voxlink.data.store import DatasetStore
+    from voxlink.preprocess import to_input
+
+    st = DatasetStore(small_dataset)
+    imgs = torch.cat([to_input(st.read(i, "rgb")[:2]) for i in range(0, 19, 3)])
+    codec = pretrained_codec("nsmall-k1024")
     with torch.no_grad():
-        recon = model(imgs, 4)["recon"]
-    l1 = [float((recon[:, t] - imgs).abs().mean()) for t in range(4)]
+        recon = codec(imgs, 8)["recon"].clamp(0, 1)
+    l1 = [float((recon[:, t] - imgs).abs().mean()) for t in range(8)]
     assert all(b < a for a, b in zip(l1, l1[1:])), l1
+    mse = float(((recon[:, -1] - imgs) ** 2).mean())
+    assert 10 * np.log10(1.0 / mse) >= 24.0, (l1, mse)
 
 
 TRAIN_STEPS = 600
