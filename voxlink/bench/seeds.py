@@ -121,7 +121,8 @@ def markdown(summary: dict) -> str:
         g = r.get(what)
         return "" if g is None else f"{g['mean']:+.3f} (min {g['min']:+.3f})"
 
-    lines = [f"# voxlink bench accuracy over {len(seeds)} seeds ({summary['profile']} profile)", "",
+    lines = [f"# voxlink bench accuracy over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
+             f"({summary['profile']} profile)", "",
              f"Seeds {', '.join(map(str, seeds))}, each a whole run in `seed-S/` ({', '.join(f'{m:g}' for m in summary['minutes'])} "
              f"minutes), {summary['objects']} test objects, data manifest `{summary['data_manifest']}`, git "
              f"{', '.join(f'`{c}`' for c in summary['git_commits'])}.", "",
