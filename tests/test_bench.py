@@ -153,6 +153,8 @@ def test_code_encoder_is_for_the_direct_model_only():
         JointConfig("sequential", prof.compression, dataclasses.replace(prof.recon, binarize=False), code_encoder=(8, 8))
     with pytest.raises(ValueError, match="code_encoder"):
         JointConfig("direct", prof.compression, dataclasses.replace(prof.recon, binarize=False), code_encoder=(8,))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        JointConfig("direct", prof.compression, dataclasses.replace(prof.recon, binarize=False), code_encoder=(8, 12))
 
 
 def test_implicit_bits_for_the_papers_ratios():

@@ -70,14 +70,16 @@ class Profile:
             None: every N in 1..N_max, as the paper. ``quick``: (1, 2, 4, 8), the rates of Fig. 8 that
             the benchmark scores (384, 192, 96, 48:1), so that each gets a quarter of the steps instead
             of an eighth; one run gave 0.332 / 0.328 / 0.318 / 0.282 against 0.310 / 0.301 / 0.279 /
-            0.233 with 1..8 (``docs/results.md``).
+            0.233 with 1..8; three seeds of the bench since: 0.297-0.311 / 0.294-0.308 / 0.289-0.303 /
+            0.247-0.263, a spread of 0.008 where it had been up to 0.04 (``docs/results.md``).
         direct_code_encoder: channels of the direct model's code encoder
             (:class:`voxlink.models.joint.CodeEncoder`: two 2D convolutions over the bits' spatial
             layout before the 3D-LSTM); ``()``: the paper's direct model (codes into the gates).
             ``quick``: (64, 64): the paper's linear gate map (rank 64 at this size) left the direct model
             0.02 to 0.06 below the sequential one; with the encoder one run (seed 0, 1,080 steps, N in
             (1, 2, 4, 8)) gave 0.283 / 0.320 / 0.318 / 0.285 at 48 / 96 / 192 / 384:1 against 0.276 /
-            0.292 / 0.271 / 0.245 without (``docs/results.md``).
+            0.292 / 0.271 / 0.245 without. Three seeds of the bench since: 0.28 to 0.33 in two, near
+            the mean grid in the third (its stage 1 learnt little from that start; ``docs/results.md``).
         pose_aware_model: the shipped pose-aware model scored as the ``pose-aware`` method.
     """
 
