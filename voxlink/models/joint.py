@@ -7,7 +7,9 @@
   reconstructs the image, and 3D-R2N2 reads the reconstruction.
 * :class:`DirectModel` (Sec. III-B, Fig. 6): the N_small codes feed the 3D-LSTM directly (no E^3D);
   the codes of ``N < N_max`` iterations are zero-padded to ``N_max m`` inputs, so one model serves
-  every rate (zero = "no bits received").
+  every rate (zero = "no bits received"). Optionally (:attr:`JointConfig.code_encoder`, on in the
+  ``quick`` benchmark profile) a :class:`CodeEncoder` reads the padded codes first: a departure from the
+  paper, which feeds them to the 3D-LSTM's gates through one linear map.
 
 Both unified models minimise Eq. 16 jointly: the compression loss (Eq. 14) of every view plus the 3D
 loss (Eq. 15) of the final view. (``voxlink bench accuracy`` may start them from a pre-trained N_small:
