@@ -78,8 +78,9 @@ class Profile:
             ``quick``: (64, 64): the paper's linear gate map (rank 64 at this size) left the direct model
             0.02 to 0.06 below the sequential one; with the encoder one run (seed 0, 1,080 steps, N in
             (1, 2, 4, 8)) gave 0.283 / 0.320 / 0.318 / 0.285 at 48 / 96 / 192 / 384:1 against 0.276 /
-            0.292 / 0.271 / 0.245 without. Three seeds of the bench since: 0.28 to 0.33 in two, near
-            the mean grid in the third (its stage 1 learnt little from that start; ``docs/results.md``).
+            0.292 / 0.271 / 0.245 without; three seeds then gave 0.28 to 0.33 in two, near the mean grid
+            in the third, and GroupNorm went into the encoder; with it three seeds give 0.293-0.342 /
+            0.294-0.337 / 0.282-0.340 / 0.264-0.326 (``docs/results.md``).
         pose_aware_model: the shipped pose-aware model scored as the ``pose-aware`` method.
     """
 
