@@ -408,8 +408,10 @@ def test_sequential_training_runs_n_small_only_at_the_profile_iterations(small_d
     (joint stage, BatchNorm recalibration) runs one of the profile's ``train_iterations``."""
     import dataclasses
 
+    from voxlink.bench import accuracy
     from voxlink.bench.accuracy import build, train_method
 
+    accuracy._CODEC_CACHES.clear()  # the cache is made here, not reused from another test in this process
     prof = dataclasses.replace(get_profile("tiny"), codec="nsmall-k1024", codec_pool=2, steps=2, joint_steps=6,
                                joint_batch=1, max_views=2, comp_lr=1e-4, joint_freeze_bn=True,
                                train_iterations=(2, 3))
