@@ -26,6 +26,8 @@ def seed_folder(out: str | Path, seed: int) -> Path:
 
 
 def _key(method: str, target) -> str:
+    """The key of a method and target ratio in ``accuracy.json``'s ``per_object`` (``"direct@96.0"``,
+    ``"mean-grid@"`` where there is no ratio)."""
     return f"{method}@{'' if target in ('', None) else float(target)}"
 
 
@@ -58,10 +60,14 @@ def summarize(out: str | Path, seeds: list[int]) -> dict:
                          f"objects {sorted(objects)}")
 
     def per_object(run: dict, key: str) -> np.ndarray | None:
+        """One seed's per-object IoU@5 of ``key`` (:func:`_key`): float64 [objects], or None if absent."""
         x = run["per_object"].get(key)
         return None if not x else np.asarray(x, dtype=np.float64)
 
     def gap(key: str, base_key: str) -> dict | None:
+        """Paired gap of ``key`` over ``base_key`` (both :func:`_key`): per seed the mean over test objects
+        of their IoU difference (mIoU units), with the mean and the smallest over seeds; None where a seed
+        lacks either or their object counts differ."""
         diffs = []
         for run in runs:
             a, b = per_object(run, key), per_object(run, base_key)
@@ -110,6 +116,9 @@ def markdown(summary: dict) -> str:
     rule = "|---|" + "---|" * len(targets)
 
     def cell(method: str, t: float, what: str) -> str:
+        """One table cell for ``method`` at target ratio ``t`` (x:1): ``what`` = ``"miou"`` (mean ± sd
+        (range) over seeds, or "not reachable") or a gap key (``"vs_mean_grid"``, ``"vs_jpeg2000"``: mean
+        (smallest)); empty where there is no such row or gap."""
         r = next((x for x in rows if x["method"] == method and x["target_ratio"] != "" and
                   float(x["target_ratio"]) == t), None)
         if r is None:
