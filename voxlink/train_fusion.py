@@ -97,9 +97,25 @@ def distill_losses(student: FusionModel, teacher: FusionModel, images: torch.Ten
 FUSION_PARTS = ("encoder", "depth", "refiner")
 
 
+def _widen_inputs(src: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """A convolution's weight ``src`` [C_out, C_in, k...] for a layer with more input channels ``own``
+    [C_out, C_in', k...] (C_in' > C_in): the source's weights for the first C_in inputs, zeros for the
+    new ones, so that the layer computes what it did whatever the new inputs hold. Any other pair of
+    shapes: ``src`` unchanged."""
+    if (src.dim() >= 3 and src.dim() == own.dim() and src.shape[0] == own.shape[0]
+            and src.shape[2:] == own.shape[2:] and src.shape[1] < own.shape[1]):
+        out = torch.zeros(own.shape, dtype=src.dtype)
+        out[:, :src.shape[1]] = src
+        return out
+    return src
+
+
 def warm_start(model: FusionModel, source: str) -> list[str]:
     """Copy the weights of ``source`` whose names and shapes match, a layer (all the tensors of one
-    module: weight, bias, statistics) whole or not at all.
+    module: weight, bias, statistics) whole or not at all. A convolution of the model with more input
+    channels than the source's (a refiner that reads new evidence after the old) takes the source's
+    weights for the old inputs and zeros for the new (:func:`_widen_inputs`): it starts out as the
+    source model.
 
     Args:
         source: a model file or shipped name, or a run's ``checkpoint.pt``; several, comma-separated,
@@ -122,6 +138,7 @@ def warm_start(model: FusionModel, source: str) -> list[str]:
             sd = load_model(src_name)[0].state_dict()
         # a layer is copied whole or not at all (two decoders of other widths share the shape of
         # their last bias, which alone would mix two models' layers)
+        sd = {k: _widen_inputs(v, own[k]) if k in own else v for k, v in sd.items()}
         fits = {k for k, v in sd.items() if k in own and own[k].shape == v.shape}
         whole = {layer for layer in {k.rsplit(".", 1)[0] for k in own}
                  if all(k in fits for k in own if k.rsplit(".", 1)[0] == layer)}

@@ -45,6 +45,38 @@ from voxlink.models.projection import max_filter2d, project_normalized, voxel_ce
 EVIDENCE = ("hull", "seen_empty", "surface", "behind", "seen_object")
 _POOL_MIN = (True, False, False, True, False)
 
+#: With ``pooling = "minmax+mean"``: channels of the state that hold running sums over the distinct
+#: views of one view evidence each (the refiner reads their means): the first three are
+#: :data:`EVIDENCE`'s ``hull``, ``seen_empty`` and ``behind``; ``silhouette_vote`` is the silhouette
+#: at the voxel's centre (1 outside the view, as ``hull``), without the footprint.
+MEAN_EVIDENCE = ("hull_mean", "seen_empty_mean", "behind_mean", "silhouette_vote")
+#: per-view evidence channels whose sums make :data:`MEAN_EVIDENCE` (indices into a view's evidence:
+#: :data:`EVIDENCE`, then ``silhouette_vote`` at index 5)
+_MEAN_SOURCES = (0, 1, 3, 5)
+#: a view's evidence is rounded to multiples of 1 / 4096 before it is summed, so that the sums of up
+#: to 4096 views are exact in float32 (24-bit significand): the same views in any order give the same
+#: state bit for bit
+_MEAN_QUANTUM = 4096.0
+#: the ledger (the state's last channel, flattened): [0] the number of distinct views summed, then two
+#: float32 slots a view (the two 24-bit halves of its 48-bit key, :func:`view_keys`), exact in float32
+_KEY_BITS = 24
+
+
+def view_keys(pose: torch.Tensor, K: torch.Tensor) -> list[int]:
+    """Each view's identity for the mean pooling: a 48-bit hash (BLAKE2b) of its pose and intrinsics,
+    as float32 bytes. Two views with the same pose and intrinsics, bit for bit, are one view (a repeat:
+    the same message delivered twice, or a camera that did not move): the second changes no mean.
+
+    Shape:
+        pose float [N, 4, 4], K float [N, 3, 3] -> N ints in [0, 2^48).
+    """
+    import hashlib
+
+    p = pose.detach().to("cpu", torch.float32).reshape(-1, 16).numpy()
+    k = K.detach().to("cpu", torch.float32).reshape(-1, 9).numpy()
+    return [int.from_bytes(hashlib.blake2b(a.tobytes() + b.tobytes(), digest_size=6).digest(), "little")
+            for a, b in zip(p, k)]
+
 
 @dataclass
 class FusionConfig(ConfigDict):
@@ -64,6 +96,12 @@ class FusionConfig(ConfigDict):
         footprint: pixels (odd); the side of the square window whose silhouette maximum a voxel's hull
             and "off the silhouette" tests read (a voxel's footprint, widened for pose error).
         frame: always ``pose``: the grid is the unit cube of the frame the poses are given in.
+        pooling: ``minmax``: the state is :data:`EVIDENCE` pooled with running minima and maxima (exact
+            and idempotent, but one view that misses a part carves it away for good); ``minmax+mean``:
+            also running sums over the distinct views (a repeated view, :func:`view_keys`, is summed
+            once) of the views' hull, seen-empty, behind and centre-silhouette evidence
+            (:data:`MEAN_EVIDENCE`), whose means (votes) the refiner reads as well: evidence that
+            tolerates one view's wrong silhouette or pose, and keeps gaining from views past a dozen.
         code_layout: ``fc``: E_K as in 3D-R2N2 (six conv stages, a fully connected layer to K values);
             ``spatial``: a fully convolutional E_K whose K values are a grid of (H/16) x (W/16) cells
             with K / ((H/16)(W/16)) channels each (Toderici et al.'s binarizer layout: 8 x 8 x 16 =
@@ -85,10 +123,11 @@ class FusionConfig(ConfigDict):
     footprint: int = 5
     frame: str = "pose"
     code_layout: str = "fc"
+    pooling: str = "minmax"
 
     #: fields added after models were shipped, with the value those models have (left out of the
     #: fingerprint at that value: :func:`voxlink.models.codec.model_fingerprint`)
-    ADDED_FIELDS = {"footprint": 5}
+    ADDED_FIELDS = {"footprint": 5, "pooling": "minmax"}
 
     def __post_init__(self):
         self.enc_channels = tuple(self.enc_channels)
@@ -106,6 +145,8 @@ class FusionConfig(ConfigDict):
             raise ValueError(f"a spatial code needs K divisible by {(self.image_size // 16) ** 2} cells")
         if self.footprint < 1 or self.footprint % 2 == 0:
             raise ValueError(f"footprint must be an odd number of pixels, got {self.footprint}")
+        if self.pooling not in ("minmax", "minmax+mean"):
+            raise ValueError(f"pooling must be minmax or minmax+mean, got {self.pooling!r}")
         if self.frame != "pose":
             raise ValueError(f"a fusion model reconstructs in the poses' frame (frame = 'pose'), got {self.frame!r}")
 
@@ -182,6 +223,13 @@ class SpatialEncoder(nn.Module):
         if x.shape[-3:] != (3, self.image_size, self.image_size):
             raise ValueError(f"encoder expects views [B, 3, {self.image_size}, {self.image_size}], got {tuple(x.shape)}")
         return torch.tanh(self.norm(self.to_code(self.mix(self.features(x))))).flatten(1)
+
+
+def _quantize(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to multiples of 1 / 4096 (:data:`_MEAN_QUANTUM`), with a straight-through gradient:
+    sums of up to 4096 such values in [0, 1] are exact in float32, so any order gives the same sum."""
+    q = torch.round(x * _MEAN_QUANTUM) * (1.0 / _MEAN_QUANTUM)
+    return x + (q - x).detach() if x.requires_grad else q
 
 
 def view_geometry(pose, K) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,7 +340,7 @@ class FusionModel(BitCodeModel):
     Shapes (B objects, V views, K bits, R = 32, H = W = 128):
         images float32 [B, V, 3, H, W] in [0, 1]; codes float32 [B, V, K] in {-1, +1}; intrinsics
         ``K`` float32 [B, V, 3, 3] (pixels); poses float32 [B, V, 4, 4] camera-to-world (OpenCV axes,
-        metres; the grid is the unit cube of that world frame); state float32 [B, 5, R, R, R]; logits
+        metres; the grid is the unit cube of that world frame); state float32 [B, C, R, R, R] (C = 5, or 10 with mean pooling: :attr:`state_channels`); logits
         float32 [B, 2, R, R, R]; occupancy float32 [B, R, R, R] indexed ``[x, y, z]``.
     """
 
@@ -312,8 +360,14 @@ class FusionModel(BitCodeModel):
         self.binarizer = Binarizer() if cfg.binarize else nn.Identity()
         # input: the evidence, the carved hull, the voxel's height and a constant: 8 channels, a
         # multiple of oneDNN's channel blocks (voxlink bench fusion: 5 % faster a training step than
-        # the 6 channels of evidence and height alone)
-        self.refiner = Refiner3D(len(EVIDENCE) + 3, cfg.refiner_channels)
+        # the 6 channels of evidence and height alone); with mean pooling also the means of
+        # MEAN_EVIDENCE and the number of views (log-scaled), after those 8, so that a refiner trained
+        # without them starts from its weights with zeros for the new inputs (train_fusion.warm_start)
+        self.mean_pooling = cfg.pooling == "minmax+mean"
+        #: channels of the state: EVIDENCE, then (mean pooling) MEAN_EVIDENCE's sums and the ledger
+        self.state_channels = len(EVIDENCE) + (len(MEAN_EVIDENCE) + 1 if self.mean_pooling else 0)
+        self.refiner = Refiner3D(len(EVIDENCE) + 3 + (len(MEAN_EVIDENCE) + 1 if self.mean_pooling else 0),
+                                 cfg.refiner_channels)
         r = cfg.resolution
         self.register_buffer("centres", voxel_centres(r), persistent=False)
         self.register_buffer("height", voxel_centres(r)[:, 1].reshape(1, 1, r, r, r).clone(), persistent=False)
@@ -347,9 +401,10 @@ class FusionModel(BitCodeModel):
         return d, torch.sigmoid(m)
 
     def init_state(self, batch: int = 1, device=None) -> torch.Tensor:
-        """The fused evidence of no view: minima at 1, maxima at 0; float32 [B, 5, R, R, R]."""
+        """The fused evidence of no view: minima at 1, maxima at 0 (and, with mean pooling, sums and the
+        ledger at 0); float32 [B, C, R, R, R], C = :attr:`state_channels` (5, or 10 with mean pooling)."""
         r = self.cfg.resolution
-        s = torch.zeros(batch, len(EVIDENCE), r, r, r, device=device if device is not None else self.centres.device)
+        s = torch.zeros(batch, self.state_channels, r, r, r, device=device if device is not None else self.centres.device)
         s[:, list(np.flatnonzero(_POOL_MIN))] = 1.0
         return s
 
@@ -362,18 +417,21 @@ class FusionModel(BitCodeModel):
             K: float32 [N, 3, 3] intrinsics (pixels). pose: float32 [N, 4, 4] camera-to-world.
 
         Returns:
-            float32 [N, 5, R, R, R], channels :data:`EVIDENCE`: ``hull`` the silhouette's maximum over
+            float32 [N, 5, R, R, R] (with mean pooling [N, 6, R, R, R]: ``silhouette_vote`` last, the
+            silhouette at the voxel's centre, 1 outside the view), channels :data:`EVIDENCE`: ``hull`` the silhouette's maximum over
             the voxel's footprint (a square of ``cfg.footprint`` pixels, 11 in the shipped models; 1 outside the view: not carved), ``seen_empty`` the
             footprint off the silhouette, or in front of the decoded surface by more than ``depth_margin``, ``surface`` on the decoded surface,
             ``behind`` in the silhouette and behind the surface (0 outside the view), ``seen_object``
             the silhouette at the voxel (0 outside the view).
         """
         r = self.cfg.resolution
-        return torch.stack(self._evidence_channels(depth, mask_prob, K, pose), 1).view(-1, len(EVIDENCE), r, r, r)
+        ch = self._evidence_channels(depth, mask_prob, K, pose)
+        return torch.stack(ch, 1).view(-1, len(ch), r, r, r)
 
     def _evidence_channels(self, depth: torch.Tensor, mask_prob: torch.Tensor, K: torch.Tensor,
                            pose: torch.Tensor) -> list[torch.Tensor]:
-        """:meth:`evidence`'s channels, each float32 [N, R^3], in the order of :data:`EVIDENCE` (the one
+        """:meth:`evidence`'s channels, each float32 [N, R^3], in the order of :data:`EVIDENCE` (and, with
+        mean pooling, ``silhouette_vote``) (the one
         place their formulas are written; :meth:`evidence` stacks them for training, :meth:`place` pools
         them into the state one by one)."""
         cfg = self.cfg
@@ -399,44 +457,114 @@ class FusionModel(BitCodeModel):
         # the exponent clamped at -80 (exp(-80) = 1.8e-35): below about -88 the exponential takes a slow
         # path (measured on 2 cores, [8, 32768]: 0.2 ms for arguments above -87, 1.6 to 3.5 ms below -100)
         surface = torch.exp((t * t).clamp(max=320.0) * -0.25)
-        return [1 - off, off + s_in * front, s_in * surface, s_in * behind, s_in]
+        out = [1 - off, off + s_in * front, s_in * surface, s_in * behind, s_in]
+        if self.mean_pooling:
+            out.append(1 - (fin - s_in))  # the centre's silhouette in the view, 1 outside it
+        return out
 
-    def fuse(self, state: torch.Tensor, ev: torch.Tensor) -> torch.Tensor:
-        """Pool one view's evidence into the state: element-wise min or max per channel.
+    def fuse(self, state: torch.Tensor, ev: torch.Tensor, keys: list[int] | None = None) -> torch.Tensor:
+        """Pool one view's evidence into the state: element-wise min or max per channel of
+        :data:`EVIDENCE`; with mean pooling, the view's :data:`MEAN_EVIDENCE` sources are added to the
+        sums unless its key is in the state's ledger already (a repeat), and the key is recorded.
 
         Order-invariant and idempotent: the same views in any order, any of them repeated, give the
-        same state bit for bit.
+        same state bit for bit (sums of evidence rounded to 1/4096 are exact).
+
+        Args:
+            state: [B, C, R, R, R]. ev: one view an object, [B, 5 or 6, R, R, R] (:meth:`evidence`).
+            keys: B view keys (:func:`view_keys`); needed with mean pooling.
 
         Shape:
-            state [B, 5, R, R, R], ev [B, 5, R, R, R] -> [B, 5, R, R, R].
+            state [B, C, R, R, R], ev [B, 5 or 6, R, R, R] -> [B, C, R, R, R].
+
+        Raises:
+            ValueError: mean pooling without ``keys``.
         """
-        return torch.where(self.pool_min, torch.minimum(state, ev), torch.maximum(state, ev))
+        c = len(EVIDENCE)
+        mm = torch.where(self.pool_min, torch.minimum(state[:, :c], ev[:, :c]), torch.maximum(state[:, :c], ev[:, :c]))
+        if not self.mean_pooling:
+            return mm
+        if keys is None or len(keys) != len(state):
+            raise ValueError("mean pooling needs one view key per object (view_keys)")
+        ledger = state[:, -1:].detach().clone()
+        new = torch.tensor([self._ledger_add(ledger[b].view(-1), k) for b, k in enumerate(keys)],
+                           dtype=state.dtype, device=state.device).view(-1, 1, 1, 1, 1)
+        sums = state[:, c:-1] + new * _quantize(ev[:, list(_MEAN_SOURCES)])
+        return torch.cat([mm, sums, ledger], 1)
+
+    @staticmethod
+    def _ledger_add(flat: torch.Tensor, key: int) -> bool:
+        """Record a view key in one object's ledger (float32 [R^3], in place) unless it is there; True
+        when the view is new (its evidence is to be summed). A ledger that is full (R^3 // 2 - 1 views)
+        still counts new views but no longer remembers them (a repeat of one of those is summed again)."""
+        n = int(flat[0])
+        hi, lo = divmod(int(key), 1 << _KEY_BITS)
+        kept = min(n, (flat.numel() - 1) // 2)
+        slots = flat[1:1 + 2 * kept].view(-1, 2)
+        if bool(((slots[:, 0] == hi) & (slots[:, 1] == lo)).any()):
+            return False
+        if kept == n and 1 + 2 * (n + 1) <= flat.numel():
+            flat[1 + 2 * n], flat[2 + 2 * n] = float(hi), float(lo)
+        flat[0] = n + 1
+        return True
+
+    def views_fused(self, state: torch.Tensor) -> list[int] | None:
+        """Distinct views summed into each object's state (mean pooling; None without it).
+
+        Shape:
+            state [B, C, R, R, R] -> B ints.
+        """
+        if not self.mean_pooling:
+            return None
+        return [int(x) for x in state[:, -1].reshape(len(state), -1)[:, 0]]
 
     def fuse_all(self, depth: torch.Tensor, mask_prob: torch.Tensor, K: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """The state of one object from all its decoded views at once (the same values as fusing them one by
-        one with :meth:`step`: min and max are exact). Used where the poses change after the views came
+        one with :meth:`step`: min, max and the rounded sums are exact; repeated views, by
+        :func:`view_keys`, count once). Used where the poses change after the views came
         (pose refinement, :mod:`voxlink.models.pose_refine`), so the state is made anew.
 
         Shape:
-            depth, mask_prob float32 [V, H, W], K [V, 3, 3], pose [V, 4, 4] -> state float32 [1, 5, R, R, R].
+            depth, mask_prob float32 [V, H, W], K [V, 3, 3], pose [V, 4, 4] -> state float32 [1, C, R, R, R].
         """
-        return self._pool_views(self.evidence(depth, mask_prob, K, pose)[None])
+        keys = None
+        if self.mean_pooling:
+            keys, first = [], []
+            for i, k in enumerate(view_keys(pose, K)):
+                if k not in keys:
+                    keys.append(k)
+                    first.append(i)
+            depth, mask_prob, K, pose = depth[first], mask_prob[first], K[first], pose[first]
+        return self._pool_views(self.evidence(depth, mask_prob, K, pose)[None], None if keys is None else [keys])
 
-    def _pool_views(self, ev: torch.Tensor) -> torch.Tensor:
-        """Views' evidence float32 [B, V, 5, R, R, R] pooled over the views (min or max per channel) ->
-        [B, 5, R, R, R]: what :meth:`fuse` gives view by view, in one pass."""
-        return torch.where(self.pool_min, ev.amin(1), ev.amax(1))
+    def _pool_views(self, ev: torch.Tensor, keys: list[list[int]] | None = None) -> torch.Tensor:
+        """Views' evidence float32 [B, V, 5 or 6, R, R, R] pooled over the views (min or max per channel;
+        with mean pooling, the rounded sums and a ledger of V views, with their ``keys`` where given: B
+        lists of V ints; the V views are taken as distinct) -> [B, C, R, R, R]: what :meth:`fuse`
+        gives view by view, in one pass."""
+        c = len(EVIDENCE)
+        mm = torch.where(self.pool_min, ev[:, :, :c].amin(1), ev[:, :, :c].amax(1))
+        if not self.mean_pooling:
+            return mm
+        b, v = ev.shape[:2]
+        ledger = torch.zeros(b, 1, *ev.shape[3:], dtype=ev.dtype, device=ev.device)
+        flat = ledger.view(b, -1)
+        for i in range(b):
+            for k in (keys[i] if keys is not None else ()):
+                self._ledger_add(flat[i], k)
+        flat[:, 0] = float(v)
+        return torch.cat([mm, _quantize(ev[:, :, list(_MEAN_SOURCES)]).sum(1), ledger], 1)
 
     def step(self, codes: torch.Tensor, state: torch.Tensor, pose: torch.Tensor | None = None,
              K: torch.Tensor | None = None) -> torch.Tensor:
         """Fuse one view per object into the state.
 
         Args:
-            codes: float32 [B, K]. state: [B, 5, R, R, R]. pose: float32 [B, 4, 4] camera-to-world.
+            codes: float32 [B, K]. state: [B, C, R, R, R]. pose: float32 [B, 4, 4] camera-to-world.
             K: float32 [B, 3, 3] (or [3, 3], shared) intrinsics in pixels.
 
         Returns:
-            the new state [B, 5, R, R, R].
+            the new state [B, C, R, R, R].
 
         Raises:
             CodeError: codes of another length than K. ValueError: no pose or intrinsics (a pose-aware
@@ -454,7 +582,7 @@ class FusionModel(BitCodeModel):
         may also be a list of the B objects' own states, each pooled in place (:meth:`place`; the ground).
 
         Returns:
-            ``(state [B, 5, R, R, R], depth float32 [B, H, W] metres, silhouette probability float32 [B, H, W])``.
+            ``(state [B, C, R, R, R], depth float32 [B, H, W] metres, silhouette probability float32 [B, H, W])``.
 
         Raises:
             as :meth:`step`.
@@ -462,7 +590,8 @@ class FusionModel(BitCodeModel):
         pose, K = view_geometry(pose, K)
         depth, mask_prob = self.decode_depth(codes)
         if torch.is_grad_enabled():
-            return self.fuse(state, self.evidence(depth, mask_prob, K, pose)), depth, mask_prob
+            keys = view_keys(pose, K) if self.mean_pooling else None
+            return self.fuse(state, self.evidence(depth, mask_prob, K, pose), keys), depth, mask_prob
         return self.place(state, depth, mask_prob, K, pose, out=state if inplace else None), depth, mask_prob
 
     @torch.no_grad()
@@ -473,8 +602,8 @@ class FusionModel(BitCodeModel):
         chain stays in the cache (measured on 2 cores, 64 views: 2.4 ms a view at once, 1.4 ms in
         chunks of 8; the same values), each channel pooled as it is made (no stacked evidence tensor).
 
-        ``state`` may be a batch [B, 5, R, R, R], or a list of B objects' own states ([1, 5, R, R, R] or
-        [5, R, R, R] each), which are then pooled in place, view ``i`` into ``state[i]``, and the list is
+        ``state`` may be a batch [B, C, R, R, R], or a list of B objects' own states ([1, C, R, R, R] or
+        [C, R, R, R] each), which are then pooled in place, view ``i`` into ``state[i]``, and the list is
         returned: no batch is gathered and scattered (measured with 100 drones' real codes on 2 cores,
         gathering 64 objects' states into a batch and copying them back cost about 0.3 ms a view).
 
@@ -483,35 +612,50 @@ class FusionModel(BitCodeModel):
         state batch per call cost about 0.2 ms a view in page faults.
 
         Shape:
-            state [B, 5, R, R, R] (or a list of B states), depth and mask_prob float32 [B, H, W], K [B, 3, 3],
-            pose [B, 4, 4] -> the new state [B, 5, R, R, R] (``out`` where given; the list where given).
+            state [B, C, R, R, R] (or a list of B states), depth and mask_prob float32 [B, H, W], K [B, 3, 3],
+            pose [B, 4, 4] -> the new state [B, C, R, R, R] (``out`` where given; the list where given).
         """
-        c = len(EVIDENCE)
+        c, cs = len(EVIDENCE), self.state_channels
         per_object = isinstance(state, (list, tuple))
         if per_object:
             n, new = len(state), state
-            targets = [t.view(c, -1) for t in state]
+            targets = [t.view(cs, -1) for t in state]
         else:
             n = len(state)
             new = torch.empty_like(state) if out is None else out
-            old, dst = state.view(n, c, -1), new.view(n, c, -1)
+            old, dst = state.view(n, cs, -1), new.view(n, cs, -1)
+            if self.mean_pooling and new is not state:
+                dst[:, c:] = old[:, c:]
+            targets = list(dst)
         for i in range(0, n, 8):
             sl = slice(i, i + 8)
-            for ch, ev in enumerate(self._evidence_channels(depth[sl], mask_prob[sl], K[sl], pose[sl])):
+            chans = self._evidence_channels(depth[sl], mask_prob[sl], K[sl], pose[sl])
+            for ch, ev in enumerate(chans[:c]):
                 pool = torch.minimum if _POOL_MIN[ch] else torch.maximum
                 if per_object:
                     for j, t in enumerate(targets[sl]):
                         pool(t[ch], ev[j], out=t[ch])
                 else:
                     pool(old[sl, ch], ev, out=dst[sl, ch])
+            if self.mean_pooling:  # the sums, of views new to each object's ledger
+                src = _quantize(torch.stack([chans[k] for k in _MEAN_SOURCES], 1))
+                for j, (t, key) in enumerate(zip(targets[sl], view_keys(pose[sl], K[sl]))):
+                    if self._ledger_add(t[-1], key):
+                        t[c:-1] += src[j]
         return new
 
     def logits(self, state: torch.Tensor) -> torch.Tensor:
-        """3D refiner logits float32 [B, 2, R, R, R] from the fused state [B, 5, R, R, R]."""
+        """3D refiner logits float32 [B, 2, R, R, R] from the fused state [B, C, R, R, R]: the refiner reads
+        :data:`EVIDENCE`, the carved hull, the voxel's height and a constant, and with mean pooling the
+        means of :data:`MEAN_EVIDENCE` and log(1 + views) / log(25)."""
         carved = state[:, :1] * (1 - state[:, 1:2])  # in every silhouette and seen empty by no view
         # expand_as, not a Python batch size: the ONNX export keeps the batch dynamic
-        x = torch.cat([state, carved, self.height.expand_as(carved), torch.ones_like(carved)], 1)
-        return self.refiner(x)
+        parts = [state[:, :len(EVIDENCE)], carved, self.height.expand_as(carved), torch.ones_like(carved)]
+        if self.mean_pooling:  # the votes: sums over the distinct views / their number (0 with no view)
+            views = state[:, -1:].flatten(2)[:, :, :1].unsqueeze(-1).unsqueeze(-1)  # [B, 1, 1, 1, 1]
+            parts += [state[:, len(EVIDENCE):-1] / views.clamp(min=1.0),
+                      (torch.log1p(views) * (1.0 / np.log(25.0))).expand_as(carved)]
+        return self.refiner(torch.cat(parts, 1))
 
     def occupancy(self, state: torch.Tensor) -> torch.Tensor:
         """Occupancy probabilities float32 [B, R, R, R] (softmax class 1) from a state."""
