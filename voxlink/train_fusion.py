@@ -112,10 +112,10 @@ def _widen_inputs(src: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
 
 def warm_start(model: FusionModel, source: str) -> list[str]:
     """Copy the weights of ``source`` whose names and shapes match, a layer (all the tensors of one
-    module: weight, bias, statistics) whole or not at all. A convolution of the model with more input
-    channels than the source's (a refiner that reads new evidence after the old) takes the source's
-    weights for the old inputs and zeros for the new (:func:`_widen_inputs`): it starts out as the
-    source model.
+    module: weight, bias, statistics) whole or not at all. A convolution of the 3D refiner with more
+    input channels than the source's (a refiner that reads new evidence after the old, as with mean
+    pooling) takes the source's weights for the old inputs and zeros for the new
+    (:func:`_widen_inputs`): it starts out as the source model. No other layer is widened.
 
     Args:
         source: a model file or shipped name, or a run's ``checkpoint.pt``; several, comma-separated,
@@ -138,7 +138,9 @@ def warm_start(model: FusionModel, source: str) -> list[str]:
             sd = load_model(src_name)[0].state_dict()
         # a layer is copied whole or not at all (two decoders of other widths share the shape of
         # their last bias, which alone would mix two models' layers)
-        sd = {k: _widen_inputs(v, own[k]) if k in own else v for k, v in sd.items()}
+        # only the refiner's: its input is the evidence, whose new channels come after the old ones (a
+        # widened layer elsewhere, a view decoder of other widths, would graft two models' layers)
+        sd = {k: _widen_inputs(v, own[k]) if k in own and k.startswith("refiner.") else v for k, v in sd.items()}
         fits = {k for k, v in sd.items() if k in own and own[k].shape == v.shape}
         whole = {layer for layer in {k.rsplit(".", 1)[0] for k in own}
                  if all(k in fits for k in own if k.rsplit(".", 1)[0] == layer)}

@@ -13,9 +13,13 @@ The drone is unchanged: E_K + binarizer (Golts & Schechner Eq. 13), K bits a vie
    free space of Curless & Levoy 1996), on it, or behind it.
 3. **Order-invariant fusion** — the views' evidence is pooled element-wise with running minima and
    maxima (min: "every view agrees", max: "some view saw it"), an order-invariant, idempotent pooling
-   in the spirit of Pix2Vox's context-aware fusion (Xie et al. 2019). The ground keeps one constant-size
-   state per object (:data:`EVIDENCE` channels x 32^3); any order of the same views gives the same state
-   bit for bit, and a repeated view changes nothing.
+   in the spirit of Pix2Vox's context-aware fusion (Xie et al. 2019). With ``pooling = "minmax+mean"``
+   (the shipped model since its stage 4) the state also keeps running sums over the distinct views of
+   four of a view's evidence channels (:data:`MEAN_EVIDENCE`), whose means are votes that one wrong
+   silhouette or pose cannot carve away, and a ledger of the views summed (a hash of each view's pose
+   and intrinsics: a repeat is summed once). The ground keeps one constant-size state per object
+   (5, or 10, channels x 32^3); any order of the same views gives the same evidence and sums bit for bit
+   (a view's evidence is rounded to 1/4096 before it is summed), and a repeated view changes nothing.
 4. **3D refiner** — a small 3D U-Net turns the fused evidence (and the voxel's height: gravity is known)
    into the 32^3 occupancy logits (2-class softmax, Eq. 15), filling what silhouettes cannot carve.
 
@@ -468,7 +472,8 @@ class FusionModel(BitCodeModel):
         sums unless its key is in the state's ledger already (a repeat), and the key is recorded.
 
         Order-invariant and idempotent: the same views in any order, any of them repeated, give the
-        same state bit for bit (sums of evidence rounded to 1/4096 are exact).
+        same state bit for bit (sums of evidence rounded to 1/4096 are exact), but for the order in which
+        the ledger lists the views' keys, which the refiner does not read.
 
         Args:
             state: [B, C, R, R, R]. ev: one view an object, [B, 5 or 6, R, R, R] (:meth:`evidence`).
