@@ -1166,6 +1166,7 @@ class GroundStation:
             "last_seq": None if s.last_seq is None else self._wire(s.stream, s.last_seq),
             "late_views": s.late, "late_count": len(s.late),
             "views_without_pose": s.no_pose, "views_fused": s.views - len(s.no_pose),
+            "distinct_views": self._distinct_views(s),
             "missing_views": miss["missing_in_span"], "stream_missing_views": miss["stream_missing_views"],
             "never_came": miss["never_came"],
             "gaps": miss["never_came"],
@@ -1176,6 +1177,17 @@ class GroundStation:
             "point_source": s.point_source, "model": self.model.cfg.name, "frame": self.model.cfg.frame,
             "pose_refinement": s.pose_refinement,
             "folder": None if folder is None else str(folder), "snapshot": len(s.snapshots)})
+
+    def _distinct_views(self, s: ObjectSession) -> int | None:
+        """Distinct views (pose and intrinsics) summed into the object's votes, for a fusion model with
+        mean pooling (:meth:`voxlink.models.fusion.FusionModel.views_fused`: a view repeated at the same
+        pose counts once); None for other models or before the first view."""
+        views_fused = getattr(self.model, "views_fused", None)
+        if views_fused is None or not torch.is_tensor(s.state):
+            return None
+        self._wait_placed()
+        n = views_fused(s.state)
+        return None if n is None else n[0]
 
     def ratio(self, *sessions: ObjectSession) -> float:
         """Compression ratio (Eq. 12) of the views of these objects as received (a variable-rate stream's

@@ -143,6 +143,8 @@ def test_loopback_edge_to_ground_to_files(tmp_path, real_mesh_files, model, boun
     js = json.loads((d / "session.json").read_text())
     # wire bytes: 24-byte header, 28-byte pose, 128-byte code
     assert js["views"] == n and js["point_source"] == "depth" and js["bytes"] == n * (24 + 28 + 128)
+    # the default's mean pooling counts the distinct views (12 poses of the orbit); the implicit model none
+    assert js["distinct_views"] == (n if model == "fusion-k1024" else None)
     pts = trimesh.load(d / "points.ply").vertices
     assert len(pts) > 100 and np.abs(pts).max() < 1.0, "points back-projected with K and the poses stay near the object"
 
