@@ -491,3 +491,23 @@ def test_a_refiner_widened_for_mean_pooling_starts_as_the_model_it_came_from(tmp
             grids.append(m.occupancy(s))
     assert torch.allclose(grids[0], grids[1], atol=1e-5)
     assert torch.count_nonzero(dst.refiner.enc1[0][0].weight[:, 8:]) == 0  # the new inputs' weights
+
+
+def test_views_drawn_log_uniformly_keep_few_views_common():
+    """``views_draw = "log"``: every draw lies in min_views..max_views, and a run for up to 24 views still
+    trains on 2 views about as often as on 12 to 24 together (each doubling an equal share); uniform
+    draws stay what they were (the same calls on the generator); an unknown rule is refused."""
+    from voxlink.train_fusion import draw_views
+
+    rng = np.random.default_rng(0)
+    v = np.array([draw_views(rng, 2, 24, "log") for _ in range(20000)])
+    assert v.min() == 2 and v.max() == 24
+    share = lambda a, b: float(((v >= a) & (v <= b)).mean())  # noqa: E731
+    assert abs(share(2, 2) - np.log(3 / 2) / np.log(25 / 2)) < 0.01
+    assert share(2, 3) > 3 * share(20, 24)
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    assert [draw_views(a, 2, 12) for _ in range(50)] == [int(b.integers(2, 13)) for _ in range(50)]
+    with pytest.raises(ValueError, match="views_draw"):
+        draw_views(rng, 2, 24, "square")
+    with pytest.raises(ValueError):
+        draw_views(rng, 5, 4)

@@ -56,6 +56,9 @@ class TrainConfig:
         threads: torch intra-op threads (0 = torch's default).
         mask_weight: weight of the silhouette loss (fusion models).
         min_views: views per object are drawn in min_views..max_views (fusion models).
+        views_draw: how (fusion models): ``uniform`` over min_views..max_views, or ``log``: log-uniform
+            (:func:`voxlink.train_fusion.draw_views`), so that a refiner trained for up to 24 views still
+            sees few views as often as before.
         heading: ``canonical`` or ``random`` (a fresh yaw per object and step: fusion models).
         backgrounds: ``plain`` or ``textured`` training backgrounds (:mod:`voxlink.data.backgrounds`).
         pose_noise_deg, pose_noise_m: pose noise in training, up to these magnitudes per view
@@ -99,6 +102,7 @@ class TrainConfig:
     threads: int = 0
     mask_weight: float = 1.0
     min_views: int = 1
+    views_draw: str = "uniform"
     heading: str = "canonical"
     backgrounds: str = "plain"
     pose_noise_deg: float = 0.0

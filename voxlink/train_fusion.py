@@ -97,6 +97,23 @@ def distill_losses(student: FusionModel, teacher: FusionModel, images: torch.Ten
 FUSION_PARTS = ("encoder", "depth", "refiner")
 
 
+def draw_views(rng: np.random.Generator, lo: int, hi: int, how: str = "uniform") -> int:
+    """A training step's number of views per object, in ``lo..hi``: ``uniform``, or ``log``
+    (log-uniform: floor(exp(u)), u uniform in [log lo, log(hi + 1)), so that each doubling of the views
+    gets the same share of the steps: with 2..24, 2 views about 16 % of the steps and 24 about 2 %).
+
+    Raises:
+        ValueError: ``how`` neither, or ``lo`` > ``hi`` or ``lo`` < 1.
+    """
+    if lo < 1 or lo > hi:
+        raise ValueError(f"views must be drawn from 1 <= lo <= hi, got {lo}..{hi}")
+    if how == "uniform":
+        return int(rng.integers(lo, hi + 1))
+    if how == "log":
+        return int(min(hi, max(lo, np.floor(np.exp(rng.uniform(np.log(lo), np.log(hi + 1)))))))
+    raise ValueError(f"views_draw must be uniform or log, got {how!r}")
+
+
 def _widen_inputs(src: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     """A convolution's weight ``src`` [C_out, C_in, k...] for a layer with more input channels ``own``
     [C_out, C_in', k...] (C_in' > C_in): the source's weights for the first C_in inputs, zeros for the
@@ -306,7 +323,7 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
                 ``pose_grid`` [B, V, 4, 4] camera-to-grid, ``occupancy`` [B, R, R, R], ``depth`` [B, V, H, W] metres.
         """
         have = batch["images"].shape[1]  # a dataset with fewer views than max_views: what it has
-        v = int(rng.integers(min(tcfg.min_views, have), min(tcfg.max_views, have) + 1))
+        v = draw_views(rng, min(tcfg.min_views, have), min(tcfg.max_views, have), tcfg.views_draw)
         images = batch["images"][:, :v].to(device)
         if tcfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
