@@ -1180,13 +1180,13 @@ class GroundStation:
 
     def _distinct_views(self, s: ObjectSession) -> int | None:
         """Distinct views (pose and intrinsics) summed into the object's votes, for a fusion model with
-        mean pooling (:meth:`voxlink.models.fusion.FusionModel.views_fused`: a view repeated at the same
+        mean pooling (:meth:`voxlink.models.fusion.FusionModel.distinct_views`: a view repeated at the same
         pose counts once); None for other models or before the first view."""
-        views_fused = getattr(self.model, "views_fused", None)
-        if views_fused is None or not torch.is_tensor(s.state):
+        distinct = getattr(self.model, "distinct_views", None)
+        if distinct is None or not torch.is_tensor(s.state):
             return None
         self._wait_placed()
-        n = views_fused(s.state)
+        n = distinct(s.state)
         return None if n is None else n[0]
 
     def ratio(self, *sessions: ObjectSession) -> float:

@@ -312,7 +312,7 @@ def test_onnx_fusion_ground_decoder_matches_pytorch(tmp_path, name, pooling):
         torch.testing.assert_close(st_o, st_t, atol=1e-4 if pooling == "minmax" else 2.5e-4, rtol=1e-4)
         torch.testing.assert_close(dec.occupancy(st_o), model.occupancy(st_t), atol=1e-4, rtol=1e-4)
         if pooling != "minmax":
-            assert model.views_fused(st_o) == [5]
+            assert model.distinct_views(st_o) == [5]
     mtime = (folder / "depth.onnx").stat().st_mtime_ns
     assert export_ground(model, folder) == folder and (folder / "depth.onnx").stat().st_mtime_ns == mtime
     with pytest.raises(BackendUnavailable, match="other weights"):
@@ -463,11 +463,11 @@ def test_mean_pooling_counts_distinct_views_and_outvotes_one_wrong_silhouette():
         s = model.init_state(1)
         for v in (0, 1, 2, 2, 3, 4, 0):
             s = model.place(s, depth[v:v + 1], mask[v:v + 1], K[v:v + 1], pose[v:v + 1])
-    assert model.views_fused(s) == [5]
+    assert model.distinct_views(s) == [5]
     centre = (0, slice(None), 16, 16, 16)
     hull, hull_sum = float(s[centre][0]), float(s[centre][len(EVIDENCE)])
     assert hull == 0.0 and abs(hull_sum / 5 - 0.8) < 1e-6
-    assert _tiny(name="fusion-spatial-tiny").views_fused(torch.zeros(1, 5, 32, 32, 32)) is None
+    assert _tiny(name="fusion-spatial-tiny").distinct_views(torch.zeros(1, 5, 32, 32, 32)) is None
 
 
 def test_a_refiner_widened_for_mean_pooling_starts_as_the_model_it_came_from(tmp_path):

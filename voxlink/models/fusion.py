@@ -513,7 +513,7 @@ class FusionModel(BitCodeModel):
         flat[0] = n + 1
         return True
 
-    def views_fused(self, state: torch.Tensor) -> list[int] | None:
+    def distinct_views(self, state: torch.Tensor) -> list[int] | None:
         """Distinct views summed into each object's state (mean pooling; None without it).
 
         Shape:
@@ -534,12 +534,11 @@ class FusionModel(BitCodeModel):
         """
         keys = None
         if self.mean_pooling:
-            keys, first = [], []
+            first: dict[int, int] = {}  # each key's first view, in order
             for i, k in enumerate(view_keys(pose, K)):
-                if k not in keys:
-                    keys.append(k)
-                    first.append(i)
-            depth, mask_prob, K, pose = depth[first], mask_prob[first], K[first], pose[first]
+                first.setdefault(k, i)
+            keys, idx = list(first), list(first.values())
+            depth, mask_prob, K, pose = depth[idx], mask_prob[idx], K[idx], pose[idx]
         return self._pool_views(self.evidence(depth, mask_prob, K, pose)[None], None if keys is None else [keys])
 
     def _pool_views(self, ev: torch.Tensor, keys: list[list[int]] | None = None) -> torch.Tensor:
