@@ -511,3 +511,24 @@ def test_views_drawn_log_uniformly_keep_few_views_common():
         draw_views(rng, 2, 24, "square")
     with pytest.raises(ValueError):
         draw_views(rng, 5, 4)
+
+
+def test_mesh_share_draws_real_meshes_that_often():
+    """``mesh_share``: objects rendered from real meshes are drawn that share of the time (each equally
+    within its kind), however few they are; a share outside (0, 1) or a split with one kind only is
+    refused rather than silently sampled."""
+    import torch
+
+    from voxlink.train_fusion import source_weights
+
+    sources = ["mesh:a.obj"] * 3 + ["procedural:p:chair:%d" % i for i in range(27)]
+    w = source_weights(sources, 0.5)
+    assert abs(w.sum() - 1.0) < 1e-12 and abs(w[:3].sum() - 0.5) < 1e-12
+    assert np.allclose(w[:3], w[0]) and np.allclose(w[3:], w[3])
+    draws = list(torch.utils.data.WeightedRandomSampler(torch.from_numpy(w), 20000, replacement=True,
+                                                        generator=torch.Generator().manual_seed(0)))
+    assert abs(np.mean(np.array(draws) < 3) - 0.5) < 0.02
+    with pytest.raises(ValueError, match="mesh_share"):
+        source_weights(sources, 1.0)
+    with pytest.raises(ValueError, match="both"):
+        source_weights(sources[3:], 0.5)

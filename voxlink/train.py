@@ -59,6 +59,10 @@ class TrainConfig:
         views_draw: how (fusion models): ``uniform`` over min_views..max_views, or ``log``: log-uniform
             (:func:`voxlink.train_fusion.draw_views`), so that a refiner trained for up to 24 views still
             sees few views as often as before.
+        mesh_share: share of the training draws made from objects rendered from real meshes (source
+            ``mesh:``), the rest from procedural ones, by a seeded weighted sampler with replacement
+            (:func:`voxlink.train_fusion.source_weights`; fusion models); 0: every object equally
+            often (a shuffle, as before).
         heading: ``canonical`` or ``random`` (a fresh yaw per object and step: fusion models).
         backgrounds: ``plain`` or ``textured`` training backgrounds (:mod:`voxlink.data.backgrounds`).
         pose_noise_deg, pose_noise_m: pose noise in training, up to these magnitudes per view
@@ -103,6 +107,7 @@ class TrainConfig:
     mask_weight: float = 1.0
     min_views: int = 1
     views_draw: str = "uniform"
+    mesh_share: float = 0.0
     heading: str = "canonical"
     backgrounds: str = "plain"
     pose_noise_deg: float = 0.0

@@ -114,6 +114,29 @@ def draw_views(rng: np.random.Generator, lo: int, hi: int, how: str = "uniform")
     raise ValueError(f"views_draw must be uniform or log, got {how!r}")
 
 
+def source_weights(sources: list[str], mesh_share: float) -> np.ndarray:
+    """Sampling weights that draw objects rendered from real meshes (a manifest ``source`` starting
+    ``mesh:``) ``mesh_share`` of the time and the others the rest, each equally within its kind.
+
+    Args:
+        sources: [N] the objects' manifest sources. mesh_share: in (0, 1).
+
+    Returns:
+        [N] float64 weights summing to 1.
+
+    Raises:
+        ValueError: ``mesh_share`` outside (0, 1), or no object of one of the two kinds.
+    """
+    if not 0.0 < mesh_share < 1.0:
+        raise ValueError(f"mesh_share must be in (0, 1), got {mesh_share}")
+    is_mesh = np.array([s.startswith("mesh:") for s in sources])
+    n_mesh = int(is_mesh.sum())
+    if n_mesh == 0 or n_mesh == len(sources):
+        raise ValueError(f"mesh_share needs objects from both real meshes and elsewhere; {n_mesh} of "
+                         f"{len(sources)} are from meshes")
+    return np.where(is_mesh, mesh_share / n_mesh, (1.0 - mesh_share) / (len(sources) - n_mesh))
+
+
 def _widen_inputs(src: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     """A convolution's weight ``src`` [C_out, C_in, k...] for a layer with more input channels ``own``
     [C_out, C_in', k...] (C_in' > C_in): the source's weights for the first C_in inputs, zeros for the
@@ -258,7 +281,14 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
         log.warning("%s has no validation split; validating on training objects", data)
         val_ds = MultiViewDataset(data, "train", 5, train=False, frame="object", with_depth=True, heading="random")
     bs = min(tcfg.batch_size, len(train_ds))
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=bs, shuffle=True, num_workers=tcfg.workers,
+    sampler = None
+    if tcfg.mesh_share:
+        objs = train_ds.store.objects
+        w = source_weights([objs[j]["source"] for j in train_ds.indices], tcfg.mesh_share)
+        sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(w), num_samples=len(w), replacement=True,
+                                                         generator=torch.Generator().manual_seed(tcfg.seed))
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=bs, shuffle=sampler is None, sampler=sampler,
+                                         num_workers=tcfg.workers,
                                          collate_fn=_collate, drop_last=True, persistent_workers=tcfg.workers > 0,
                                          prefetch_factor=4 if tcfg.workers > 0 else None)
     model = FusionModel(mcfg).to(device)

@@ -13,7 +13,10 @@ The network is the shipped ``fusion-k1024``'s (config ``fusion-cpu``: spatial co
 * ``+ folded upsampling convolutions``: each "2x nearest upsample + 3x3 conv" of the view decoder as
   one stride-2 transposed convolution (:class:`voxlink.models.decoder.NearestUpConv2d`; the same
   function; the rows above compute the two steps);
-* ``+ bf16 autocast``: bfloat16 autocast on the CPU (slower on a CPU without AVX-512 BF16).
+* ``+ bf16 autocast``: bfloat16 autocast on the CPU (slower on a CPU without AVX-512 BF16);
+* ``shipped design``: the same network with what the shipped model added since (an 11-pixel
+  footprint, stage 3; mean pooling beside min / max, a 13-channel refiner input, stage 4), float32 and
+  with bf16 autocast: what a training step of the shipped model costs with and without the last change.
 
 Ground decode (one object, one view at a time, PyTorch on the CPU): fuse one code (3D-LSTM step or
 projective evidence + min/max), decode its depth map, and decode the occupancy grid after it (the
@@ -82,19 +85,22 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
     cfg = dataclasses.replace(FUSION_CONFIGS["fusion-cpu"])  # the shipped fusion-k1024's architecture
     images, K, pose, target, depth = _batch(8, 5)
     rows = []
-    settings = [("baseline (float32, NCHW, 14-channel refiner input)", False, False, False, False),
-                ("+ 8-channel refiner input", True, False, False, False),
-                ("+ channels_last", True, True, False, False),
-                ("+ folded upsampling convolutions", True, True, True, False),
-                ("+ bf16 autocast", True, True, True, True)]
-    for name, padded, cl, folded, bf16 in settings:
+    shipped = dataclasses.replace(cfg, footprint=11, pooling="minmax+mean")
+    settings = [("baseline (float32, NCHW, 14-channel refiner input)", False, False, False, False, cfg),
+                ("+ 8-channel refiner input", True, False, False, False, cfg),
+                ("+ channels_last", True, True, False, False, cfg),
+                ("+ folded upsampling convolutions", True, True, True, False, cfg),
+                ("+ bf16 autocast", True, True, True, True, cfg),
+                ("shipped design (footprint 11, mean pooling), float32", True, True, True, False, shipped),
+                ("shipped design (footprint 11, mean pooling), bf16 autocast", True, True, True, True, shipped)]
+    for name, padded, cl, folded, bf16, mcfg in settings:
         if bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             # emulated, bfloat16 is 25x slower than float32 (measured on an AVX2 host: 39.6 s a step):
             # four minutes of timing that says nothing
             rows.append({"setting": name, "step_s": None, "note": "not timed: this CPU has no bfloat16 instructions"})
             continue
         torch.manual_seed(0)
-        model = FusionModel(cfg) if padded else _baseline_model(cfg)
+        model = FusionModel(mcfg) if padded else _baseline_model(mcfg)
         for mod in model.modules():
             if hasattr(mod, "folded"):
                 mod.folded = folded
