@@ -14,9 +14,10 @@ The network is the shipped ``fusion-k1024``'s (config ``fusion-cpu``: spatial co
   one stride-2 transposed convolution (:class:`voxlink.models.decoder.NearestUpConv2d`; the same
   function; the rows above compute the two steps);
 * ``+ bf16 autocast``: bfloat16 autocast on the CPU (slower on a CPU without AVX-512 BF16);
-* ``shipped design``: the same network with what the shipped model added since (an 11-pixel
-  footprint, stage 3; mean pooling beside min / max, a 13-channel refiner input, stage 4), float32 and
-  with bf16 autocast: what a training step of the shipped model costs with and without the last change.
+* ``shipped design``: the shipped ``fusion-k1024``'s config as its model file records it (what it
+  added since: an 11-pixel footprint at stage 3, mean pooling beside min / max and a 13-channel
+  refiner input at stage 4), float32 and with bf16 autocast: what a training step of the shipped
+  model costs with and without the last change.
 
 Ground decode (one object, one view at a time, PyTorch on the CPU): fuse one code (3D-LSTM step or
 projective evidence + min/max), decode its depth map, and decode the occupancy grid after it (the
@@ -78,21 +79,23 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
         rows ``{"setting", "step_s", "speedup"}`` (speed-up against the first row); the bfloat16 row has
         ``step_s`` and ``speedup`` None and a ``note`` where the CPU has no bfloat16 instructions.
     """
-    from voxlink.models.fusion import FUSION_CONFIGS, FusionModel
+    from voxlink.modelfile import read_model_info
+    from voxlink.models.fusion import FUSION_CONFIGS, FusionConfig, FusionModel
     from voxlink.train_fusion import fusion_losses
 
     torch.set_num_threads(threads)
-    cfg = dataclasses.replace(FUSION_CONFIGS["fusion-cpu"])  # the shipped fusion-k1024's architecture
+    cfg = dataclasses.replace(FUSION_CONFIGS["fusion-cpu"])  # the shipped fusion-k1024's network, first design
     images, K, pose, target, depth = _batch(8, 5)
     rows = []
-    shipped = dataclasses.replace(cfg, footprint=11, pooling="minmax+mean")
+    shipped = FusionConfig.from_dict(read_model_info("fusion-k1024").config)  # metadata only, no weights
+    design = f"shipped design (footprint {shipped.footprint}, {shipped.pooling} pooling)"
     settings = [("baseline (float32, NCHW, 14-channel refiner input)", False, False, False, False, cfg),
                 ("+ 8-channel refiner input", True, False, False, False, cfg),
                 ("+ channels_last", True, True, False, False, cfg),
                 ("+ folded upsampling convolutions", True, True, True, False, cfg),
                 ("+ bf16 autocast", True, True, True, True, cfg),
-                ("shipped design (footprint 11, mean pooling), float32", True, True, True, False, shipped),
-                ("shipped design (footprint 11, mean pooling), bf16 autocast", True, True, True, True, shipped)]
+                (f"{design}, float32", True, True, True, False, shipped),
+                (f"{design}, bf16 autocast", True, True, True, True, shipped)]
     for name, padded, cl, folded, bf16, mcfg in settings:
         if bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             # emulated, bfloat16 is 25x slower than float32 (measured on an AVX2 host: 39.6 s a step):
