@@ -358,8 +358,10 @@ class GroundStation:
             return self.model
         if kind == "torch" or (kind == "auto" and fusion):
             # auto for the fusion model is PyTorch: its geometry runs in PyTorch either way, and its view
-            # decoder measured no faster on ONNX Runtime on the CPU (1.9 against 1.7-2.0 ms a view, 2 cores)
-            log.info("decoder backend: torch")
+            # decoder measured no faster on ONNX Runtime on the CPU (1.9 against 1.7-2.0 ms a view, 2 cores),
+            # and its 3D refiner runs in bfloat16 where the CPU has it (5-6 ms a grid against 12 ms on ONNX
+            # Runtime and 18-27 ms in float32)
+            log.info("decoder backend: torch%s", f" (3D refiner in {self.model.refiner_precision()})" if fusion else "")
             return self.model
         from export.ground_onnx import OnnxFusionGroundDecoder, OnnxGroundDecoder, export_ground
         from voxlink.backends import BackendUnavailable

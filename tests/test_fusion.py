@@ -291,7 +291,7 @@ def test_ground_decodes_each_fused_view_once_even_with_equal_codes(tmp_path):
 @POOLINGS
 @LAYOUTS
 def test_onnx_fusion_ground_decoder_matches_pytorch(tmp_path, name, pooling):
-    """The ground's ONNX Runtime backend for the pose-aware model fuses and refines as PyTorch does (the
+    """The ground's ONNX Runtime backend for the pose-aware model fuses and refines as PyTorch does in float32 (the
     refiner graph reading the mean pooling's votes and view count too), and a second start reuses the
     exported graphs (same weights) instead of exporting them again."""
     from export.ground_onnx import OnnxFusionGroundDecoder, export_ground
@@ -299,6 +299,7 @@ def test_onnx_fusion_ground_decoder_matches_pytorch(tmp_path, name, pooling):
 
     pytest.importorskip("onnxruntime")
     model = _tiny(name=name, pooling=pooling)
+    model.inference_precision = "float32"  # the graphs are float32 (bfloat16 inference: its own test)
     folder = export_ground(model, tmp_path / "onnx")
     dec = OnnxFusionGroundDecoder(folder, model)
     pose, K = _views(5, seed=2)
@@ -532,3 +533,69 @@ def test_mesh_share_draws_real_meshes_that_often():
         source_weights(sources, 1.0)
     with pytest.raises(ValueError, match="both"):
         source_weights(sources[3:], 0.5)
+
+
+def test_bfloat16_refiner_inference_stays_with_float32_and_follows_the_weights():
+    """CPU inference may run the 3D refiner in bfloat16 (``inference_precision``; ``auto`` does where the
+    CPU has it natively): the occupancy it gives stays within 0.02 of float32's and the grid at 0.5 keeps
+    99 % of its voxels; training (gradients) always runs the float32 refiner itself; the bfloat16 copy is
+    remade when a weight changes; the same state gives the same grid every time (order invariance rests
+    on it); and an unknown precision is refused."""
+    model = _tiny(name="fusion-spatial-tiny", pooling="minmax+mean")
+    pose, K = _views(4, seed=7)
+    codes = model.encode(torch.rand(4, 3, 128, 128))
+    with torch.no_grad():
+        s = model.init_state(1)
+        for v in range(4):
+            s = model.step(codes[v:v + 1], s, pose=pose[v:v + 1], K=K[v:v + 1])
+        model.inference_precision = "float32"
+        p32 = model.occupancy(s)
+        model.inference_precision = "bfloat16"
+        assert model.refiner_precision() == "bfloat16"
+        p16 = model.occupancy(s)
+        assert torch.equal(p16, model.occupancy(s))
+        assert (p16 - p32).abs().max() < 0.02
+        assert ((p16 > 0.5) == (p32 > 0.5)).float().mean() > 0.99
+    with torch.enable_grad():
+        p_grad = model.occupancy(s)
+    assert p_grad.requires_grad and torch.allclose(p_grad.detach(), p32, atol=1e-5)
+    with torch.no_grad():
+        model.refiner.head.bias.add_(torch.tensor([-3.0, 3.0]))  # every voxel pushed towards occupied
+        assert model.occupancy(s).mean() > p16.mean() + 0.2
+        model.inference_precision = "float32"
+        assert model.refiner_precision("cpu") == "float32"
+    model.inference_precision = "half"
+    with pytest.raises(ValueError, match="inference_precision"):
+        model.refiner_precision()
+
+
+def test_a_refiner_that_reads_only_features_at_full_resolution_warm_starts_from_the_full_one(tmp_path):
+    """``refiner_full_res_input = "features"``: the 3x3x3 convolution at 32^3 reads the upsampled
+    features alone (cheaper), the evidence still reaches the head; warm-started from a refiner that also
+    read the evidence there, every tensor is taken (that convolution's weights for the features); an
+    unknown value is refused, and the default leaves the model's fingerprint as it was."""
+    from voxlink.train_fusion import warm_start
+    from voxlink.weights import save_model
+
+    src = _tiny(seed=1, name="fusion-spatial-tiny", pooling="minmax+mean")
+    save_model(src, tmp_path / "src.safetensors", meta={"family": "fusion"})
+    cfg = dataclasses.replace(src.cfg, refiner_full_res_input="features")
+    torch.manual_seed(3)
+    dst = FusionModel(cfg).eval()
+    c0 = cfg.refiner_channels[0]
+    assert dst.refiner.dec0[0].weight.shape[1] == c0 < src.refiner.dec0[0].weight.shape[1]
+    assert len(warm_start(dst, str(tmp_path / "src.safetensors"))) == len(dst.state_dict())
+    assert torch.equal(dst.refiner.dec0[0].weight, src.refiner.dec0[0].weight[:, :c0])
+    assert torch.equal(dst.refiner.head.weight, src.refiner.head.weight)
+    pose, K = _views(3, seed=4)
+    codes = dst.encode(torch.rand(3, 3, 128, 128))
+    with torch.no_grad():
+        s = dst.init_state(1)
+        for v in range(3):
+            s = dst.step(codes[v:v + 1], s, pose=pose[v:v + 1], K=K[v:v + 1])
+        assert dst.occupancy(s).shape == (1, 32, 32, 32)
+    same = FusionModel(dataclasses.replace(src.cfg, refiner_full_res_input="features+evidence"))
+    same.load_state_dict(src.state_dict())
+    assert same.fingerprint() == src.fingerprint()  # the default is left out of the hash
+    with pytest.raises(ValueError, match="refiner_full_res_input"):
+        dataclasses.replace(src.cfg, refiner_full_res_input="evidence")

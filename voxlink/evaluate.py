@@ -195,7 +195,8 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         {"1": ..}: the silhouette hull (tau = 0.5) of the true masks and of the masks decoded from the
         codes, on the same views and poses; ``silhouette_iou`` of the decoded masks; ``depth`` {absrel,
         rmse, delta1}, ``compression_ratio``, ``bits_per_view``, ``bytes_per_view``, ``objects``,
-        ``frame``, ``baseline_miou``, ``per_object`` [{id, category, iou}], ``data_manifest``; with
+        ``frame``, ``baseline_miou``, ``per_object`` [{id, category, iou}], ``data_manifest``,
+        ``refiner_precision`` (the arithmetic of the model's 3D refiner or occupancy decoder); with
         ``refine_poses``, ``pose_refinement`` {``config``, ``ms`` {"2": mean ms per object, ..},
         ``rotation_deg``, ``shift_m`` (mean correction per view after ``views`` views)}.
 
@@ -236,6 +237,7 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         "bits_per_view": bits,
         "bytes_per_view": int(sc["payload_bytes"]) if sc["payload_bytes"] is not None else bits // 8,
         "data_manifest": manifest_hash(data),
+        "refiner_precision": model.refiner_precision() if hasattr(model, "refiner_precision") else "float32",
         "per_object": [{**o, "iou": [round(float(x), 4) for x in row]} for o, row in zip(sc["objects"], ious)],
     }
     if baseline is not None:

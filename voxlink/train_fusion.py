@@ -27,7 +27,7 @@ import torch
 
 from voxlink.data.dataset import MultiViewDataset
 from voxlink.data.store import manifest_hash
-from voxlink.models.fusion import FusionConfig, FusionModel
+from voxlink.models.fusion import FusionConfig, FusionModel, native_bf16
 from voxlink.models.implicit import iou, occupancy_loss
 from voxlink.models.projection import perturb_poses
 from voxlink.train import (TrainConfig, _collate, batches_forever, best_threshold, git_commit, load_checkpoint,
@@ -137,13 +137,17 @@ def source_weights(sources: list[str], mesh_share: float) -> np.ndarray:
     return np.where(is_mesh, mesh_share / n_mesh, (1.0 - mesh_share) / (len(sources) - n_mesh))
 
 
-def _widen_inputs(src: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """A convolution's weight ``src`` [C_out, C_in, k...] for a layer with more input channels ``own``
-    [C_out, C_in', k...] (C_in' > C_in): the source's weights for the first C_in inputs, zeros for the
-    new ones, so that the layer computes what it did whatever the new inputs hold. Any other pair of
-    shapes: ``src`` unchanged."""
+def _fit_inputs(src: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """A convolution's weight ``src`` [C_out, C_in, k...] for a layer of ``own``'s shape [C_out, C_in', k...]
+    with other input channels: with more (C_in' > C_in: a refiner that reads new evidence after the
+    old), the source's weights for the first C_in inputs and zeros for the new ones, so that the layer
+    computes what it did whatever the new inputs hold; with fewer (a layer that no longer reads the
+    inputs after its first C_in', as ``refiner_full_res_input = "features"``), the source's weights for
+    those first C_in'. Any other pair of shapes: ``src`` unchanged."""
     if (src.dim() >= 3 and src.dim() == own.dim() and src.shape[0] == own.shape[0]
-            and src.shape[2:] == own.shape[2:] and src.shape[1] < own.shape[1]):
+            and src.shape[2:] == own.shape[2:] and src.shape[1] != own.shape[1]):
+        if src.shape[1] > own.shape[1]:
+            return src[:, :own.shape[1]].clone()
         out = torch.zeros(own.shape, dtype=src.dtype)
         out[:, :src.shape[1]] = src
         return out
@@ -154,8 +158,9 @@ def warm_start(model: FusionModel, source: str) -> list[str]:
     """Copy the weights of ``source`` whose names and shapes match, a layer (all the tensors of one
     module: weight, bias, statistics) whole or not at all. A convolution of the 3D refiner with more
     input channels than the source's (a refiner that reads new evidence after the old, as with mean
-    pooling) takes the source's weights for the old inputs and zeros for the new
-    (:func:`_widen_inputs`): it starts out as the source model. No other layer is widened.
+    pooling) takes the source's weights for the old inputs and zeros for the new: it starts out as the
+    source model; one with fewer takes the source's weights for its inputs (:func:`_fit_inputs`). No
+    other layer is widened or narrowed.
 
     Args:
         source: a model file or shipped name, or a run's ``checkpoint.pt``; several, comma-separated,
@@ -180,7 +185,7 @@ def warm_start(model: FusionModel, source: str) -> list[str]:
         # their last bias, which alone would mix two models' layers)
         # only the refiner's: its input is the evidence, whose new channels come after the old ones (a
         # widened layer elsewhere, a view decoder of other widths, would graft two models' layers)
-        sd = {k: _widen_inputs(v, own[k]) if k in own and k.startswith("refiner.") else v for k, v in sd.items()}
+        sd = {k: _fit_inputs(v, own[k]) if k in own and k.startswith("refiner.") else v for k, v in sd.items()}
         fits = {k for k, v in sd.items() if k in own and own[k].shape == v.shape}
         whole = {layer for layer in {k.rsplit(".", 1)[0] for k in own}
                  if all(k in fits for k in own if k.rsplit(".", 1)[0] == layer)}
@@ -331,7 +336,7 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
         warm_start(model, tcfg.warm_start)
 
     bf16 = tcfg.bf16
-    if bf16 and device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if bf16 and device == "cpu" and not native_bf16():
         # measured on an AVX2-only AMD EPYC (no AVX-512 BF16): 38 s a step of fusion-k1024 against 1.8 s
         # in float32, the time in the kernel; the config asks for a speed-up, not for bfloat16 numbers
         log.warning("bf16 = true, but this CPU has no native bfloat16 (AVX-512 BF16 / AMX): training in float32")

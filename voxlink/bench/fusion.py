@@ -153,37 +153,63 @@ def data_times(data: str | Path, batches: int = 5) -> list[dict]:
 
 
 @torch.no_grad()
-def ground_decode_times(models: list[str], views: int = 24, repeats: int = 3) -> list[dict]:
-    """Milliseconds per view at the ground for each model (PyTorch, CPU, one object).
+def ground_decode_times(models: list[str], views: int = 24, repeats: int = 7) -> list[dict]:
+    """Milliseconds per view at the ground for each model (PyTorch, CPU, one object), as the ground
+    station spends them: ``depth`` the view's depth map (and, for a pose-aware model, its silhouette)
+    decoded from its code, ``fuse`` the view merged into the object's state (the 3D-LSTM step of the
+    implicit model; for a pose-aware model the decoded view placed with its pose, the view decoder not
+    counted twice), ``occupancy`` the grid decoded from the state after every view (the worst case: the
+    station decodes it only when asked). A pose-aware model is timed with its refiner as the ground runs
+    it (:meth:`~voxlink.models.fusion.FusionModel.refiner_precision`) and, where that is bfloat16, in
+    float32 as well.
 
     Returns:
-        rows ``{"model", "family", "fuse_ms", "depth_ms", "occupancy_ms", "total_ms"}`` per view.
+        rows ``{"model", "family", "precision", "fuse_ms", "depth_ms", "occupancy_ms", "total_ms"}`` per view.
     """
     from voxlink.weights import load_model
 
-    rows = []
     rng = np.random.default_rng(0)
     pose = torch.tensor(camera.orbit_poses(views, rng), dtype=torch.float32)
-    Kmat = torch.tensor(camera.intrinsics(), dtype=torch.float32)
+    Kmat = torch.tensor(camera.intrinsics(), dtype=torch.float32)[None]
+    runs = []  # (name, model, precision or None, codes)
     for name in models:
         model, _, _ = load_model(name)
         codes = model.encode(torch.rand(views, 3, 128, 128))
-        acc = {"fuse": [], "depth": [], "occupancy": []}
-        for _ in range(repeats):
+        if hasattr(model, "place"):
+            runs += [(name, model, "auto", codes)]
+            if model.refiner_precision() == "bfloat16":
+                runs += [(name, model, "float32", codes)]
+        else:
+            runs += [(name, model, None, codes)]
+    acc = [{"fuse": [], "depth": [], "occupancy": []} for _ in runs]
+    for _ in range(repeats):  # the models in turn within every repeat: a drift of the machine's speed hits all
+        for (name, model, precision, codes), a in zip(runs, acc):
+            pose_aware = precision is not None
+            if pose_aware:
+                model.inference_precision = precision
             state = model.init_state(1)
             for v in range(views):
+                code = codes[v:v + 1]
                 t0 = time.perf_counter()
-                state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=Kmat[None])
+                d, m = model.decode_depth(code)
                 t1 = time.perf_counter()
-                model.decode_depth(codes[v:v + 1])
+                if pose_aware:
+                    state = model.place(state, d, m, Kmat, pose[v:v + 1], out=state)
+                else:
+                    state = model.step(code, state)
                 t2 = time.perf_counter()
                 model.occupancy(state)
                 t3 = time.perf_counter()
-                acc["fuse"].append(t1 - t0)
-                acc["depth"].append(t2 - t1)
-                acc["occupancy"].append(t3 - t2)
+                a["depth"].append(t1 - t0)
+                a["fuse"].append(t2 - t1)
+                a["occupancy"].append(t3 - t2)
+    rows = []
+    for (name, model, precision, _), a in zip(runs, acc):
+        if precision is not None:
+            model.inference_precision = precision
         r = {"model": name, "family": getattr(model, "family", "implicit"),
-             **{f"{k}_ms": round(1e3 * float(np.median(x)), 2) for k, x in acc.items()}}
+             "precision": model.refiner_precision() if precision is not None else "float32",
+             **{f"{k}_ms": round(1e3 * float(np.median(x)), 2) for k, x in a.items()}}
         r["total_ms"] = round(r["fuse_ms"] + r["depth_ms"] + r["occupancy_ms"], 2)
         rows.append(r)
     return rows
@@ -213,9 +239,10 @@ def run(out: str | Path, data: str | Path | None = None, models: list[str] | Non
                   "|---|---|"]
         lines += [f"| {r['setting']} | {r['batch_s']:.3f} |" for r in loads]
     lines += ["", "## Ground decode per view (PyTorch CPU, one object; occupancy decoded after every view)", "",
-              "| model | family | fuse ms | depth ms | occupancy ms | total ms |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['family']} | {r['fuse_ms']} | {r['depth_ms']} | {r['occupancy_ms']} | {r['total_ms']} |"
-              for r in dec]
+              "| model | family | refiner / decoder | depth ms | fuse ms | occupancy ms | total ms |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['family']} | {r['precision']} | {r['depth_ms']} | {r['fuse_ms']} | "
+              f"{r['occupancy_ms']} | {r['total_ms']} |" for r in dec]
     text = "\n".join(lines) + "\n"
     (out / "fusion-speed.md").write_text(text)
     (out / "fusion-speed.json").write_text(json.dumps({"train_step": steps, "data": loads, "ground_decode": dec}, indent=1))
