@@ -71,7 +71,8 @@ class TrainConfig:
         bf16: bfloat16 autocast on the CPU (fusion models).
         channels_last: channels-last memory format for the 2D encoder and decoder (fusion models).
         warm_start: model file or shipped name whose matching weights (same name and shape) start
-            the run (fusion models).
+            the run (fusion models); with ``distill_from``, what the teacher does not give (the student's
+            view decoder, e.g. from an earlier distillation).
         distill_from: model file or shipped name of a fusion model whose view decoder this run distils
             into a smaller one (fusion models): E_K and the 3D refiner are copied from it and frozen (the
             same codes bit for bit), and only the view decoder trains, on the teacher's depth maps and

@@ -328,6 +328,8 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
     if resume:
         step, elapsed = load_checkpoint(ckpt, model, opt, device)
     elif teacher is not None:
+        if tcfg.warm_start:  # e.g. an earlier student's view decoder; the teacher's E_K and refiner win
+            warm_start(model, tcfg.warm_start)
         copied = warm_start(model, tcfg.distill_from)
         missing = [k for k in model.state_dict() if k not in copied and not k.startswith("depth.")]
         if missing:
