@@ -215,6 +215,14 @@ def test_distilled_view_decoder_keeps_the_teachers_codes_and_refiner(small_datas
     assert log[-1]["loss_depth"] < log[0]["loss_depth"] and "mask_agree" in log[-1]
     with pytest.raises(ValueError, match="not a fusion model"):
         train_fusion(dataclasses.replace(student_cfg, code_bits=64 * 4), tcfg, tmp_path / "bad", progress=False)
+    # distilling again (a teacher whose E_K changed): warm_start gives the student's view decoder a start
+    # from the earlier student, the teacher still gives E_K and the refiner
+    again = train_fusion(student_cfg, dataclasses.replace(tcfg, steps=0, warm_start=str(path)), tmp_path / "again",
+                         progress=False)
+    again = load_model(again)[0].eval()
+    sa = again.state_dict()
+    assert all(torch.equal(sa[k], ss[k]) for k in ss if k.startswith("depth."))
+    assert all(torch.equal(sa[k], ts[k]) for k in ts if not k.startswith("depth."))
 
 
 def test_ground_fuses_posed_views_and_names_views_without_pose(tmp_path):
