@@ -472,3 +472,19 @@ def test_bench_accuracy_runs_each_seed_and_sums_them_up(small_dataset, tmp_path)
     res = CliRunner().invoke(app, ["bench", "accuracy", "--data", str(small_dataset), "--profile", "tiny",
                                    "--out", str(tmp_path), "--seeds", "0,x"])
     assert res.exit_code == 2 and "--seeds" in res.output
+
+
+def test_bench_fusion_times_the_ground_per_view_for_each_model_and_refiner_precision():
+    """``voxlink bench fusion``'s ground rows: one per model, a pose-aware model's timed with its refiner
+    as the ground runs it and, where that is bfloat16, in float32 too (labelled so); the total is the sum
+    of the view decode, the fusing and the grid decode."""
+    from voxlink.bench.fusion import ground_decode_times
+    from voxlink.models.fusion import native_bf16
+
+    rows = ground_decode_times(["implicit-k1024", "fusion-k1024"], views=2, repeats=1)
+    fusion = [r for r in rows if r["model"] == "fusion-k1024"]
+    assert [r["model"] for r in rows][0] == "implicit-k1024" and rows[0]["precision"] == "float32"
+    assert [r["precision"] for r in fusion] == (["bfloat16", "float32"] if native_bf16() else ["float32"])
+    for r in rows:
+        assert min(r["depth_ms"], r["fuse_ms"], r["occupancy_ms"]) > 0
+        assert r["total_ms"] == pytest.approx(r["depth_ms"] + r["fuse_ms"] + r["occupancy_ms"], abs=0.02)
