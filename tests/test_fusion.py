@@ -29,6 +29,17 @@ def _tiny(seed: int = 0, name: str = "fusion-tiny", pooling: str = "minmax") -> 
     return FusionModel(dataclasses.replace(FUSION_CONFIGS[name], pooling=pooling)).eval()
 
 
+def _fused(model: FusionModel, n: int, seed: int = 0) -> torch.Tensor:
+    """The state [1, C, R, R, R] of ``n`` random images fused view by view at random orbit poses."""
+    pose, K = _views(n, seed=seed)
+    codes = model.encode(torch.rand(n, 3, 128, 128))
+    with torch.no_grad():
+        s = model.init_state(1)
+        for v in range(n):
+            s = model.step(codes[v:v + 1], s, pose=pose[v:v + 1], K=K[v:v + 1])
+    return s
+
+
 LAYOUTS = pytest.mark.parametrize("name", ["fusion-tiny", "fusion-spatial-tiny"])
 POOLINGS = pytest.mark.parametrize("pooling", ["minmax", "minmax+mean"])
 
@@ -550,12 +561,8 @@ def test_bfloat16_refiner_inference_stays_with_float32_and_follows_the_weights()
     remade when a weight changes; the same state gives the same grid every time (order invariance rests
     on it); and an unknown precision is refused."""
     model = _tiny(name="fusion-spatial-tiny", pooling="minmax+mean")
-    pose, K = _views(4, seed=7)
-    codes = model.encode(torch.rand(4, 3, 128, 128))
+    s = _fused(model, 4, seed=7)
     with torch.no_grad():
-        s = model.init_state(1)
-        for v in range(4):
-            s = model.step(codes[v:v + 1], s, pose=pose[v:v + 1], K=K[v:v + 1])
         model.inference_precision = "float32"
         p32 = model.occupancy(s)
         model.inference_precision = "bfloat16"
@@ -595,13 +602,8 @@ def test_a_refiner_that_reads_only_features_at_full_resolution_warm_starts_from_
     assert len(warm_start(dst, str(tmp_path / "src.safetensors"))) == len(dst.state_dict())
     assert torch.equal(dst.refiner.dec0[0].weight, src.refiner.dec0[0].weight[:, :c0])
     assert torch.equal(dst.refiner.head.weight, src.refiner.head.weight)
-    pose, K = _views(3, seed=4)
-    codes = dst.encode(torch.rand(3, 3, 128, 128))
     with torch.no_grad():
-        s = dst.init_state(1)
-        for v in range(3):
-            s = dst.step(codes[v:v + 1], s, pose=pose[v:v + 1], K=K[v:v + 1])
-        assert dst.occupancy(s).shape == (1, 32, 32, 32)
+        assert dst.occupancy(_fused(dst, 3, seed=4)).shape == (1, 32, 32, 32)
     same = FusionModel(dataclasses.replace(src.cfg, refiner_full_res_input="features+evidence"))
     same.load_state_dict(src.state_dict())
     assert same.fingerprint() == src.fingerprint()  # the default is left out of the hash
