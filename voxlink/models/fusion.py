@@ -67,7 +67,6 @@ _MEAN_QUANTUM = 4096.0
 _KEY_BITS = 24
 
 
-
 @functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
     """True where this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), so that bfloat16 is faster.
