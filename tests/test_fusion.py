@@ -253,8 +253,8 @@ def test_ground_fuses_posed_views_and_names_views_without_pose(tmp_path):
     codes = [pack_bits(c) for c in model.encode(torch.rand(6, 3, 128, 128))]
     fp = model.fingerprint()
 
-    def run(order, out, poseless=()):
-        st = GroundStation(GroundConfig(bind=[], model=str(path), out=str(out)))
+    def run(order, out, poseless=(), precision="auto"):
+        st = GroundStation(GroundConfig(bind=[], model=str(path), out=str(out), refiner_precision=precision))
         st.handle(encode_info(StreamInfo(stream=1, seq=0, fingerprint=bytes.hex(fp), code_bits=64,
                                          K=camera.intrinsics(), model="fusion-tiny", epoch_unix=time.time())))
         for v in order:
@@ -275,6 +275,12 @@ def test_ground_fuses_posed_views_and_names_views_without_pose(tmp_path):
     on_disk = json.loads((Path(summary["folder"]) / "session.json").read_text())
     assert on_disk["views_without_pose"] == [2, 4]
     assert not np.allclose(c.occupancy(s), ga, atol=1e-5)  # two views fewer were fused
+    # the refiner's arithmetic is the operator's choice (--precision), said in ground.json
+    d = run([0, 1, 2, 3, 4, 5], tmp_path / "d", precision="float32")
+    assert d.status()["refiner_precision"] == "float32"
+    assert np.abs(d.occupancy(d.sessions[(1, 3)]) - ga).max() < 0.02
+    with pytest.raises(ValueError, match="refiner_precision"):
+        run([0], tmp_path / "e", precision="fp8")
 
 
 def test_ground_decodes_each_fused_view_once_even_with_equal_codes(tmp_path):

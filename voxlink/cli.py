@@ -382,6 +382,9 @@ def ground_cmd(
                                       help="Pose-aware model: make each grid at poses corrected by silhouette "
                                            "coherence (drones know their poses to a few degrees; about 3 s an "
                                            "object at 5 views)."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="Pose-aware model: its 3D refiner on the CPU: auto (bfloat16 where the CPU has "
+                                       "it natively), bfloat16 or float32 (the same grids on every machine)."),
 ) -> None:
     """The ground station: codes in; occupancy grids, depth maps, point clouds and meshes out (OUT/ground.json: every count)."""
     from ground.station import GroundConfig, GroundStation
@@ -394,7 +397,8 @@ def ground_cmd(
                                         socket=socket, idle_timeout_s=idle_timeout, backend=backend,
                                         backchannel=backchannel or [], curve_secret_file=curve_secret,
                                         curve_allow_dir=curve_allow, record=record and replay is None,
-                                        record_depth=record_depth, refine_poses=refine_poses))
+                                        record_depth=record_depth, refine_poses=refine_poses,
+                                        refiner_precision=precision))
     except (ModelFileError, ValueError, RuntimeError) as e:
         _fail(str(e))
     if replay is not None:
