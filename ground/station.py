@@ -295,13 +295,14 @@ class GroundStation:
 
     def __init__(self, cfg: GroundConfig):
         from voxlink.modelfile import require_reconstruction_model
+        from voxlink.models.fusion import INFERENCE_PRECISIONS
         from voxlink.weights import load_model
 
+        if cfg.refiner_precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"refiner_precision must be auto, bfloat16 or float32, got {cfg.refiner_precision!r}")
         self.cfg = cfg
         info = require_reconstruction_model(cfg.model)
         self.model, self.meta, _ = load_model(cfg.model)
-        if cfg.refiner_precision not in ("auto", "bfloat16", "float32"):
-            raise ValueError(f"refiner_precision must be auto, bfloat16 or float32, got {cfg.refiner_precision!r}")
         if hasattr(self.model, "inference_precision"):
             self.model.inference_precision = cfg.refiner_precision
         self.code_bits = self.model.cfg.code_bits

@@ -224,15 +224,16 @@ def eval_cmd(
 
     from voxlink.data.store import DatasetError
     from voxlink.evaluate import evaluate, format_report
+    from voxlink.models.fusion import INFERENCE_PRECISIONS
     from voxlink.models.pose_refine import PoseRefineConfig
     from voxlink.weights import ModelFileError, load_model
 
+    if precision not in INFERENCE_PRECISIONS:
+        _fail(f"--precision {precision!r}: use auto, bfloat16 or float32")
     try:
         m, meta, extra = load_model(model)
     except ModelFileError as e:
         _fail(str(e))
-    if precision not in ("auto", "bfloat16", "float32"):
-        _fail(f"--precision {precision!r}: use auto, bfloat16 or float32")
     if hasattr(m, "inference_precision"):
         m.inference_precision = precision
     baseline = None

@@ -67,6 +67,10 @@ _MEAN_QUANTUM = 4096.0
 _KEY_BITS = 24
 
 
+#: the values of :attr:`FusionModel.inference_precision` (``voxlink eval`` and ``voxlink ground`` ``--precision``)
+INFERENCE_PRECISIONS = ("auto", "bfloat16", "float32")
+
+
 @functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
     """True where this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), so that bfloat16 is faster.
@@ -716,7 +720,7 @@ class FusionModel(BitCodeModel):
         Raises:
             ValueError: :attr:`inference_precision` is none of ``auto``, ``bfloat16``, ``float32``.
         """
-        if self.inference_precision not in ("auto", "bfloat16", "float32"):
+        if self.inference_precision not in INFERENCE_PRECISIONS:
             raise ValueError(f"inference_precision {self.inference_precision!r}: use auto, bfloat16 or float32")
         if torch.device(device).type != "cpu" or self.inference_precision == "float32":
             return "float32"
