@@ -80,7 +80,7 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
         ``step_s`` and ``speedup`` None and a ``note`` where the CPU has no bfloat16 instructions.
     """
     from voxlink.modelfile import read_model_info
-    from voxlink.models.fusion import FUSION_CONFIGS, FusionConfig, FusionModel
+    from voxlink.models.fusion import FUSION_CONFIGS, FusionConfig, FusionModel, native_bf16
     from voxlink.train_fusion import fusion_losses
 
     torch.set_num_threads(threads)
@@ -97,7 +97,7 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
                 (f"{design}, float32", True, True, True, False, shipped),
                 (f"{design}, bf16 autocast", True, True, True, True, shipped)]
     for name, padded, cl, folded, bf16, mcfg in settings:
-        if bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if bf16 and not native_bf16():
             # emulated, bfloat16 is 25x slower than float32 (measured on an AVX2 host: 39.6 s a step):
             # four minutes of timing that says nothing
             rows.append({"setting": name, "step_s": None, "note": "not timed: this CPU has no bfloat16 instructions"})
@@ -171,19 +171,19 @@ def ground_decode_times(models: list[str], views: int = 24, repeats: int = 7) ->
     rng = np.random.default_rng(0)
     pose = torch.tensor(camera.orbit_poses(views, rng), dtype=torch.float32)
     Kmat = torch.tensor(camera.intrinsics(), dtype=torch.float32)[None]
-    runs = []  # (name, model, precision or None, codes)
+    runs = []  # (name, model, inference_precision to set or None, codes, the arithmetic it gives)
     for name in models:
         model, _, _ = load_model(name)
         codes = model.encode(torch.rand(views, 3, 128, 128))
         if hasattr(model, "place"):
-            runs += [(name, model, "auto", codes)]
-            if model.refiner_precision() == "bfloat16":
-                runs += [(name, model, "float32", codes)]
+            runs += [(name, model, "auto", codes, model.refiner_precision())]
+            if runs[-1][-1] == "bfloat16":
+                runs += [(name, model, "float32", codes, "float32")]
         else:
-            runs += [(name, model, None, codes)]
+            runs += [(name, model, None, codes, "float32")]
     acc = [{"fuse": [], "depth": [], "occupancy": []} for _ in runs]
     for _ in range(repeats):  # the models in turn within every repeat: a drift of the machine's speed hits all
-        for (name, model, precision, codes), a in zip(runs, acc):
+        for (name, model, precision, codes, _), a in zip(runs, acc):
             pose_aware = precision is not None
             if pose_aware:
                 model.inference_precision = precision
@@ -204,11 +204,8 @@ def ground_decode_times(models: list[str], views: int = 24, repeats: int = 7) ->
                 a["fuse"].append(t2 - t1)
                 a["occupancy"].append(t3 - t2)
     rows = []
-    for (name, model, precision, _), a in zip(runs, acc):
-        if precision is not None:
-            model.inference_precision = precision
-        r = {"model": name, "family": getattr(model, "family", "implicit"),
-             "precision": model.refiner_precision() if precision is not None else "float32",
+    for (name, model, _, _, arithmetic), a in zip(runs, acc):
+        r = {"model": name, "family": getattr(model, "family", "implicit"), "precision": arithmetic,
              **{f"{k}_ms": round(1e3 * float(np.median(x)), 2) for k, x in a.items()}}
         r["total_ms"] = round(r["fuse_ms"] + r["depth_ms"] + r["occupancy_ms"], 2)
         rows.append(r)
