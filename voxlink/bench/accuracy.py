@@ -353,20 +353,22 @@ def codec_cache(compressor, ds: MultiViewDataset, objects: int, batch_views: int
     from voxlink.models.fusion import native_bf16
 
     nmax = compressor.cfg.max_iterations
-    items = [ds[i] for i in range(min(objects, len(ds)))]
-    views = torch.cat([it["images"] for it in items])
-    codes, images = [], []
+    p = min(objects, len(ds))
+    per = max(1, batch_views // ds.max_views)  # objects a batch: only their float views are held at once
+    codes, images, occupancy = [], [], []
     compressor.eval()
     if bfloat16 is None:
         bfloat16 = device == "cpu" and native_bf16()
     with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bool(bfloat16)):
-        for i in tqdm(range(0, len(views), batch_views), desc="codec cache", unit="batch", disable=not progress):
-            o = compressor(views[i:i + batch_views].to(device), nmax)
+        for i in tqdm(range(0, p, per), desc="codec cache", unit="batch", disable=not progress):
+            items = [ds[j] for j in range(i, min(p, i + per))]
+            occupancy += [it["occupancy"] for it in items]
+            o = compressor(torch.cat([it["images"] for it in items]).to(device), nmax)
             codes.append(o["codes"].float().cpu())
             images.append((o["recon"].float().clamp(0, 1) * 255).round().byte().cpu())
-    p, v = len(items), items[0]["images"].shape[0]
+    v = len(codes[0]) // min(p, per)
     return {"codes": torch.cat(codes).view(p, v, nmax, -1), "images": torch.cat(images).view(p, v, *images[0].shape[1:]),
-            "occupancy": torch.stack([it["occupancy"] for it in items])}
+            "occupancy": torch.stack(occupancy)}
 
 
 def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path, seed: int, progress: bool,
@@ -376,7 +378,7 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
 
     1. The 3D part alone, ``prof.steps`` steps of ``prof.batch_size`` objects, on the frozen codec's
        output (:func:`codec_cache` of ``prof.codec_pool`` training objects, all when None, and
-       ``prof.codec_views`` views of each, drawn 1..max_views at a time in a random order): the sequential model's
+       ``prof.codec_views`` views of each; ``prof.codec_shuffle_views``: drawn in a random order): the sequential model's
        3D-R2N2 on decoded images, the direct model's 3D network on the codes (Eq. 15); 1..max_views views
        and N drawn per batch (:func:`_draw_iterations`).
     2. Everything jointly (Eq. 16), ``prof.joint_steps`` steps of ``prof.joint_batch`` objects, N_small at
@@ -389,6 +391,7 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
     Returns:
         ``(seconds, final running-mean losses)`` as :func:`train_method`.
     """
+    from voxlink.models.fusion import native_bf16
     from voxlink.train import TrainConfig, _collate, batches_forever, batchnorm_layers, run_loop
 
     rng = np.random.default_rng(seed)
@@ -397,12 +400,13 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
     model.recon.decoder.init_prior(_mean_grid(data, prof.frame).to(device))
     # the same frozen codec on the same views for both models: made once per run
     cviews = prof.codec_views or prof.max_views
-    key = (prof.codec, str(Path(data).resolve()), manifest_hash(data), prof.codec_pool, cviews, prof.frame, seed)
+    key = (prof.codec, str(Path(data).resolve()), manifest_hash(data), prof.codec_pool, cviews, prof.frame, seed,
+           prof.codec_cache_bf16)
     if key not in _CODEC_CACHES:
         _CODEC_CACHES.clear()
         pool_ds = MultiViewDataset(data, "train", cviews, train=True, frame=prof.frame, seed=seed)
         _CODEC_CACHES[key] = codec_cache(model.compressor, pool_ds, prof.codec_pool or len(pool_ds), progress=progress,
-                                         device=device)
+                                         device=device, bfloat16=prof.codec_cache_bf16 and native_bf16())
     cache = _CODEC_CACHES[key]
     p, nmax, cv = len(cache["occupancy"]), model.cfg.compression.max_iterations, cache["codes"].shape[1]
     bs = max(1, min(prof.batch_size, p))
@@ -424,8 +428,11 @@ def _train_from_codec(method: str, model: JointModel, prof: Profile, data: Path,
         """Eq. 15 on the frozen codec's output: ``idx`` int64 [B] objects of the cache."""
         v, n = int(rng.integers(1, prof.max_views + 1)), _draw_iterations(rng, prof, nmax)
         target = cache["occupancy"][idx].to(device)
-        # v of the object's cached views in a random order (3D-R2N2 draws its views afresh every step)
-        pick = torch.from_numpy(np.stack([rng.permutation(cv)[:v] for _ in range(len(idx))]))
+        # v of the object's cached views: in a random order, or the first ones
+        if prof.codec_shuffle_views:
+            pick = torch.from_numpy(np.stack([rng.permutation(cv)[:v] for _ in range(len(idx))]))
+        else:
+            pick = torch.arange(v).expand(len(idx), v)
         rows = idx[:, None]
         if method == "direct":
             logits = model.recon.fuse(model.code_vectors(cache["codes"][rows, pick, :n].to(device)))
@@ -587,9 +594,12 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
             expect["train_iterations"] = list(prof.train_iterations)
         if isinstance(model, JointModel) and prof.codec:
             expect.update(codec=prof.codec, codec_fingerprint=pretrained_codec(prof.codec).fingerprint().hex(),
-                          codec_pool=prof.codec_pool, codec_views=prof.codec_views or prof.max_views,
-                          view_order="shuffled", joint_steps=prof.joint_steps, joint_batch=prof.joint_batch,
+                          codec_pool=prof.codec_pool, joint_steps=prof.joint_steps, joint_batch=prof.joint_batch,
                           joint_freeze_bn=prof.joint_freeze_bn)
+            # recorded where they are not the defaults, so that the models of earlier runs still match
+            expect.update({k: getattr(prof, k) for k, default in (("codec_views", None), ("codec_shuffle_views", False),
+                                                                  ("codec_cache_bf16", False))
+                           if getattr(prof, k) != default})
         meta = None if retrain else load_bench_model(path, model, expect)
         if meta is None:
             log.info("training %s: %d steps of %d objects (%s profile)", name, prof.steps, prof.batch_size, prof.name)

@@ -59,19 +59,23 @@ class Profile:
             and direct models start from: its widths replace ``compression`` and its weights N_small's.
             Then they train in two stages: the 3D part on the frozen codec's decoded images or codes for
             ``steps`` steps (codes and images of ``codec_pool`` training objects x ``codec_views`` views
-            made once: 8 iterations of N_small at 128 x 128 cost about 0.05 s a view on these 2 cores in
-            bfloat16, too much to run afresh every step), then all of it jointly (Eq. 16) for
+            made once: 8 iterations of N_small at 128 x 128 cost about 0.08 s a view on these 2 cores,
+            too much to run afresh every step), then all of it jointly (Eq. 16) for
             ``joint_steps`` steps of ``joint_batch`` objects. None: both train from scratch, jointly, as
             the paper.
-        codec_pool: training objects in that cache (None: every one of the training split). ``quick``:
-            None, about 7.5 minutes for data/proc's 1,914 objects; with 480 (the profile until
-            2026-12-07) the sequential model's stage-one loss ended well under its loss on fresh views
-            (0.207 against 0.255), and one seed scored on 100 validation objects gave 0.255 / 0.286 /
-            0.297 / 0.304 at 384 / 192 / 96 / 48:1 against 0.283 / 0.319 / 0.332 / 0.335 with every
-            training object (``docs/results.md``).
-        codec_views: views of each pool object in that cache (None: ``max_views``); stage one draws 1..
-            ``max_views`` of them per object and step, in a random order (until 2026-12-07 always the
-            first ones, in the cached order).
+        codec_pool: training objects in that cache (None: every one of the training split).
+        codec_views: views of each pool object in that cache (None: ``max_views``).
+        codec_shuffle_views: stage one draws 1..``max_views`` of an object's cached views in a random
+            order every step; False: the first ones, in the cached order (``quick``).
+        codec_cache_bf16: make the cache under bfloat16 autocast where the CPU has it natively (1.7x
+            faster on this project's host, PSNR the same to 0.01 dB, a few bits of a code otherwise).
+            ``quick`` keeps float32 so that its published runs can be made again bit for bit.
+            Tried on the quick profile (2026-12-07, ``docs/results.md``), not kept: every training
+            object in the pool (1,914 of data/proc, shuffled views, bfloat16): seed 0 a little better
+            (the sequential model 0.302 / 0.300 / 0.299 / 0.266 at 48 / 96 / 192 / 384:1 against 0.297 /
+            0.294 / 0.289 / 0.247), seed 1 worse for both models (sequential 0.281 / 0.276 / 0.271 /
+            0.237 against 0.311 / 0.308 / 0.303 / 0.260; stage one ended at a loss of 0.226 against 0.207):
+            more to learn in the same 1,080 steps.
         joint_freeze_bn: in that joint stage, BatchNorm layers of the 3D part use their running
             statistics (eval mode) instead of the statistics of ``joint_batch`` objects' views, which
             are noisy at 4 objects a step; the sequential model's are recomputed after training anyway.
@@ -110,6 +114,8 @@ class Profile:
     codec: str | None = None
     codec_pool: int | None = 480
     codec_views: int | None = None
+    codec_shuffle_views: bool = False
+    codec_cache_bf16: bool = False
     joint_steps: int = 0
     joint_batch: int = 4
     joint_freeze_bn: bool = False
@@ -133,7 +139,7 @@ PROFILES: dict[str, Profile] = {
                                                 hidden=16, gate_rank=64, dec_channels=(16, 16, 12, 8),
                                                 depth_channels=(16, 8, 8), frame="object"),
                      compression=COMPRESSION_CONFIGS["quick"], steps=1080, batch_size=8, eval_objects=100,
-                     comp_lr=1e-4, codec="nsmall-k1024", codec_pool=None, joint_steps=40, joint_batch=4,
+                     comp_lr=1e-4, codec="nsmall-k1024", codec_pool=480, joint_steps=40, joint_batch=4,
                      joint_freeze_bn=True, train_iterations=(1, 2, 4, 8),
                      direct_code_encoder=(64, 64)),
     "tiny": Profile("tiny", recon=dataclasses.replace(CONFIGS["tiny"], frame="object"),
