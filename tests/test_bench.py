@@ -362,10 +362,10 @@ def test_sequential_and_direct_start_from_the_shipped_codec(small_dataset):
         assert 0 < max(moved) < 0.05
 
 
-def test_stage_one_draws_any_cached_views_in_any_order(small_dataset, monkeypatch):
-    """With ``codec_views`` = 3, ``max_views`` = 2 and ``codec_shuffle_views``, stage one's batches hold
-    views 0, 1 and 2 of the cached objects (not only the first ones), in both orders; without it, only
-    the first ones in the cached order (the quick profile's published runs)."""
+def _stage_one_view_sequences(small_dataset, monkeypatch, shuffle: bool) -> list[tuple[int, ...]]:
+    """Train a tiny sequential model from the codec (2 pool objects x 3 cached views, 1..2 views a step)
+    and return, for every object of every stage-one batch, which cached views it held, in order; every
+    input must be one of the cached views."""
     import dataclasses
 
     from voxlink.bench import accuracy
@@ -374,7 +374,7 @@ def test_stage_one_draws_any_cached_views_in_any_order(small_dataset, monkeypatc
     accuracy._CODEC_CACHES.clear()
     prof = dataclasses.replace(get_profile("tiny"), codec="nsmall-k1024", codec_pool=2, codec_views=3, steps=24,
                                joint_steps=0, batch_size=2, max_views=2, train_iterations=(1,),
-                               codec_shuffle_views=True)
+                               codec_shuffle_views=shuffle)
     model = build("sequential", prof)
     seen: list[torch.Tensor] = []
     orig = type(model.recon).forward
@@ -384,7 +384,7 @@ def test_stage_one_draws_any_cached_views_in_any_order(small_dataset, monkeypatc
     (cache,) = accuracy._CODEC_CACHES.values()
     assert cache["images"].shape[:2] == (2, 3)
     ref = cache["images"][:, :, 0].float() / 255.0  # [objects, views, 3, H, W] after one iteration
-    sequences = set()
+    sequences = []
     for x in seen:
         for obj in x:  # [v, 3, H, W]
             ids = []
@@ -392,34 +392,24 @@ def test_stage_one_draws_any_cached_views_in_any_order(small_dataset, monkeypatc
                 d = (ref - view).abs().flatten(2).amax(-1)  # [objects, views]
                 assert float(d.min()) == 0.0  # every input is a cached view
                 ids.append(int(d.flatten().argmin()) % 3)
-            sequences.add(tuple(ids))
+            sequences.append(tuple(ids))
+    return sequences
+
+
+def test_stage_one_draws_any_cached_views_in_any_order(small_dataset, monkeypatch):
+    """With ``codec_views`` = 3, ``max_views`` = 2 and ``codec_shuffle_views``, stage one's batches hold
+    views 0, 1 and 2 of the cached objects (not only the first ones), in both orders."""
+    sequences = _stage_one_view_sequences(small_dataset, monkeypatch, shuffle=True)
     assert {i for s in sequences for i in s} == {0, 1, 2}
     assert any(len(s) == 2 and s[0] > s[1] for s in sequences), sequences
 
 
 def test_stage_one_keeps_the_cached_view_order_by_default(small_dataset, monkeypatch):
-    """The quick profile's default: stage one reads an object's first v cached views, in order."""
-    import dataclasses
-
-    from voxlink.bench import accuracy
-    from voxlink.bench.accuracy import build, train_method
-
+    """The quick profile's default (its published runs): stage one reads an object's first v cached
+    views, in the cached order."""
     assert get_profile("quick").codec_shuffle_views is False and get_profile("quick").codec_pool == 480
-    accuracy._CODEC_CACHES.clear()
-    prof = dataclasses.replace(get_profile("tiny"), codec="nsmall-k1024", codec_pool=2, codec_views=3, steps=12,
-                               joint_steps=0, batch_size=2, max_views=2, train_iterations=(1,))
-    model = build("sequential", prof)
-    seen: list[torch.Tensor] = []
-    orig = type(model.recon).forward
-    monkeypatch.setattr(type(model.recon), "forward",
-                        lambda self, x, *a, **k: (seen.append(x.detach().clone()), orig(self, x, *a, **k))[1])
-    train_method("sequential", model, prof, small_dataset, progress=False)
-    (cache,) = accuracy._CODEC_CACHES.values()
-    ref = cache["images"][:, :, 0].float() / 255.0
-    for x in seen:
-        for obj in x:
-            ids = [int(((ref - view).abs().flatten(2).amax(-1)).flatten().argmin()) % 3 for view in obj]
-            assert ids == list(range(len(ids))), ids
+    sequences = _stage_one_view_sequences(small_dataset, monkeypatch, shuffle=False)
+    assert sequences and all(s == tuple(range(len(s))) for s in sequences), sequences
 
 
 def test_joint_stage_can_keep_batchnorm_frozen(small_dataset, monkeypatch):
