@@ -75,7 +75,8 @@ class Profile:
             (the sequential model 0.302 / 0.300 / 0.299 / 0.266 at 48 / 96 / 192 / 384:1 against 0.297 /
             0.294 / 0.289 / 0.247), seed 1 worse for both models (sequential 0.281 / 0.276 / 0.271 /
             0.237 against 0.311 / 0.308 / 0.303 / 0.260; stage one ended at a loss of 0.226 against 0.207):
-            more to learn in the same 1,080 steps.
+            more to learn in the same 1,080 steps. Shuffled views alone (pool 480): seed 0 better (0.304 /
+            0.299 / 0.295 / 0.263), seed 1 far worse (0.246 / 0.244 / 0.248 / 0.239; stage-one loss 0.225).
         joint_freeze_bn: in that joint stage, BatchNorm layers of the 3D part use their running
             statistics (eval mode) instead of the statistics of ``joint_batch`` objects' views, which
             are noisy at 4 objects a step; the sequential model's are recomputed after training anyway.
