@@ -318,3 +318,21 @@ def test_texture_without_uvs_renders_in_base_colour_and_meshes_take_several_path
     rgb, depth = store.read(i, "rgb"), store.read(i, "depth")
     obj = rgb[depth > 0].astype(float).mean(0)
     assert obj[0] > 1.5 * obj[1] and obj[0] > 1.5 * obj[2], f"drawn in the material's red, got {obj}"
+
+
+def test_items_of_one_view_are_writable_tensors(small_dataset):
+    """An item of a one-view dataset (as the mean grid and BatchNorm recalibration read) holds tensors
+    that own their memory: intrinsics a caller may change without touching the dataset's, and no
+    PyTorch warning about read-only NumPy arrays."""
+    import warnings
+
+    from voxlink.data.dataset import MultiViewDataset
+
+    for views in (1, 3):
+        ds = MultiViewDataset(small_dataset, "all", views, train=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            item = ds[0]
+        assert item["K_views"].shape == (views, 3, 3)
+        item["K_views"][0, 0, 0] += 1.0
+        assert float(ds[0]["K_views"][0, 0, 0]) == float(item["K_views"][0, 0, 0]) - 1.0

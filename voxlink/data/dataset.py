@@ -160,7 +160,8 @@ class MultiViewDataset(Dataset):
         g2w = torch.from_numpy(turn.astype(np.float32)) @ g2w
         pose_grid = (np.linalg.inv(turn) @ pose.astype(np.float64)).astype(np.float32)
         if self.store.kind == "sharded":
-            K_views = np.ascontiguousarray(np.broadcast_to(self.store.K.astype(np.float32), (len(ids), 3, 3)))
+            # a copy per view (a broadcast of one view is read-only, which torch.from_numpy warns about)
+            K_views = np.repeat(self.store.K.astype(np.float32)[None], len(ids), axis=0)
         else:
             K_views = np.ascontiguousarray(self.store.read(idx, "K")[ids], dtype=np.float32)
         item = {"images": to_input(rgb), "occupancy": occ, "grid_to_world": g2w,
