@@ -343,7 +343,7 @@ def test_sequential_and_direct_start_from_the_shipped_codec(small_dataset):
     with torch.no_grad():
         img = codec.decode(cache["codes"][0, :, :3])[:, -1]  # the ground's decoding of 3 iterations
     assert ((img * 255).round() - cache["images"][0, :, 2].float()).abs().max() <= 1
-    # in bfloat16 (the default where the CPU has it natively): the same images to within a few grey levels
+    # in bfloat16 (``codec_cache_bf16``): the same images to within a few grey levels
     fast = codec_cache(codec, ds, 2, progress=False, bfloat16=True)
     assert fast["codes"].dtype == torch.float32 and fast["images"].dtype == torch.uint8
     err = (fast["images"].float() - cache["images"].float()).abs()

@@ -333,16 +333,16 @@ def train_method(method: str, model: torch.nn.Module, prof: Profile, data: Path,
 
 
 def codec_cache(compressor, ds: MultiViewDataset, objects: int, batch_views: int = 20, progress: bool = True,
-                device: str = "cpu", bfloat16: bool | None = None) -> dict[str, torch.Tensor]:
+                device: str = "cpu", bfloat16: bool = False) -> dict[str, torch.Tensor]:
     """N_small's codes and decoded images of the first ``objects`` items of ``ds``, at every rate, made once.
 
     One pass of ``max_iterations`` iterations per view gives every rate at once (additive reconstruction:
     the image after N iterations is the running sum of the first N outputs, Eq. 14).
 
-    ``bfloat16`` runs N_small under bfloat16 autocast (None: on a CPU that has it natively,
-    :func:`voxlink.models.fusion.native_bf16`): 1.7x faster on this project's 2-core AVX-512 BF16 host
-    (0.047 against 0.080 s a view), PSNR the same to 0.01 dB at every N; a few bits of a code can come
-    out otherwise than in float32, so the benchmark's scores still decode in float32.
+    ``bfloat16`` runs N_small under bfloat16 autocast (the profile's ``codec_cache_bf16``, where the CPU
+    has it natively: :func:`voxlink.models.fusion.native_bf16`): 1.7x faster on this project's 2-core
+    AVX-512 BF16 host (0.047 against 0.080 s a view), PSNR the same to 0.01 dB at every N; a few bits of
+    a code can come out otherwise than in float32. The benchmark's scores always decode in float32.
 
     Returns:
         ``codes`` float32 [P, V, N_max, m] in {-1, +1}; ``images`` uint8 [P, V, N_max, 3, H, W] (the
@@ -350,16 +350,12 @@ def codec_cache(compressor, ds: MultiViewDataset, objects: int, batch_views: int
     """
     from tqdm import tqdm
 
-    from voxlink.models.fusion import native_bf16
-
     nmax = compressor.cfg.max_iterations
     p = min(objects, len(ds))
     per = max(1, batch_views // ds.max_views)  # objects a batch: only their float views are held at once
     codes, images, occupancy = [], [], []
     compressor.eval()
-    if bfloat16 is None:
-        bfloat16 = device == "cpu" and native_bf16()
-    with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bool(bfloat16)):
+    with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bfloat16):
         for i in tqdm(range(0, p, per), desc="codec cache", unit="batch", disable=not progress):
             items = [ds[j] for j in range(i, min(p, i + per))]
             occupancy += [it["occupancy"] for it in items]
