@@ -299,7 +299,8 @@ class GroundStation:
         from voxlink.weights import load_model
 
         if cfg.refiner_precision not in INFERENCE_PRECISIONS:
-            raise ValueError(f"refiner_precision must be auto, bfloat16 or float32, got {cfg.refiner_precision!r}")
+            raise ValueError(f"refiner_precision must be one of {', '.join(INFERENCE_PRECISIONS)}, "
+                             f"got {cfg.refiner_precision!r}")
         self.cfg = cfg
         info = require_reconstruction_model(cfg.model)
         self.model, self.meta, _ = load_model(cfg.model)

@@ -229,7 +229,7 @@ def eval_cmd(
     from voxlink.weights import ModelFileError, load_model
 
     if precision not in INFERENCE_PRECISIONS:
-        _fail(f"--precision {precision!r}: use auto, bfloat16 or float32")
+        _fail(f"--precision {precision!r}: use {', '.join(INFERENCE_PRECISIONS)}")
     try:
         m, meta, extra = load_model(model)
     except ModelFileError as e:

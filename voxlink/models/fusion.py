@@ -70,6 +70,9 @@ _KEY_BITS = 24
 #: the values of :attr:`FusionModel.inference_precision` (``voxlink eval`` and ``voxlink ground`` ``--precision``)
 INFERENCE_PRECISIONS = ("auto", "bfloat16", "float32")
 
+#: what the 3D refiner's convolution at full resolution can read (:class:`Refiner3D`, ``refiner_full_res_input``)
+REFINER_FULL_RES_INPUTS = ("features+evidence", "features")
+
 
 @functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
@@ -174,8 +177,8 @@ class FusionConfig(ConfigDict):
             raise ValueError(f"code_layout must be fc or spatial, got {self.code_layout!r}")
         if self.code_layout == "spatial" and self.code_bits % ((self.image_size // 16) ** 2):
             raise ValueError(f"a spatial code needs K divisible by {(self.image_size // 16) ** 2} cells")
-        if self.refiner_full_res_input not in ("features+evidence", "features"):
-            raise ValueError(f"refiner_full_res_input must be features+evidence or features, got "
+        if self.refiner_full_res_input not in REFINER_FULL_RES_INPUTS:
+            raise ValueError(f"refiner_full_res_input must be one of {', '.join(REFINER_FULL_RES_INPUTS)}, got "
                              f"{self.refiner_full_res_input!r}")
         if self.footprint < 1 or self.footprint % 2 == 0:
             raise ValueError(f"footprint must be an odd number of pixels, got {self.footprint}")
@@ -352,8 +355,8 @@ class Refiner3D(nn.Module):
 
     def __init__(self, c_in: int, channels: tuple[int, int, int], full_res_input: str = "features+evidence"):
         super().__init__()
-        if full_res_input not in ("features+evidence", "features"):
-            raise ValueError(f"full_res_input must be features+evidence or features, got {full_res_input!r}")
+        if full_res_input not in REFINER_FULL_RES_INPUTS:
+            raise ValueError(f"full_res_input must be one of {', '.join(REFINER_FULL_RES_INPUTS)}, got {full_res_input!r}")
         c0, c1, c2 = channels
         self.full_res_evidence = full_res_input == "features+evidence"
         self.enc1 = nn.Sequential(_block(c_in, c1, stride=2), _block(c1, c1))
@@ -721,7 +724,7 @@ class FusionModel(BitCodeModel):
             ValueError: :attr:`inference_precision` is none of ``auto``, ``bfloat16``, ``float32``.
         """
         if self.inference_precision not in INFERENCE_PRECISIONS:
-            raise ValueError(f"inference_precision {self.inference_precision!r}: use auto, bfloat16 or float32")
+            raise ValueError(f"inference_precision {self.inference_precision!r}: use {', '.join(INFERENCE_PRECISIONS)}")
         if torch.device(device).type != "cpu" or self.inference_precision == "float32":
             return "float32"
         return "bfloat16" if self.inference_precision == "bfloat16" or native_bf16() else "float32"
