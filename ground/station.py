@@ -639,60 +639,85 @@ class GroundStation:
 
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        peers: dict[int, bytes] = {}  # stream -> back-channel routing id
+        peers: dict[int, tuple[bytes, str | None]] = {}  # stream -> (back-channel routing id, CURVE key)
         if router is not None:
             poller.register(router, zmq.POLLIN)
         while not self.stop.is_set():
-            while router is not None:
-                try:
-                    stream, seqs = self.requests.get_nowait()
-                except queue.Empty:
-                    break
-                ident = peers.get(stream)
-                if ident is None:
-                    self._rx("backchannel_no_peer")
-                    continue
-                try:
-                    router.send_multipart([ident, json.dumps({"stream": stream, "seqs": seqs}).encode()], zmq.NOBLOCK)
-                    self._rx("backchannel_requests")
-                except zmq.ZMQError:
-                    self._rx("backchannel_unreachable")
-                    peers.pop(stream, None)
-            events = dict(poller.poll(100))
-            if sock in events:
-                for _ in range(1000):
+            try:
+                while router is not None:
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
+                        stream, seqs = self.requests.get_nowait()
+                    except queue.Empty:
                         break
-                    self._rx("messages")
-                    if len(frames) != 1:
-                        self._count_rx("multipart", f"{len(frames)} frames")
+                    ident, key = peers.get(stream, (None, None))
+                    if ident is None:
+                        self._rx("backchannel_no_peer")
                         continue
-                    self._enqueue(frames[0].bytes, "link", self._peer(frames[0]))
-            if router is not None and router in events:
-                for _ in range(1000):
+                    if key is not None and not self._may_own(key, stream):
+                        # said hello before another drone's key took the stream: its gaps are not this drone's
+                        self._rx("backchannel_not_owner")
+                        peers.pop(stream, None)
+                        continue
                     try:
-                        frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    if len(frames) != 2:
-                        self._count_rx("multipart", f"back channel: {len(frames)} frames")
-                        continue
-                    peer = self._peer(frames[1])
-                    ident, body = frames[0].bytes, frames[1].bytes
-                    if body[:1] == b"{":
+                        router.send_multipart([ident, json.dumps({"stream": stream, "seqs": seqs}).encode()], zmq.NOBLOCK)
+                        self._rx("backchannel_requests")
+                    except zmq.ZMQError:
+                        self._rx("backchannel_unreachable")
+                        peers.pop(stream, None)
+                events = dict(poller.poll(100))
+                if sock in events:
+                    for _ in range(1000):
                         try:
-                            hello = json.loads(body.decode())
-                            stream = int(hello["hello"])
-                            if 0 <= stream <= 255:
-                                peers[stream] = ident
-                        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                            self._count_rx("bad_info", "back-channel hello")
-                        continue
-                    self._rx("messages")
-                    self._rx("backchannel_messages")
-                    self._enqueue(body, "backchannel", peer)
+                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._rx("messages")
+                        if len(frames) != 1:
+                            self._count_rx("multipart", f"{len(frames)} frames")
+                            continue
+                        self._enqueue(frames[0].bytes, "link", self._peer(frames[0]))
+                if router is not None and router in events:
+                    for _ in range(1000):
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        if len(frames) != 2:
+                            self._count_rx("multipart", f"back channel: {len(frames)} frames")
+                            continue
+                        peer = self._peer(frames[1])
+                        ident, body = frames[0].bytes, frames[1].bytes
+                        if body[:1] == b"{":
+                            self._hello(body, ident, peer, peers)
+                            continue
+                        self._rx("messages")
+                        self._rx("backchannel_messages")
+                        self._enqueue(body, "backchannel", peer)
+            except zmq.ContextTerminated:
+                return
+            except Exception as e:  # noqa: BLE001 - one bad frame must not stop the receiver: counted, logged
+                self._count_rx("internal_error", repr(e))
+                time.sleep(0.01)  # a socket that keeps failing must not spin a core
+
+    def _hello(self, body: bytes, ident: bytes, peer: str | None, peers: dict) -> None:
+        """A drone's back-channel hello ``{"hello": stream}``: route that stream's gap requests to ``ident``.
+
+        A body that is not such a hello (not JSON, too deep, a stream that is not an integer in 0..255) is
+        counted as ``bad_info`` and changes nothing; under CURVE, a hello for a stream that another drone's
+        key owns (or that another drone's certificate names) is counted as ``stream_not_owned`` and ignored, so
+        that one drone cannot take another's gap requests.
+        """
+        try:
+            stream = json.loads(body.decode())["hello"]
+        except Exception:  # noqa: BLE001 - any malformed body (bad JSON, too deep, not a dict): counted
+            stream = None
+        if type(stream) is not int or not 0 <= stream <= 255:
+            self._count_rx("bad_info", "back-channel hello")
+            return
+        if peer is not None and not self._may_own(peer, stream):
+            self._count_rx("stream_not_owned", f"back-channel hello for stream {stream} from a drone that does not own it")
+            return
+        peers[stream] = (ident, peer)
 
     # -- checking ----------------------------------------------------------------------------------
     def _log_reject(self, reason: str, detail: str) -> None:
@@ -1504,6 +1529,17 @@ class GroundStation:
             self._stream_owner = {}
         return pub, sec
 
+    def _may_own(self, peer: str, stream: int) -> bool:
+        """Whether the drone with CURVE public key ``peer`` owns ``stream`` or may claim it (:meth:`_owns`
+        without claiming: the back channel's check of a hello, which must not bind a stream)."""
+        named = self._key_streams.get(peer)
+        if named is not None:
+            return stream in named
+        owner = self._stream_owner.get(stream)
+        if owner is not None:
+            return owner == peer
+        return not any(v is not None and stream in v for v in self._key_streams.values())
+
     def _owns(self, peer: str, stream: int) -> bool:
         """Whether the drone with CURVE public key ``peer`` (z85) may send for ``stream``.
 
@@ -1512,14 +1548,10 @@ class GroundStation:
         across restarts), so that a second drone configured with the same stream id, or another allowed
         drone, cannot feed views into that stream's reconstruction.
         """
-        named = self._key_streams.get(peer)
-        if named is not None:
-            return stream in named
-        owner = self._stream_owner.get(stream)
-        if owner is not None:
-            return owner == peer
-        if any(v is not None and stream in v for v in self._key_streams.values()):
-            return False  # another drone's certificate names this stream
+        if not self._may_own(peer, stream):
+            return False
+        if self._key_streams.get(peer) is not None or stream in self._stream_owner:
+            return True
         self._stream_owner[stream] = peer
         log.info("stream %d now belongs to the drone key %s...", stream, peer[:8])
         try:

@@ -212,3 +212,91 @@ def test_gaps_are_recovered_from_the_edge_code_log(tmp_path, tiny):
     assert st.delivery[2].missing_count() == 0 and st.stats["recovered"] == 5 and edge.stats["backchannel_resent"] >= 5
     assert summary["views"] == 10 and summary["missing_views"] == 0
     assert sorted(seq for seq, how in summary["late_views"] if how == "backchannel") == [3, 4, 5, 8, 9]
+
+
+def test_a_malformed_back_channel_hello_is_counted_and_the_receiver_keeps_going(tmp_path, tiny):
+    """A hello that is not ``{"hello": <int 0..255>}`` (an infinite or fractional stream, a boolean, a JSON
+    nested past Python's recursion limit) is counted as ``bad_info``; the receiver thread lives on and
+    the link's views are applied after it."""
+    path, m = tiny
+    bport = free_port()
+    st, t, port = _start(tmp_path, path, backchannel=[f"tcp://127.0.0.1:{bport}"])
+    ctx = zmq.Context()
+    dealer, push = ctx.socket(zmq.DEALER), ctx.socket(zmq.PUSH)
+    bad = [b'{"hello": Infinity}', b'{"hello": 2.5}', b'{"hello": true}', b'{"hello": 300}', b'{"hello": "2"}',
+           b'{"hello": 2', b"{" + b'"a": [' * 5000 + b"]" * 5000 + b"}", b'{"x": 1}']
+    try:
+        dealer.setsockopt(zmq.LINGER, 0)
+        push.setsockopt(zmq.LINGER, 0)
+        dealer.connect(f"tcp://127.0.0.1:{bport}")
+        push.connect(f"tcp://127.0.0.1:{port}")
+        for body in bad:
+            dealer.send(body)
+        assert _wait(lambda: st.all_rejected().get("bad_info", 0) >= len(bad)), st.all_rejected()
+        assert all(th.is_alive() for th in threading.enumerate() if th.name == "receiver")
+        push.send(_info(m))
+        for i in range(5):
+            push.send(_view(m, i))
+        assert _wait(lambda: st.stats["views"] >= 5), (st.all_rejected(), dict(st.stats))
+        assert st.all_rejected().get("internal_error", 0) == 0
+    finally:
+        st.stop.set()
+        t.join(timeout=20)
+        dealer.close(0)
+        push.close(0)
+        ctx.term()
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
+def test_curve_a_hello_for_another_drones_stream_gets_none_of_its_gap_requests(tmp_path, tiny):
+    """Drone b (an allowed key) says hello for drone a's stream: the ground counts it as
+    ``stream_not_owned`` and keeps sending the stream's gap requests to drone a, whose gap gets filled."""
+    from edge.daemon import apply_curve
+
+    path, m = tiny
+    keys, allow, pairs = _key_pairs(tmp_path, "ground", "drone-a", "drone-b")
+    (g_pub, g_sec), (a_pub, a_sec), (b_pub, b_sec) = pairs
+    for p in (a_pub, b_pub):
+        shutil.copy(p, allow)
+    bport = free_port()
+    st, t, port = _start(tmp_path, path, curve_secret_file=str(g_sec), curve_allow_dir=str(allow),
+                         backchannel=[f"tcp://127.0.0.1:{bport}"], request_interval_s=0.3)
+    ctx = zmq.Context()
+    socks = []
+
+    def dealer(sec):
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        apply_curve(d, EdgeConfig(curve_server_key=str(g_pub), curve_secret_file=str(sec)))
+        d.connect(f"tcp://127.0.0.1:{bport}")
+        socks.append(d)
+        return d
+
+    try:
+        a = make_socket(ctx, EdgeConfig(connect=[f"tcp://127.0.0.1:{port}"], socket="push",
+                                        curve_server_key=str(g_pub), curve_secret_file=str(a_sec)))
+        socks.append(a)
+        da, db = dealer(a_sec), dealer(b_sec)
+        da.send(b'{"hello": 2}')
+        time.sleep(0.3)
+        a.send(_info(m, backchannel=True))
+        for i in (0, 1, 3):  # seq 2 is lost
+            a.send(_view(m, i))
+        assert _wait(lambda: st.stats["views"] >= 3)
+        db.send(b'{"hello": 2}')  # drone b claims stream 2's back channel
+        assert _wait(lambda: st.all_rejected().get("stream_not_owned", 0) >= 1), st.all_rejected()
+        assert da.poll(5000), "the owner got no gap request"
+        time.sleep(1.0)  # several request rounds after b's hello
+        got_a = []
+        while da.poll(0):
+            got_a.append(__import__("json").loads(da.recv()))
+        assert got_a and all(r == {"stream": 2, "seqs": [2]} for r in got_a)
+        assert not db.poll(0), "a drone that does not own the stream got its gap requests"
+        da.send(_view(m, 2))  # the owner answers over the back channel: the gap is filled
+        assert _wait(lambda: st.stats["views"] >= 4)
+    finally:
+        st.stop.set()
+        t.join(timeout=20)
+        for s in socks:
+            s.close(0)
+        ctx.term()
