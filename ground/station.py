@@ -731,6 +731,17 @@ class GroundStation:
         else:
             self._log_at[reason] = (last, quiet + 1)
 
+    def _log_trace(self, what: str) -> None:
+        """Log the exception being handled with its traceback, at most once per ``what`` every 5 s (a peer
+        whose messages keep failing must not flood the log; each is counted all the same)."""
+        now = time.monotonic()
+        last, quiet = self._log_at.get("trace: " + what, (-1e9, 0))
+        if now - last >= 5.0:
+            log.exception("%s%s", what, f" (and {quiet} more since)" if quiet else "")
+            self._log_at["trace: " + what] = (now, 0)
+        else:
+            self._log_at["trace: " + what] = (last, quiet + 1)
+
     def _reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] += 1
         self._log_reject(reason, detail)
@@ -835,7 +846,7 @@ class GroundStation:
             try:
                 v = self._check(buf, t_recv, source, peer[0] if peer else None)
             except Exception as e:  # noqa: BLE001 - a message must never end the station
-                log.exception("internal error checking a message")
+                self._log_trace("internal error checking a message")
                 self._reject("internal_error", repr(e))
                 continue
             if v is not None:
@@ -853,7 +864,7 @@ class GroundStation:
                     for i, s in zip([i for i, _ in chunk], self._apply([v for _, v in chunk])):
                         results[i] = s
                 except Exception as e:  # noqa: BLE001
-                    log.exception("internal error applying views")
+                    self._log_trace("internal error applying views")
                     self._reject("internal_error", repr(e))
             pending = rest
         if self.recorder is not None:

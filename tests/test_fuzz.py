@@ -64,6 +64,7 @@ def test_decode_of_mutated_messages(base, flips, cut, tail):
 
 
 _json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                            | st.integers(10**308, 10**400).map(lambda x: x * (-1) ** (x % 2))  # beyond a float
                             | st.text(max_size=8),
                             lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
                             max_leaves=12)

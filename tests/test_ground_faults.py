@@ -457,6 +457,24 @@ def test_rejections_are_all_counted_but_logged_at_a_limited_rate(tmp_path, tiny,
     assert 1 <= len(lines) <= 2, f"{len(lines)} log lines for 500 rejections in a burst"
 
 
+def test_internal_errors_are_all_counted_but_their_tracebacks_logged_at_a_limited_rate(tmp_path, tiny, caplog,
+                                                                                         monkeypatch):
+    import logging
+
+    st = station(tmp_path, tiny[0], record=False)
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug a peer can trigger")
+
+    monkeypatch.setattr(st, "_check", broken)
+    with caplog.at_level(logging.WARNING, logger="voxlink.ground"):
+        for i in range(200):
+            st.handle(view(tiny, i))
+    assert st.rejected["internal_error"] == 200 and st.stats["views"] == 0
+    traces = [r for r in caplog.records if r.exc_info]
+    assert 1 <= len(traces) <= 2, f"{len(traces)} tracebacks logged for 200 failures in a burst"
+
+
 def test_record_without_depth_images(tmp_path, tiny):
     """``--no-record-depth``: the record keeps the codes, poses and snapshots, not the depth images."""
     from mcap.reader import make_reader

@@ -58,3 +58,17 @@ def test_encode_refuses_inconsistent_payload():
     m.payload = m.payload[:-1]
     with pytest.raises(ValueError, match="payload"):
         encode_code(m)
+
+
+@pytest.mark.parametrize("epoch", [10**400, -(10**400), 10**11, -1], ids=["1e400", "-1e400", "1e11", "-1"])
+def test_stream_info_with_an_epoch_out_of_range_is_bad_time(epoch):
+    """JSON integers have no size limit: one too large for a float is rejected like any other bad time."""
+    import json
+
+    from voxlink.protocol import KIND_INFO, _pack
+
+    body = json.dumps({"K": camera.intrinsics().tolist(), "image_size": 128, "fingerprint": "0123456789abcdef",
+                       "code_bits": 64, "epoch_unix": epoch}).encode()
+    with pytest.raises(ProtocolError) as e:
+        decode(_pack(KIND_INFO, 0, 2, 0x01234567, 0, 64, 0, 0, body))
+    assert e.value.reason == "bad_time"

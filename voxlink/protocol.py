@@ -291,9 +291,10 @@ def _decode_info(stream: int, seq: int, n_bits: int, body: bytes) -> StreamInfo:
     if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or not np.array_equal(K[2], [0.0, 0.0, 1.0]) \
             or K[1, 0] != 0 or abs(K[0, 1]) > K[0, 0]:
         raise ProtocolError("bad_intrinsics", f"K = {K.tolist()} (finite, fx > 0, fy > 0, last row 0 0 1)")
+    # an integer too large for a float (JSON allows any length) is as out of range as any other
+    if not 0 <= epoch <= MAX_EPOCH_UNIX or not math.isfinite(epoch):
+        raise ProtocolError("bad_time", f"epoch_unix {str(epoch)[:40]!r}")
     epoch = float(epoch)
-    if not math.isfinite(epoch) or not 0.0 <= epoch <= MAX_EPOCH_UNIX:
-        raise ProtocolError("bad_time", f"epoch_unix {epoch!r}")
     known = {"protocol", "K", "image_size", "model", "fingerprint", "code_bits", "frame", "epoch_unix", "first_seq",
              "last_seq", "backchannel"}
     extra = {k: v for k, v in d.items() if k not in known}
