@@ -127,6 +127,7 @@ class StreamDelivery:
         self.late = 0  # applied after a higher number of the same stream
         self.recovered = 0  # applied from the back channel
         self.missing_since: dict[int, float] = {}  # unwrapped number -> when it may next be asked back (monotonic s)
+        self.ask_cursor: int | None = None  # where :meth:`ranges_to_ask` goes on from (unwrapped number)
         # numbering incarnations (an edge that lost its code log starts at 0 again): wire number w of
         # the current one is unwrapped as (w + base) mod 2^32; ``starts`` / ``bases``: each incarnation's
         # first unwrapped number and its base, in order
@@ -167,6 +168,7 @@ class StreamDelivery:
         self.bases.append(hi + 1 - int(first_seq))
         self.restarts += 1
         self.missing_since.clear()  # the old incarnation's gaps cannot be asked back any more
+        self.ask_cursor = None
         return True
 
     def note_info(self, first_seq: int | None, last_seq: int | None) -> None:
@@ -229,3 +231,21 @@ class StreamDelivery:
         """Missing views as inclusive unwrapped ranges (at most ``limit``)."""
         b = self.bounds()
         return self.seen.missing_ranges(*b, limit=limit) if b else []
+
+    def ranges_to_ask(self, limit: int = 64) -> list[tuple[int, int]]:
+        """Missing ranges of the current incarnation (the ones an edge can still resend), at most ``limit``
+        a call, round-robin: each call goes on after the last range the previous call returned and wraps
+        round to the incarnation's start, so that every gap is asked in turn and gaps the edge cannot
+        answer (numbers rotated out of its log) never keep newer ones from being asked. O(``limit``)."""
+        b = self.bounds()
+        if b is None:
+            return []
+        lo, hi = max(b[0], self.current_start()), b[1]
+        if hi < lo:
+            return []
+        cur = self.ask_cursor if self.ask_cursor is not None and lo <= self.ask_cursor <= hi else lo
+        out = self.seen.missing_ranges(cur, hi, limit=limit)
+        if len(out) < limit and cur > lo:
+            out += self.seen.missing_ranges(lo, cur - 1, limit=limit - len(out))
+        self.ask_cursor = out[-1][1] + 1 if len(out) >= limit else None
+        return out

@@ -1418,15 +1418,16 @@ class GroundStation:
             if info is None or not info.backchannel:
                 continue
             want = []
-            for a, b in dl.missing_ranges(limit=64):
-                if b < dl.current_start():
-                    continue  # an earlier incarnation's gap: the edge that sent it has lost its log
-                for u in range(max(a, b - 511, dl.current_start()), b + 1):
+            # an earlier incarnation's gaps are never asked (the edge that sent them has lost its log), and
+            # the gaps are taken in turn, so that ones the edge cannot answer do not starve newer ones
+            for a, b in dl.ranges_to_ask(limit=64):
+                for u in range(max(a, b - 511), b + 1):
                     due = dl.missing_since.setdefault(u, now + REORDER_GRACE_S)  # next time to ask
                     if now >= due:
                         want.append(u)
                         dl.missing_since[u] = now + self.cfg.request_interval_s
                 if len(want) >= 512:
+                    dl.ask_cursor = b + 1  # the next round goes on from here
                     break
             if len(dl.missing_since) > 100000:  # forget the oldest marks, keep memory bounded
                 for u in sorted(dl.missing_since)[:50000]:

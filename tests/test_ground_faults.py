@@ -290,6 +290,44 @@ def test_an_edge_that_lost_its_code_log_restarts_at_zero_and_loses_nothing(tmp_p
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
 
 
+def _asked(st, rounds, t0=None):
+    """Every wire seq the station queues for the back channel over ``rounds`` request rounds 10 s apart."""
+    import queue
+
+    t0 = time.monotonic() if t0 is None else t0
+    out = []
+    for k in range(rounds):
+        st.request_missing(now=t0 + 10 * k)
+        while True:
+            try:
+                out += st.requests.get_nowait()[1]
+            except queue.Empty:
+                break
+    return out
+
+
+def test_gaps_an_edge_cannot_answer_do_not_stop_newer_ones_being_asked(tmp_path, tiny):
+    """More gaps than one request round takes (64 ranges): after an edge restart that lost its log (the
+    old run's 69 gaps cannot be asked), and without one (70 old gaps rotated out of the edge's log, a
+    new gap after them), the gap the edge can answer is asked all the same."""
+    a = station(tmp_path / "a", tiny[0], record=False)
+    a.handle(info(tiny, epoch=1000.0, first_seq=0, backchannel=True))
+    for s in range(0, 140, 2):
+        a.handle(view(tiny, s))
+    a.handle(info(tiny, epoch=2000.0, first_seq=0, backchannel=True))  # a restart without the log
+    for s in (0, 1, 3, 4):
+        a.handle(view(tiny, s))
+    asked = _asked(a, 3)
+    assert asked and set(asked) == {2}, "only the new run's gap is asked back, by its wire number"
+
+    b = station(tmp_path / "b", tiny[0], record=False)
+    b.handle(info(tiny, epoch=1000.0, first_seq=0, backchannel=True))
+    for s in list(range(0, 140, 2)) + [140, 142, 143]:
+        b.handle(view(tiny, s))
+    asked = _asked(b, 4)
+    assert 141 in asked and set(asked) == set(range(1, 142, 2)), "every gap asked in turn, the newest included"
+
+
 def test_output_errors_are_contained(tmp_path, tiny):
     st = station(tmp_path, tiny[0], record=False)
     st.handle(info(tiny))
