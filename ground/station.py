@@ -197,6 +197,12 @@ class GroundConfig:
             (:attr:`voxlink.models.fusion.FusionModel.inference_precision`): ``auto`` (bfloat16 where the
             CPU has it natively: 5-6 ms a grid against 17-27 ms), ``bfloat16`` or ``float32`` (the same
             grids on every machine).
+        max_live_objects: objects kept in memory (about 0.2 MB each for the implicit model, 1.5 to 3 MB for
+            the fusion model: state, depth maps, points). Beyond it, the objects idle longest whose views
+            are all in a snapshot are put to sleep: the whole object is saved as
+            ``<out>/.work/<object>/sleeping.pt`` and dropped from memory, and its next view wakes it, the
+            same reconstruction going on. A sleeping object is listed in ``ground.json`` (``sleeping``)
+            but not in the viewer. 0: no limit.
     """
 
     bind: list[str] = field(default_factory=lambda: ["tcp://*:5555"])
@@ -225,6 +231,7 @@ class GroundConfig:
     torch_threads: int = 0
     refine_poses: bool = False
     refiner_precision: str = "auto"
+    max_live_objects: int = 256
 
 
 @dataclass
@@ -319,6 +326,7 @@ class GroundStation:
         self.streams: dict[int, StreamInfo] = {}
         self.delivery: dict[int, StreamDelivery] = {}
         self.sessions: dict[tuple[int, int], ObjectSession] = {}
+        self.sleeping: dict[tuple[int, int], dict] = {}  # put to sleep (max_live_objects) -> its ground.json row
         self.finished: list[dict] = []
         self.stats = Counter()  # main thread only
         # a fusion model's decoded views ((stream, unwrapped seq) -> float16 depth [H, W], bool mask
@@ -882,6 +890,8 @@ class GroundStation:
     def _session(self, msg: CodeMessage) -> ObjectSession:
         key = (msg.stream, msg.object_id)
         s = self.sessions.get(key)
+        if s is None and key in self.sleeping:
+            s = self._wake(key)
         if s is None:
             g2w = _g2w(self.model.cfg.resolution)
             if self.model.cfg.frame == "view" and msg.pose is not None:
@@ -1326,7 +1336,9 @@ class GroundStation:
         Returns:
             the snapshot's summary (``session.json``), or None if it could not be written.
         """
-        s = self.sessions[key]
+        s = self.sessions.get(key) or self._wake(key)
+        if s is None:
+            raise KeyError(f"no object {key}")
         for attempt, parent in enumerate((self.out / s.name, self.out / "_fallback" / s.name)):
             try:
                 folder, summary = self._write_snapshot(s, parent)
@@ -1345,6 +1357,65 @@ class GroundStation:
         s.retry_after = time.monotonic() + max(self.cfg.idle_timeout_s, 5.0)
         return None
 
+    def _row(self, s: ObjectSession) -> dict:
+        """The object's row of ``ground.json``'s ``objects``."""
+        return {"stream": s.stream, "object_id": s.object_id, "views": s.views, "late": len(s.late),
+                "missing_views": self._missing(s)["missing_in_span"], "snapshots": len(s.snapshots),
+                "latest": s.snapshots[-1] if s.snapshots else None, "unsaved_views": s.views - s.snap_views}
+
+    def sleep(self, key: tuple[int, int]) -> bool:
+        """Put an object whose views are all in a snapshot to sleep (:attr:`GroundConfig.max_live_objects`):
+        saved whole as ``<out>/.work/<object>/sleeping.pt`` and dropped from memory. Returns True if it
+        did; False (the object stays in memory) if it has views not in a snapshot, depth maps still
+        pending, or the file cannot be written (counted as an output error)."""
+        s = self.sessions.get(key)
+        if s is None or s.views > s.snap_views or s.pending:
+            return False
+        path = self._work_dir(s) / "sleeping.pt"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(s, tmp)
+            os.replace(tmp, path)
+        except Exception as e:  # noqa: BLE001 - a full disk: the object stays awake
+            self._output_error(f"putting {s.name} to sleep", e)
+            return False
+        self._close_view_file(s)
+        self.sleeping[key] = {**self._row(s), "sleeping": True}
+        del self.sessions[key]
+        self.stats["objects_slept"] += 1
+        return True
+
+    def _wake(self, key: tuple[int, int]) -> ObjectSession | None:
+        """A sleeping object back in memory, as it was put to sleep (None if it was not asleep). A file
+        that cannot be read is counted (``wake_failed``, an output error) and the object starts anew: its
+        snapshots on disk stay, and the record holds its views."""
+        if key not in self.sleeping:
+            return None
+        del self.sleeping[key]
+        path = self.out / ".work" / f"s{key[0]}_o{key[1]}" / "sleeping.pt"
+        try:
+            s = torch.load(path, weights_only=False)
+            path.unlink()
+        except Exception as e:  # noqa: BLE001 - counted; the object starts anew
+            self.stats["wake_failed"] += 1
+            self._output_error(f"waking s{key[0]}_o{key[1]}", e)
+            return None
+        self.sessions[key] = s
+        self.stats["objects_woken"] += 1
+        return s
+
+    def _sleep_idle(self) -> None:
+        """Put the objects idle longest to sleep while more than ``max_live_objects`` are in memory."""
+        extra = len(self.sessions) - self.cfg.max_live_objects
+        if self.cfg.max_live_objects <= 0 or extra <= 0:
+            return
+        self.settle()  # nothing of an object may still be in flight in the pipeline's threads
+        for key, _ in sorted(((k, s.last_t) for k, s in self.sessions.items()), key=lambda x: x[1]):
+            if extra <= 0:
+                break
+            extra -= self.sleep(key)
+
     def finalise(self, key: tuple[int, int]) -> dict | None:
         """Snapshot an object and drop it from memory (a later view of it starts a new state).
 
@@ -1352,6 +1423,7 @@ class GroundStation:
             the snapshot's summary, or None if it could not be written (see :meth:`snapshot`).
         """
         summary = self.snapshot(key, "finalise")
+        self.sleeping.pop(key, None)
         s = self.sessions.pop(key, None)
         if s is not None:
             self._close_view_file(s)
@@ -1377,11 +1449,8 @@ class GroundStation:
                 "first_seq": None if b is None else dl.to_wire(b[0]),
                 "last_seq": None if b is None else dl.to_wire(b[1]), "restarts": dl.restarts,
                 "backchannel": bool(info and info.backchannel)}
-        objects = {s.name: {"stream": s.stream, "object_id": s.object_id, "views": s.views, "late": len(s.late),
-                            "missing_views": self._missing(s)["missing_in_span"], "snapshots": len(s.snapshots),
-                            "latest": s.snapshots[-1] if s.snapshots else None,
-                            "unsaved_views": s.views - s.snap_views}
-                   for s in sorted(self.sessions.values(), key=lambda x: (x.stream, x.object_id))}
+        objects = {s.name: self._row(s) for s in sorted(self.sessions.values(), key=lambda x: (x.stream, x.object_id))}
+        objects.update({f"s{k[0]}_o{k[1]}": row for k, row in sorted(self.sleeping.items())})
         return clean_json({
             "time_unix": time.time(), "uptime_s": time.time() - self.t_start, "model": self.model.cfg.name,
             "refiner_precision": (self.model.refiner_precision() if hasattr(self.model, "refiner_precision")
@@ -1692,6 +1761,7 @@ class GroundStation:
                     if not backlog and s.views > s.snap_views and now - s.last_t > self.cfg.idle_timeout_s \
                             and now >= s.retry_after:
                         self.snapshot(key, "idle")
+                self._sleep_idle()
                 if self.cfg.backchannel and now - last_request >= min(self.cfg.request_interval_s, 1.0):
                     self.request_missing(now)
                     last_request = now

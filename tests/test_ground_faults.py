@@ -328,6 +328,41 @@ def test_gaps_an_edge_cannot_answer_do_not_stop_newer_ones_being_asked(tmp_path,
     assert 141 in asked and set(asked) == set(range(1, 142, 2)), "every gap asked in turn, the newest included"
 
 
+def test_objects_beyond_max_live_objects_sleep_and_wake_as_they_were(tmp_path, tiny):
+    """Memory does not grow with the objects a ground has seen: beyond ``max_live_objects`` the objects
+    idle longest (all views in a snapshot) go to disk; a later view wakes one and its reconstruction
+    goes on exactly as if it had stayed in memory."""
+    a = station(tmp_path / "a", tiny[0], record=False, max_live_objects=3)
+    b = station(tmp_path / "b", tiny[0], record=False, max_live_objects=0)
+    for st in (a, b):
+        st.handle(info(tiny))
+        for obj in range(6):
+            st.handle(view(tiny, 2 * obj, obj=obj))
+            st.handle(view(tiny, 2 * obj + 1, obj=obj))
+        st.sessions[(2, 5)].last_t = -1.0  # the newest object idle longest: not merely the first made
+        st.handle(view(tiny, 12, obj=0))  # object 0 has an unsaved view: it must stay awake
+        for key in list(st.sessions):
+            if key != (2, 0):
+                st.snapshot(key)
+        st._sleep_idle()
+    assert len(b.sessions) == 6 and not b.sleeping
+    assert len(a.sessions) == 3 and set(a.sleeping) == {(2, 5), (2, 1), (2, 2)}
+    status = a.status()
+    assert len(status["objects"]) == 6 and status["objects"]["s2_o5"]["sleeping"] is True
+    assert (tmp_path / "a" / ".work" / "s2_o5" / "sleeping.pt").exists()
+    for st in (a, b):  # a view for a sleeping object wakes it
+        st.handle(view(tiny, 13, obj=5))
+    s_a, s_b = a.sessions[(2, 5)], b.sessions[(2, 5)]
+    assert (2, 5) not in a.sleeping and s_a.views == s_b.views == 3 and len(s_a.snapshots) == 1
+    assert np.array_equal(a.occupancy(s_a), b.occupancy(s_b))
+    assert not (tmp_path / "a" / ".work" / "s2_o5" / "sleeping.pt").exists()
+    assert a.stats["objects_slept"] == 3 and a.stats["objects_woken"] == 1
+    # a sleeping object can still be finalised, and a duplicate of its views is still a duplicate
+    a.handle(view(tiny, 2, obj=1))
+    assert a.stats["duplicates"] == 1 and (2, 1) in a.sleeping
+    assert a.finalise((2, 2)) is not None and (2, 2) not in a.sleeping and (2, 2) not in a.sessions
+
+
 def test_output_errors_are_contained(tmp_path, tiny):
     st = station(tmp_path, tiny[0], record=False)
     st.handle(info(tiny))

@@ -386,6 +386,9 @@ def ground_cmd(
     precision: str = typer.Option("auto", "--precision",
                                   help="Pose-aware model: its 3D refiner on the CPU: auto (bfloat16 where the CPU has "
                                        "it natively), bfloat16 or float32 (the same grids on every machine)."),
+    max_live_objects: int = typer.Option(256, "--max-live-objects", min=0,
+                                         help="Objects kept in memory; beyond, those idle longest (all views in a "
+                                              "snapshot) wait on disk until their next view. 0: no limit."),
 ) -> None:
     """The ground station: codes in; occupancy grids, depth maps, point clouds and meshes out (OUT/ground.json: every count)."""
     from ground.station import GroundConfig, GroundStation
@@ -399,7 +402,7 @@ def ground_cmd(
                                         backchannel=backchannel or [], curve_secret_file=curve_secret,
                                         curve_allow_dir=curve_allow, record=record and replay is None,
                                         record_depth=record_depth, refine_poses=refine_poses,
-                                        refiner_precision=precision))
+                                        refiner_precision=precision, max_live_objects=max_live_objects))
     except (ModelFileError, ValueError, RuntimeError) as e:
         _fail(str(e))
     if replay is not None:
