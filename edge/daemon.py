@@ -41,7 +41,7 @@ import numpy as np
 from edge.sources import Capture, SourceEnded, SourceError, open_source
 from voxlink import camera
 from voxlink.preprocess import to_input_array
-from voxlink.protocol import (HEADER_BYTES, KIND_CODE, CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32,
+from voxlink.protocol import (HEADER_BYTES, KIND_CODE, CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32, run_tag,
                               pack_bits)
 
 log = logging.getLogger("voxlink.edge")
@@ -489,7 +489,7 @@ class EdgeDaemon:
                 msg = CodeMessage(stream=self.cfg.stream_id, object_id=self.cfg.object_id, seq=self.seq,
                                   t_ms=int((f.t - self.epoch) * 1000) & 0xFFFFFFFF, fingerprint=fingerprint32(self.fp),
                                   n_bits=len(code), payload=pack_bits(code),
-                                  pose=f.pose if self.cfg.send_pose else None)
+                                  pose=f.pose if self.cfg.send_pose else None, run=run_tag(self.epoch))
                 buf = encode_code(msg)
                 self.seq = (self.seq + 1) & 0xFFFFFFFF
                 codelog.append(buf)

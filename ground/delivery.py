@@ -22,6 +22,10 @@ MASK = WRAP - 1
 #: The largest jump (ahead of the highest number seen, or behind the lowest) accepted as a sequence
 #: number of the same stream: 2^24 views is 97 days at 2 views/s. Beyond it a number is ``bad_seq``.
 MAX_SEQ_JUMP = 1 << 24
+#: Numbers left free after an incarnation when an edge restarts (2^16 views, 9 hours at 2 views/s): the
+#: old run's views that were still on the link, or sent while its restart went unseen, come after the
+#: restart is seen and are placed there (their run tag says which run made them), never counted missing.
+RESTART_SLACK = 1 << 16
 
 
 class SeqSet:
@@ -134,6 +138,8 @@ class StreamDelivery:
         self.base = 0
         self.starts: list[int] = [-(1 << 62)]
         self.bases: list[int] = [0]
+        self.tags: list[set[int]] = [set()]  # each incarnation's run tags (protocol.run_tag of its epochs)
+        self.voids: list[tuple[int, int]] = []  # each restart's RESTART_SLACK numbers: never missing
         self.restarts = 0
 
     def _ref(self) -> int | None:
@@ -156,20 +162,42 @@ class StreamDelivery:
         ``first_seq`` comes right after it; returns True when it did.
 
         Views of the old incarnation that were announced and never came stay missing (``never came``):
-        the edge that could have resent them has lost its log.
+        the edge that could have resent them has lost its log. The new incarnation starts
+        :data:`RESTART_SLACK` numbers after the old one's highest, so that the old run's views still on
+        the link are placed in the old run (by their run tag, :meth:`check`).
         """
         hi = max((x for x in (self.seen.high, self.last_said) if x is not None), default=None)
         if hi is None:
             return False
         if self.seen.unwrap(self._g(first_seq), hi) > hi:
             return False  # the numbering continues (the edge kept its log): the same incarnation
-        self.base = (hi + 1 - int(first_seq)) & MASK
-        self.starts.append(hi + 1)
-        self.bases.append(hi + 1 - int(first_seq))
+        start = hi + 1 + RESTART_SLACK
+        self.voids.append((hi + 1, start - 1))
+        self.base = (start - int(first_seq)) & MASK
+        self.starts.append(start)
+        self.bases.append(start - int(first_seq))
+        self.tags.append(set())
         self.restarts += 1
         self.missing_since.clear()  # the old incarnation's gaps cannot be asked back any more
         self.ask_cursor = None
         return True
+
+    def note_tag(self, tag: int) -> None:
+        """A run tag (``protocol.run_tag`` of a stream info's epoch) of the current incarnation: an edge that
+        restarts but keeps its code log goes on in the same incarnation under a second tag."""
+        if tag:
+            self.tags[-1].add(tag)
+
+    def incarnation_of(self, tag: int) -> int | None:
+        """The incarnation (index, the newest that has it) whose stream infos had run tag ``tag``; the
+        current one for ``tag`` 0 (a sender that does not say); None for a tag no stream info has had
+        yet (its run's stream info is late or lost)."""
+        if not tag:
+            return len(self.starts) - 1
+        for k in range(len(self.tags) - 1, -1, -1):
+            if tag in self.tags[k]:
+                return k
+        return None
 
     def note_info(self, first_seq: int | None, last_seq: int | None) -> None:
         """Take the edge's ``first_seq`` / ``last_seq`` (wire values) from a stream info."""
@@ -185,13 +213,25 @@ class StreamDelivery:
             if ref is None or abs(u - ref) <= MAX_SEQ_JUMP:
                 self.last_said = u if self.last_said is None else max(self.last_said, u)
 
-    def check(self, seq: int) -> tuple[str, int]:
+    def check(self, seq: int, incarnation: int | None = None) -> tuple[str, int]:
         """Classify a wire ``seq`` before applying it.
 
+        Args:
+            seq: wire number (uint32). incarnation: the incarnation it belongs to (:meth:`incarnation_of`);
+                None: the current one. A view of an earlier incarnation (it came after the edge's restart
+                was seen) is placed among that incarnation's numbers, so it is neither lost nor mistaken
+                for the new run's view of the same number.
+
         Returns:
-            ``("new", u)``, ``("duplicate", u)`` or ``("bad_seq", u)`` (a jump beyond :data:`MAX_SEQ_JUMP`),
-            with ``u`` the unwrapped number.
+            ``("new", u)``, ``("duplicate", u)`` or ``("bad_seq", u)`` (a jump beyond :data:`MAX_SEQ_JUMP`,
+            or outside its earlier incarnation's numbers), with ``u`` the unwrapped number.
         """
+        if incarnation is not None and incarnation < len(self.starts) - 1:
+            lo, hi = self.starts[incarnation], self.starts[incarnation + 1] - 1
+            u = self.seen.unwrap((int(seq) + self.bases[incarnation]) & MASK, hi)
+            if not lo <= u <= hi:
+                return "bad_seq", u
+            return ("duplicate" if u in self.seen else "new"), u
         ref = self._ref()
         u = self.seen.unwrap(self._g(seq), ref)
         if ref is not None:
@@ -222,15 +262,32 @@ class StreamDelivery:
             return None
         return min(los), max(his)
 
+    def _segments(self) -> list[tuple[int, int]]:
+        """The expected range (:meth:`bounds`) without the numbers left free at restarts (``voids``)."""
+        b = self.bounds()
+        if b is None:
+            return []
+        out, lo = [], b[0]
+        for a, z in self.voids:
+            if a > lo:
+                out.append((lo, min(a - 1, b[1])))
+            lo = max(lo, z + 1)
+        if lo <= b[1]:
+            out.append((lo, b[1]))
+        return [(a, z) for a, z in out if a <= z]
+
     def missing_count(self) -> int:
         """Views in the expected range that were never applied."""
-        b = self.bounds()
-        return self.seen.missing_count(*b) if b else 0
+        return sum(self.seen.missing_count(a, z) for a, z in self._segments())
 
     def missing_ranges(self, limit: int | None = None) -> list[tuple[int, int]]:
         """Missing views as inclusive unwrapped ranges (at most ``limit``)."""
-        b = self.bounds()
-        return self.seen.missing_ranges(*b, limit=limit) if b else []
+        out: list[tuple[int, int]] = []
+        for a, z in self._segments():
+            out += self.seen.missing_ranges(a, z, limit=None if limit is None else limit - len(out))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
 
     def ranges_to_ask(self, limit: int = 64) -> list[tuple[int, int]]:
         """Missing ranges of the current incarnation (the ones an edge can still resend), at most ``limit``

@@ -74,7 +74,7 @@ from voxlink.camera import voxel_size, yaw_matrix
 from voxlink.models.binarizer import compression_ratio, unpack_bits
 from voxlink.models.fusion import view_geometry
 from voxlink.net import read_drone_certificate
-from voxlink.protocol import MAX_MESSAGE_BYTES, CodeMessage, ProtocolError, StreamInfo, decode
+from voxlink.protocol import MAX_MESSAGE_BYTES, CodeMessage, ProtocolError, StreamInfo, decode, run_tag
 
 log = logging.getLogger("voxlink.ground")
 TAU = 0.4
@@ -87,6 +87,11 @@ PIPELINE_DEPTH = 4
 #: A missing view is asked back once it has been missing this long (seconds): reordering on the
 #: link heals by itself faster than that.
 REORDER_GRACE_S = 0.5
+#: Views a stream keeps waiting for the stream info of their run (an edge restarted and its new info is
+#: late or lost; the edge repeats it every few seconds): 4,096 views is over half an hour at 2 views/s.
+#: Beyond, a view is rejected as ``held_overflow`` (and asked back over the back channel once the info
+#: says it was sent).
+MAX_HELD_VIEWS = 4096
 
 
 def clean_json(x):
@@ -327,6 +332,10 @@ class GroundStation:
         self.delivery: dict[int, StreamDelivery] = {}
         self.sessions: dict[tuple[int, int], ObjectSession] = {}
         self.sleeping: dict[tuple[int, int], dict] = {}  # put to sleep (max_live_objects) -> its ground.json row
+        # views of an edge run whose stream info has not come yet (a restart whose info is late or lost),
+        # per stream, checked again when a stream info of the stream comes
+        self.held: dict[int, deque] = {}
+        self._released: deque = deque()
         self.finished: list[dict] = []
         self.stats = Counter()  # main thread only
         # a fusion model's decoded views ((stream, unwrapped seq) -> float16 depth [H, W], bool mask
@@ -776,9 +785,13 @@ class GroundStation:
             # incarnation of the stream, placed after everything it sent before (ground/delivery.py)
             self.stats["stream_restarts"] += 1
             log.warning("stream %d restarted its sequence numbers at %d (new epoch, its code log was lost): "
-                        "its views continue as new views after %d", msg.stream, msg.first_seq, dl.current_start() - 1)
+                        "its views are new views of a new incarnation of the stream", msg.stream, msg.first_seq)
+        dl.note_tag(run_tag(msg.epoch_unix))
         dl.note_info(msg.first_seq, msg.last_seq)
         self.stats["infos"] += 1
+        held = self.held.pop(msg.stream, None)
+        if held:
+            self._released.extend(held)  # checked again right after this message (handle_many)
         if changed and self.recorder is not None and source != "record":
             self._record(lambda r: r.wire(buf, t_recv))
 
@@ -812,7 +825,17 @@ class GroundStation:
             self._reject("wrong_code_length", f"{msg.n_bits} bits, the model takes {self.code_bits}")
             return None
         dl = self.delivery.setdefault(msg.stream, StreamDelivery(msg.stream))
-        verdict, u = dl.check(msg.seq)
+        incarnation = dl.incarnation_of(msg.run)
+        if incarnation is None:  # a run whose stream info has not come: neither the old run's nor lost
+            held = self.held.setdefault(msg.stream, deque())
+            if len(held) >= MAX_HELD_VIEWS:
+                self._reject("held_overflow", f"stream {msg.stream}: {len(held)} views already wait for the "
+                                              f"stream info of run {msg.run}")
+                return None
+            held.append((buf, t_recv, source, peer))
+            self.stats["views_held"] += 1
+            return None
+        verdict, u = dl.check(msg.seq, incarnation)
         if verdict == "bad_seq":
             self._reject("bad_seq", f"stream {msg.stream}: seq {msg.seq} is too far from the others")
             return None
@@ -859,6 +882,16 @@ class GroundStation:
                 continue
             if v is not None:
                 pending.append((i, v))
+            while self._released:  # views a stream info just placed in their run: checked again
+                buf_, t_, src_, peer_ = self._released.popleft()
+                try:
+                    v = self._check(buf_, t_, src_, peer_)
+                except Exception as e:  # noqa: BLE001
+                    self._log_trace("internal error checking a message")
+                    self._reject("internal_error", repr(e))
+                    continue
+                if v is not None:
+                    pending.append((-1, v))
         # rounds: each object at most once per model call, its views in arrival order
         while pending:
             round_, rest, seen = [], [], set()
@@ -870,7 +903,8 @@ class GroundStation:
                 chunk = round_[j:j + self.cfg.batch]
                 try:
                     for i, s in zip([i for i, _ in chunk], self._apply([v for _, v in chunk])):
-                        results[i] = s
+                        if i >= 0:
+                            results[i] = s
                 except Exception as e:  # noqa: BLE001
                     self._log_trace("internal error applying views")
                     self._reject("internal_error", repr(e))
@@ -1463,7 +1497,8 @@ class GroundStation:
             "output_errors": stats.get("output_errors", 0), "snapshots": stats.get("snapshots", 0),
             "snapshots_failed": stats.get("snapshots_failed", 0), "record_errors": stats.get("record_errors", 0),
             "stream_restarts": stats.get("stream_restarts", 0),
-            "queue": self.q.qsize(), "depth_backlog": sum(len(s.pending) for s in self.sessions.values()),
+            "queue": self.q.qsize(), "views_waiting_for_info": sum(len(h) for h in self.held.values()),
+            "depth_backlog": sum(len(s.pending) for s in self.sessions.values()),
             "latency_ms": {"p50": float(np.percentile(lat, 50)),
                                                     "p99": float(np.percentile(lat, 99))},
             "record": None if self.recorder is None else str(self.recorder.path),
@@ -1694,6 +1729,10 @@ class GroundStation:
                 for key, s in list(self.sessions.items()):
                     if s.views > s.snap_views:
                         self.snapshot(key, "exit")
+            waiting = sum(len(h) for h in self.held.values())
+            if waiting:  # not in the record: asked back after a restart once their run's info says they were sent
+                log.warning("%d views still waited for their run's stream info at exit (not applied, not recorded)",
+                            waiting)
             self.close_record()
             for w in self._workers.values():
                 w.shutdown(wait=True)

@@ -79,6 +79,9 @@ def test_loopback_edge_streams_every_view(tmp_path, real_mesh_files):
     assert all(c.fingerprint == fingerprint32(model.fingerprint()) for c in codes)
     assert all(c.stream == 3 and c.object_id == 42 and c.pose is not None for c in codes)
     assert infos and isinstance(infos[0], StreamInfo) and infos[0].fingerprint == bytes.hex(model.fingerprint())
+    from voxlink.protocol import run_tag
+
+    assert all(c.run == run_tag(infos[0].epoch_unix) for c in codes), "every view says which edge run made it"
     # the local log kept every code that was sent
     logged = [decode(b) for b in CodeLog.read(tmp_path / "log" / "codes.log")]
     assert [m.seq for m in logged if isinstance(m, CodeMessage)] == list(range(n))

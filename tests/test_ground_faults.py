@@ -21,7 +21,7 @@ from voxlink import camera
 from voxlink.models import ImplicitModel, get_config
 from voxlink.models.binarizer import pack_bits
 from voxlink.protocol import (FLAG_POSE, KIND_CODE, CodeMessage, StreamInfo, _pack, encode_code, encode_info,
-                              fingerprint32)
+                              fingerprint32, run_tag)
 from voxlink.weights import save_model
 
 
@@ -41,13 +41,15 @@ def station(out: Path, model_file, **kw):
     return GroundStation(GroundConfig(bind=[], model=str(model_file), out=str(out), **kw))
 
 
-def view(tiny, seq, obj=1, stream=2, pose=True):
-    """A valid view message; the code and pose depend on ``seq`` only (the same view when resent)."""
+def view(tiny, seq, obj=1, stream=2, pose=True, epoch=None):
+    """A valid view message; the code and pose depend on ``seq`` only (the same view when resent). With
+    ``epoch``, tagged with that edge run (``run_tag``), as the edge sends it; else untagged."""
     _, m, codes = tiny
     T = camera.orbit_poses(1, np.random.default_rng(seq % 1000))[0] if pose else None
     return encode_code(CodeMessage(stream=stream, object_id=obj, seq=seq & 0xFFFFFFFF, t_ms=(seq % 1000) * 100,
                                    fingerprint=fingerprint32(m.fingerprint()), n_bits=64,
-                                   payload=codes[seq % len(codes)], pose=T))
+                                   payload=codes[seq % len(codes)], pose=T,
+                                   run=0 if epoch is None else run_tag(epoch)))
 
 
 EPOCH = time.time()  # one edge run: its stream infos all carry the same epoch (a new epoch is a new run)
@@ -288,6 +290,37 @@ def test_an_edge_that_lost_its_code_log_restarts_at_zero_and_loses_nothing(tmp_p
     assert b.rebuild() == 16 and b.stats["stream_restarts"] == 1 and b.delivery[2].missing_count() == 1
     for x, y in zip(b.sessions[(2, 1)].state, a.sessions[(2, 1)].state):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+
+
+def test_a_restarted_edge_whose_stream_info_is_late_is_never_taken_for_its_previous_run(tmp_path, tiny):
+    """Views say which edge run made them (the run tag): a restarted edge (its code log lost) whose new
+    stream info is late has its views held until the info comes, then applied as new views, each once;
+    the previous run's views that come after the restart was seen are placed in the previous run."""
+    assert run_tag(1000.0) != run_tag(2000.0)
+    a = station(tmp_path / "a", tiny[0], record=False)
+    a.handle(info(tiny, epoch=1000.0, first_seq=0, backchannel=True))
+    for s in range(10):  # run 1: 0..9
+        a.handle(view(tiny, s, epoch=1000.0))
+    for s in range(15):  # run 2 restarts at 0, its first stream info lost on the link
+        assert a.handle(view(tiny, s, obj=5, epoch=2000.0)) is None
+    assert a.stats["duplicates"] == 0 and a.status()["views_waiting_for_info"] == 15 and (2, 5) not in a.sessions
+    a.handle(info(tiny, epoch=2000.0, first_seq=0, last_seq=14, backchannel=True))  # the repeated info
+    dl = a.delivery[2]
+    assert dl.restarts == 1 and a.sessions[(2, 5)].views == 15 and a.sessions[(2, 1)].views == 10
+    assert dl.missing_count() == 0 and a.stats["duplicates"] == 0 and a.status()["views_waiting_for_info"] == 0
+    assert _asked(a, 3) == []
+
+    b = station(tmp_path / "b", tiny[0], record=False)
+    b.handle(info(tiny, epoch=1000.0, first_seq=0))
+    for s in range(8):  # run 1: 0..7 came; 8 and 9 are still in flight
+        b.handle(view(tiny, s, epoch=1000.0))
+    b.handle(info(tiny, epoch=2000.0, first_seq=0))  # the edge rebooted without its log
+    for s in (8, 9):  # run 1's late views: run 1's numbers, not run 2's
+        assert b.handle(view(tiny, s, epoch=1000.0)) is not None
+    assert [b.handle(view(tiny, s, obj=5, epoch=2000.0)) is not None for s in range(10)] == [True] * 10
+    assert b.sessions[(2, 1)].views == 10 and b.sessions[(2, 5)].views == 10 and b.stats["duplicates"] == 0
+    assert b.handle(view(tiny, 9, epoch=1000.0)) is None and b.stats["duplicates"] == 1  # a repeat is a repeat
+    assert b.delivery[2].missing_count() == 0
 
 
 def _asked(st, rounds, t0=None):

@@ -72,3 +72,22 @@ def test_stream_info_with_an_epoch_out_of_range_is_bad_time(epoch):
     with pytest.raises(ProtocolError) as e:
         decode(_pack(KIND_INFO, 0, 2, 0x01234567, 0, 64, 0, 0, body))
     assert e.value.reason == "bad_time"
+
+
+def test_run_tag_round_trips_beside_the_pose_flag():
+    """The run tag (flags bits 1..7) comes back as sent, with and without a pose; 0 means not said."""
+    from voxlink.protocol import RUN_TAGS, run_tag
+
+    T = camera.orbit_poses(1, np.random.default_rng(3))[0]
+    tags = {run_tag(1.7e9 + k) for k in range(2000)}
+    assert tags <= set(range(1, RUN_TAGS + 1)) and len(tags) == RUN_TAGS, "every tag is used, 0 never"
+    for pose in (None, T):
+        for tag in (0, 1, run_tag(1.7e9), RUN_TAGS):
+            m = _msg(pose)
+            m.run = tag
+            back = decode(encode_code(m))
+            assert back.run == tag and (back.pose is None) == (pose is None)
+    m = _msg()
+    m.run = RUN_TAGS + 1
+    with pytest.raises(ValueError, match="run tag"):
+        encode_code(m)

@@ -7,7 +7,8 @@ View-code message (little-endian), 24 bytes of header at any K, then the optiona
     offset size field
     0      1    magic        0xB5
     1      1    version<<4 | kind      (version 1; kind 1 = code, 2 = stream info)
-    2      1    flags        bit 0: a pose follows the header
+    2      1    flags        bit 0: a pose follows the header; bits 1..7: the run tag (code messages):
+                                 :func:`run_tag` of the stream info's ``epoch_unix`` (1..127; 0: not said)
     3      1    stream id    (drone) 0..255
     4      4    fingerprint  first 4 bytes of the model fingerprint (uint32)
     8      2    object id    0..65535
@@ -53,6 +54,8 @@ VERSION = 1
 KIND_CODE = 1
 KIND_INFO = 2
 FLAG_POSE = 0x01
+#: Run tags (flags bits 1..7) are 1..RUN_TAGS; 0 means the sender does not say.
+RUN_TAGS = 127
 _HEAD = struct.Struct("<BBBBIHHII")  # 20 bytes
 _CRC = struct.Struct("<I")
 _POSE = struct.Struct("<7f")
@@ -70,7 +73,7 @@ MAX_EPOCH_UNIX = 1e10
 REASONS = ("truncated", "bad_magic", "unknown_version", "unknown_kind", "bad_crc", "bad_length", "bad_info",
            "bad_pose", "bad_intrinsics", "bad_time", "too_large",
            "wrong_fingerprint", "wrong_code_length", "unknown_stream", "stream_not_owned", "bad_seq", "multipart", "queue_full",
-           "internal_error")
+           "held_overflow", "internal_error")
 
 
 class ProtocolError(ValueError):
@@ -94,6 +97,8 @@ class CodeMessage:
         n_bits: K, the code length in bits.
         payload: the packed code, ``ceil(K / 8)`` bytes.
         pose: camera-to-object pose float64 [4, 4] (OpenCV convention), or None.
+        run: the run tag, :func:`run_tag` of the epoch of the edge run that made the view (0: not said):
+            which stream info the view belongs to, even when that info is late or lost.
     """
 
     stream: int
@@ -104,6 +109,7 @@ class CodeMessage:
     n_bits: int
     payload: bytes
     pose: np.ndarray | None = None
+    run: int = 0
 
 
 @dataclass
@@ -205,6 +211,14 @@ def _matrix_from_quat(q: np.ndarray) -> np.ndarray:
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
+def run_tag(epoch_unix: float) -> int:
+    """The run tag of an edge run, 1..:data:`RUN_TAGS`, from its stream epoch (wall-clock seconds of capture
+    time 0): a view says which run made it, so that a receiver never takes a restarted edge's views for
+    the previous run's when the new run's stream info is late or lost. Two runs share a tag with
+    probability 1/127 (then a receiver is where it would be without tags)."""
+    return 1 + zlib.crc32(struct.pack("<d", float(epoch_unix))) % RUN_TAGS
+
+
 def _pack(kind: int, flags: int, stream: int, fp32: int, object_id: int, n_bits: int, seq: int, t_ms: int,
           body: bytes) -> bytes:
     if not 0 <= stream <= 255 or not 0 <= object_id <= 0xFFFF or not 0 <= n_bits <= 0xFFFF:
@@ -222,7 +236,9 @@ def encode_code(msg: CodeMessage) -> bytes:
     """
     if len(msg.payload) != (msg.n_bits + 7) // 8:
         raise ValueError(f"payload of {len(msg.payload)} bytes for a {msg.n_bits}-bit code")
-    body, flags = b"", 0
+    if not 0 <= msg.run <= RUN_TAGS:
+        raise ValueError(f"run tag {msg.run}: 0..{RUN_TAGS}")
+    body, flags = b"", msg.run << 1
     if msg.pose is not None:
         T = np.asarray(msg.pose, np.float64)
         body = _POSE.pack(*_quat_from_matrix(T[:3, :3]), *T[:3, 3])
@@ -357,4 +373,4 @@ def decode(buf: bytes) -> CodeMessage | StreamInfo:
     if len(payload) != (n_bits + 7) // 8:
         raise ProtocolError("bad_length", f"{len(payload)} payload bytes for a {n_bits}-bit code")
     return CodeMessage(stream=stream, object_id=obj, seq=seq, t_ms=t_ms, fingerprint=fp32, n_bits=n_bits,
-                       payload=payload, pose=pose)
+                       payload=payload, pose=pose, run=flags >> 1)
