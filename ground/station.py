@@ -116,8 +116,12 @@ def write_json_atomic(path: Path, obj) -> None:
         OSError: the folder is not writable.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(clean_json(obj), indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(clean_json(obj), indent=1, allow_nan=False))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
+        raise
 
 
 def _libc_malloc_trim():
@@ -1412,6 +1416,7 @@ class GroundStation:
             torch.save(s, tmp)
             os.replace(tmp, path)
         except Exception as e:  # noqa: BLE001 - a full disk: the object stays awake
+            path.with_suffix(".tmp").unlink(missing_ok=True)
             self._output_error(f"putting {s.name} to sleep", e)
             return False
         self._close_view_file(s)

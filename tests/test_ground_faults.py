@@ -409,6 +409,26 @@ def test_output_errors_are_contained(tmp_path, tiny):
     assert good is not None and Path(good["folder"], "occupancy.npz").is_file()
 
 
+def test_a_full_disk_leaves_ground_json_as_it_was_and_no_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    from ground.station import write_json_atomic
+
+    write_json_atomic(tmp_path / "ground.json", {"views": 1})
+    real = Path.write_text
+
+    def full(self, text, *a, **k):
+        real(self, text[:10], *a, **k)  # part of it reaches the disk, then it is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        write_json_atomic(tmp_path / "ground.json", {"views": 2})
+    monkeypatch.setattr(Path, "write_text", real)
+    assert strict_json(tmp_path / "ground.json") == {"views": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ground.json"], "no temporary file left behind"
+
+
 def test_a_failing_depth_thread_is_counted_and_loses_no_view(tmp_path, tiny, monkeypatch):
     """The depth maps' files and points are made in worker threads: an unexpected error there is counted
     as an internal error, the views stay applied, the other views' depth maps are written."""
