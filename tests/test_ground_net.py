@@ -64,6 +64,15 @@ def _wait(cond, timeout=20.0):
     return cond()
 
 
+def _stop(st, t, ctx, socks):
+    """Stop a station started by :func:`_start` and close the test's sockets and their context."""
+    st.stop.set()
+    t.join(timeout=20)
+    for s in socks:
+        s.close(0)
+    ctx.term()
+
+
 def _key_pairs(tmp_path, *names):
     """``(keys folder, empty allow-list folder, [(public file, secret file) per name])``: zmq.auth certificates."""
     import zmq.auth
@@ -105,11 +114,7 @@ def test_curve_both_ways_and_a_sender_without_keys_gets_nothing_applied(tmp_path
         time.sleep(1.0)  # time for the others to have been applied, if they could be
         assert st.stats["views"] == 3 and set(st.streams) == {2}, "a sender without allowed keys got views applied"
     finally:
-        st.stop.set()
-        t.join(timeout=20)
-        for s in (drone, plain, stranger):
-            s.close(0)
-        ctx.term()
+        _stop(st, t, ctx, (drone, plain, stranger))
 
 
 @pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
@@ -160,11 +165,7 @@ def test_curve_binds_each_stream_to_one_drone_key(tmp_path, tiny):
         assert st.all_rejected()["stream_not_owned"] == 6 and 6 not in st.streams
         assert st.stats["duplicates"] == 0, "drone b's views must not have taken drone a's sequence numbers"
     finally:
-        st.stop.set()
-        t.join(timeout=20)
-        for s in socks:
-            s.close(0)
-        ctx.term()
+        _stop(st, t, ctx, socks)
     owners = __import__("json").loads((tmp_path / "out" / "stream_keys.json").read_text())
     assert owners == {"2": zmq.auth.load_certificate(str(a_pub))[0].decode()}
 
@@ -240,11 +241,7 @@ def test_a_malformed_back_channel_hello_is_counted_and_the_receiver_keeps_going(
         assert _wait(lambda: st.stats["views"] >= 5), (st.all_rejected(), dict(st.stats))
         assert st.all_rejected().get("internal_error", 0) == 0
     finally:
-        st.stop.set()
-        t.join(timeout=20)
-        dealer.close(0)
-        push.close(0)
-        ctx.term()
+        _stop(st, t, ctx, (dealer, push))
 
 
 @pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
@@ -295,8 +292,4 @@ def test_curve_a_hello_for_another_drones_stream_gets_none_of_its_gap_requests(t
         da.send(_view(m, 2))  # the owner answers over the back channel: the gap is filled
         assert _wait(lambda: st.stats["views"] >= 4)
     finally:
-        st.stop.set()
-        t.join(timeout=20)
-        for s in socks:
-            s.close(0)
-        ctx.term()
+        _stop(st, t, ctx, socks)
