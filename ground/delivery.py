@@ -166,7 +166,10 @@ class StreamDelivery:
         :data:`RESTART_SLACK` numbers after the old one's highest, so that the old run's views still on
         the link are placed in the old run (by their run tag, :meth:`check`).
         """
-        hi = max((x for x in (self.seen.high, self.last_said) if x is not None), default=None)
+        # a restart's first number counts as used even before any view of it came (a second restart
+        # whose stream info comes before the first restarted run's views)
+        hi = max((x for x in (self.seen.high, self.last_said, self.starts[-1] if self.restarts else None)
+                  if x is not None), default=None)
         if hi is None:
             return False
         if self.seen.unwrap(self._g(first_seq), hi) > hi:
@@ -228,6 +231,8 @@ class StreamDelivery:
         """
         if incarnation is not None and incarnation < len(self.starts) - 1:
             lo, hi = self.starts[incarnation], self.starts[incarnation + 1] - 1
+            if incarnation == 0:  # no start: as far behind the lowest number as the current one may be
+                lo = min(x for x in (self.seen.low, self.first_said, hi) if x is not None) - MAX_SEQ_JUMP
             u = self.seen.unwrap((int(seq) + self.bases[incarnation]) & MASK, hi)
             if not lo <= u <= hi:
                 return "bad_seq", u

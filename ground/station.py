@@ -799,8 +799,9 @@ class GroundStation:
         if changed and self.recorder is not None and source != "record":
             self._record(lambda r: r.wire(buf, t_recv))
 
-    def _check(self, buf: bytes, t_recv: float, source: str, peer: str | None = None):
-        """Decode and check one message; infos are applied here. Returns an accepted view or None."""
+    def _check(self, buf: bytes, t_recv: float, source: str, peer: str | None = None, rechecked: bool = False):
+        """Decode and check one message; infos are applied here. Returns an accepted view or None.
+        ``rechecked``: a held view checked again (not counted as held twice)."""
         try:
             msg = decode(buf)
         except ProtocolError as e:
@@ -830,6 +831,11 @@ class GroundStation:
             return None
         dl = self.delivery.setdefault(msg.stream, StreamDelivery(msg.stream))
         incarnation = dl.incarnation_of(msg.run)
+        if incarnation is None and (source == "backchannel" or (
+                info.first_seq is not None and 0 < (info.first_seq - msg.seq) & 0xFFFFFFFF < 1 << 31)):
+            # a run whose stream info never came here, but the view was asked back or comes before the
+            # current run's first number: it is from the edge's kept code log, the current numbering
+            incarnation = dl.incarnation_of(0)
         if incarnation is None:  # a run whose stream info has not come: neither the old run's nor lost
             held = self.held.setdefault(msg.stream, deque())
             if len(held) >= MAX_HELD_VIEWS:
@@ -837,7 +843,8 @@ class GroundStation:
                                               f"stream info of run {msg.run}")
                 return None
             held.append((buf, t_recv, source, peer))
-            self.stats["views_held"] += 1
+            if not rechecked:
+                self.stats["views_held"] += 1
             return None
         verdict, u = dl.check(msg.seq, incarnation)
         if verdict == "bad_seq":
@@ -889,7 +896,7 @@ class GroundStation:
             while self._released:  # views a stream info just placed in their run: checked again
                 buf_, t_, src_, peer_ = self._released.popleft()
                 try:
-                    v = self._check(buf_, t_, src_, peer_)
+                    v = self._check(buf_, t_, src_, peer_, rechecked=True)
                 except Exception as e:  # noqa: BLE001
                     self._log_trace("internal error checking a message")
                     self._reject("internal_error", repr(e))
@@ -1435,11 +1442,14 @@ class GroundStation:
         path = self.out / ".work" / f"s{key[0]}_o{key[1]}" / "sleeping.pt"
         try:
             s = torch.load(path, weights_only=False)
-            path.unlink()
         except Exception as e:  # noqa: BLE001 - counted; the object starts anew
             self.stats["wake_failed"] += 1
             self._output_error(f"waking s{key[0]}_o{key[1]}", e)
             return None
+        try:
+            path.unlink()
+        except OSError as e:  # the object is back all the same; the stale file goes when it sleeps again
+            self._output_error(f"removing {path}", e)
         self.sessions[key] = s
         self.stats["objects_woken"] += 1
         return s
@@ -1449,6 +1459,8 @@ class GroundStation:
         extra = len(self.sessions) - self.cfg.max_live_objects
         if self.cfg.max_live_objects <= 0 or extra <= 0:
             return
+        if not any(s.views <= s.snap_views for s in self.sessions.values()):
+            return  # none could sleep: do not stall the pipeline for nothing
         self.settle()  # nothing of an object may still be in flight in the pipeline's threads
         for key, _ in sorted(((k, s.last_t) for k, s in self.sessions.items()), key=lambda x: x[1]):
             if extra <= 0:
@@ -1535,15 +1547,17 @@ class GroundStation:
                     if now >= due:
                         want.append(u)
                         dl.missing_since[u] = now + self.cfg.request_interval_s
+                        if len(want) >= 512:
+                            break
                 if len(want) >= 512:
-                    dl.ask_cursor = b + 1  # the next round goes on from here
+                    dl.ask_cursor = u + 1  # the next round goes on from here
                     break
             if len(dl.missing_since) > 100000:  # forget the oldest marks, keep memory bounded
                 for u in sorted(dl.missing_since)[:50000]:
                     del dl.missing_since[u]
             if want:
-                self.requests.put((sid, [dl.to_wire(u) for u in want[:512]]))
-                total += len(want[:512])
+                self.requests.put((sid, [dl.to_wire(u) for u in want]))
+                total += len(want)
         return total
 
     # -- durable record --------------------------------------------------------------------------------

@@ -323,6 +323,39 @@ def test_a_restarted_edge_whose_stream_info_is_late_is_never_taken_for_its_previ
     assert b.delivery[2].missing_count() == 0
 
 
+def test_run_tags_with_a_kept_log_two_quick_restarts_and_a_wild_number(tmp_path, tiny):
+    """Three ways a restart's messages can come (found by review): a run the ground never heard of, whose
+    views the edge resends from its kept log, is applied in the current numbering (not held for an info
+    that never comes); a second lost-log restart whose info comes before any view of the first
+    restarted run is a restart too; and an old run's view with a number far outside it is ``bad_seq``."""
+    Z, A, B = 1000.0, 2000.0, 3000.0
+    assert len({run_tag(Z), run_tag(A), run_tag(B)}) == 3
+    a = station(tmp_path / "a", tiny[0], record=False)
+    a.handle(info(tiny, epoch=Z, first_seq=0, backchannel=True))
+    for s in range(5):
+        a.handle(view(tiny, s, epoch=Z))
+    a.handle(info(tiny, epoch=B, first_seq=10, backchannel=True))  # run A (5..9) was never heard; B keeps the log
+    for s in range(10, 13):
+        a.handle(view(tiny, s, epoch=B))
+    assert sorted(_asked(a, 2)) == [5, 6, 7, 8, 9]
+    assert all(a.handle(view(tiny, s, epoch=A), source="backchannel") is not None for s in range(5, 8))
+    assert all(a.handle(view(tiny, s, epoch=A)) is not None for s in (8, 9))  # before B's first number
+    assert a.delivery[2].missing_count() == 0 and a.status()["views_waiting_for_info"] == 0
+
+    b = station(tmp_path / "b", tiny[0], record=False)
+    b.handle(info(tiny, epoch=Z, first_seq=0))
+    for s in range(10):
+        b.handle(view(tiny, s, epoch=Z))
+    b.handle(info(tiny, epoch=A, first_seq=0))
+    b.handle(info(tiny, epoch=B, first_seq=0))  # A rebooted again, without its log, before its views came
+    assert b.delivery[2].restarts == 2
+    assert all(b.handle(view(tiny, s, obj=5, epoch=A)) is not None for s in range(4))
+    assert all(b.handle(view(tiny, s, obj=6, epoch=B)) is not None for s in range(4))
+    assert b.stats["duplicates"] == 0
+    assert b.handle(view(tiny, -(1 << 30) & 0xFFFFFFFF, epoch=Z)) is None and b.rejected["bad_seq"] == 1
+    assert b.delivery[2].missing_count() == 0
+
+
 def _asked(st, rounds, t0=None):
     """Every wire seq the station queues for the back channel over ``rounds`` request rounds 10 s apart."""
     import queue
