@@ -32,6 +32,9 @@ far; absent before the first) and ``backchannel`` (true: the edge answers gap re
 
 Delivery: a view is identified by (stream, sequence number); a receiver applies it once and counts
 repeats (see ``ground/station.py``). Sequence numbers are per stream (not per object) and wrap at 2^32.
+An edge that loses its code log numbers again from 0 under a new epoch; each view's run tag
+(:func:`run_tag` of that epoch) tells a receiver which run, and so which numbering, the view belongs to
+however late or early it comes beside the stream infos (see ``ground/delivery.py``).
 
 Everything is checked before it is believed: magic, version, kind, CRC, lengths, a finite unit
 quaternion and finite translation in the pose, finite positive focal lengths and a finite,
