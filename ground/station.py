@@ -775,6 +775,10 @@ class GroundStation:
         if msg.code_bits != self.code_bits:
             self._reject("wrong_code_length", f"stream info of {msg.code_bits} bits, the model takes {self.code_bits}")
             return
+        if msg.image_size != self.model.cfg.image_size:  # its intrinsics are for views the model never codes
+            self._reject("wrong_image_size", f"stream {msg.stream}: {msg.image_size} x {msg.image_size} views, the "
+                                             f"model codes {self.model.cfg.image_size} x {self.model.cfg.image_size}")
+            return
         old = self.streams.get(msg.stream)
         if old is None:
             log.info("stream %d: model %s, %d-bit codes, backend %s%s", msg.stream, msg.model, msg.code_bits,

@@ -164,8 +164,9 @@ def test_bad_values_with_a_valid_crc_are_rejected_and_json_stays_valid(tmp_path,
     st.handle(_pack(2, 0, 2, fingerprint32(tiny[1].fingerprint()), 0, 64, 0, 0, nan_body))
     st.handle(info(tiny, K=np.array([[-100.0, 0, 64], [0, 100, 64], [0, 0, 1]])))
     st.handle(info(tiny, epoch=1e308))
+    st.handle(info(tiny, image_size=256))  # intrinsics for views the model does not code
     assert st.rejected["bad_intrinsics"] == 2 and st.rejected["bad_time"] == 1 and st.rejected["bad_info"] == 1
-    assert 2 not in st.streams
+    assert st.rejected["wrong_image_size"] == 1 and 2 not in st.streams
     st.handle(info(tiny))
     st.handle(_raw_view(tiny, 0, [np.nan, 0, 0, 0, 0, 0, 1]))
     st.handle(_raw_view(tiny, 1, [2.0, 0, 0, 0, 0, 0, 1]))  # not a unit quaternion

@@ -75,7 +75,7 @@ MAX_EPOCH_UNIX = 1e10
 #: :func:`decode`, the second from receivers (``ground/station.py``).
 REASONS = ("truncated", "bad_magic", "unknown_version", "unknown_kind", "bad_crc", "bad_length", "bad_info",
            "bad_pose", "bad_intrinsics", "bad_time", "too_large",
-           "wrong_fingerprint", "wrong_code_length", "unknown_stream", "stream_not_owned", "bad_seq", "multipart", "queue_full",
+           "wrong_fingerprint", "wrong_code_length", "wrong_image_size", "unknown_stream", "stream_not_owned", "bad_seq", "multipart", "queue_full",
            "held_overflow", "internal_error")
 
 
