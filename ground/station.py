@@ -210,8 +210,9 @@ class GroundConfig:
             the fusion model: state, depth maps, points). Beyond it, the objects idle longest whose views
             are all in a snapshot are put to sleep: the whole object is saved as
             ``<out>/.work/<object>/sleeping.pt`` and dropped from memory, and its next view wakes it, the
-            same reconstruction going on. A sleeping object is listed in ``ground.json`` (``sleeping``)
-            but not in the viewer. 0: no limit.
+            same reconstruction going on (the file is a ``torch.save`` pickle that only this station
+            writes and reads, in its own output folder; nothing from the link is ever unpickled). A
+            sleeping object is listed in ``ground.json`` (``sleeping``) but not in the viewer. 0: no limit.
     """
 
     bind: list[str] = field(default_factory=lambda: ["tcp://*:5555"])
