@@ -74,7 +74,8 @@ from voxlink.camera import voxel_size, yaw_matrix
 from voxlink.models.binarizer import compression_ratio, unpack_bits
 from voxlink.models.fusion import view_geometry
 from voxlink.net import read_drone_certificate
-from voxlink.protocol import MAX_MESSAGE_BYTES, CodeMessage, ProtocolError, StreamInfo, decode, run_tag
+from voxlink.protocol import (MAX_MESSAGE_BYTES, CodeMessage, ProtocolError, StreamInfo, capture_time_unix, decode,
+                              run_tag)
 
 log = logging.getLogger("voxlink.ground")
 TAU = 0.4
@@ -970,7 +971,8 @@ class GroundStation:
             if late and len(s.late) < 10000:
                 s.late.append([msg.seq, source if source != "record" else "link"])
             s.last_t = time.monotonic()
-            lat = (now - (info.epoch_unix + msg.t_ms / 1000.0)) * 1000.0 if source != "record" else float("nan")
+            lat = ((now - capture_time_unix(info.epoch_unix, msg.t_ms, now)) * 1000.0 if source != "record"
+                   else float("nan"))
             if math.isfinite(lat):
                 s.latency_ms.append(lat)
                 self.latency_all.append(lat)

@@ -91,3 +91,16 @@ def test_run_tag_round_trips_beside_the_pose_flag():
     m.run = RUN_TAGS + 1
     with pytest.raises(ValueError, match="run tag"):
         encode_code(m)
+
+
+def test_capture_time_is_right_after_the_49_day_wrap_of_t_ms():
+    """``t_ms`` is uint32 milliseconds since the stream's epoch: after 2^32 ms (49.7 days) it wraps, and the
+    capture time (so the latency the ground reports) must still come out right."""
+    from voxlink.protocol import capture_time_unix
+
+    epoch = 1.7e9
+    for days, delay_s in ((0.001, 0.2), (49.7, 0.35), (60.0, 1.5), (200.0, 0.05)):
+        t_capture = epoch + days * 86400.0
+        t_ms = int(round((t_capture - epoch) * 1000.0)) & 0xFFFFFFFF
+        got = capture_time_unix(epoch, t_ms, near=t_capture + delay_s)
+        assert abs(got - t_capture) < 1e-3, (days, got - t_capture)

@@ -214,6 +214,16 @@ def _matrix_from_quat(q: np.ndarray) -> np.ndarray:
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
+def capture_time_unix(epoch_unix: float, t_ms: int, near: float) -> float:
+    """A view's capture time, unix seconds, from its stream's epoch and its ``t_ms`` (uint32 ms since the
+    epoch, which wraps every 2^32 ms, 49.7 days): the one of the wrapped candidates nearest ``near``
+    (e.g. the receive time, unix seconds)."""
+    wrap = float(1 << 32)
+    ms = (near - epoch_unix) * 1000.0
+    k = round((ms - (int(t_ms) & 0xFFFFFFFF)) / wrap)
+    return epoch_unix + ((int(t_ms) & 0xFFFFFFFF) + k * wrap) / 1000.0
+
+
 def run_tag(epoch_unix: float) -> int:
     """The run tag of an edge run, 1..:data:`RUN_TAGS`, from its stream epoch (wall-clock seconds of capture
     time 0): a view says which run made it, so that a receiver never takes a restarted edge's views for
