@@ -102,10 +102,23 @@ class Recorder:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fsync_interval_s = fsync_interval_s
         self.f = self.path.open("xb")
+        try:
+            self._start(Writer, CompressionType)
+        except BaseException:
+            try:  # a full disk: leave no file that holds no whole header behind
+                self.f.close()  # (closing flushes, and fails again on a full disk)
+            except OSError:
+                pass
+            self.path.unlink(missing_ok=True)
+            raise
+        self.closed = False
+
+    def _start(self, Writer, CompressionType) -> None:
+        """The MCAP header, schemas and channels, made durable."""
         self.w = Writer(self.f, use_chunking=False, compression=CompressionType.NONE)
         self.w.start(profile="", library="voxlink")
-        self.fsync_interval_s = fsync_interval_s
         self._last_sync = time.monotonic()
         self._seq = 0
         self._calibrated: dict[str, tuple] = {}  # frame id -> (its calibration, when last written)
@@ -119,7 +132,6 @@ class Recorder:
             sid = self.w.register_schema(name, "jsonschema", json.dumps(FOXGLOVE_SCHEMAS[name]).encode())
             self.ch[topic] = self.w.register_channel(f"/voxlink/{topic}", "json", sid)
         self.flush(sync=True)
-        self.closed = False
 
     def _add(self, channel: str, t: float, data: bytes) -> None:
         ns = int(t * 1e9)

@@ -93,6 +93,9 @@ REORDER_GRACE_S = 0.5
 #: Beyond, a view is rejected as ``held_overflow`` (and asked back over the back channel once the info
 #: says it was sent).
 MAX_HELD_VIEWS = 4096
+#: Accepted messages kept until the record's next fsync (every ``status_interval_s``), to be written again
+#: if the record breaks: 100,000 is far beyond what 2 s bring (200 views/s with 100 drones).
+MAX_UNSYNCED = 100000
 
 
 def clean_json(x):
@@ -370,6 +373,11 @@ class GroundStation:
         self._log_at: dict[str, tuple[float, int]] = {}
         self.latency_all: deque = deque(maxlen=100000)
         self.recorder = None
+        # wire messages recorded since the record's last fsync, written again into a new record file if
+        # the record breaks (a full disk: what the OS had not written may be lost with the failing write)
+        self._unsynced: deque = deque()
+        self._record_broken = False
+        self._record_retry_at = 0.0
         self.t_start = time.time()
         self._snap_index: dict[str, int] = {}
         self._view_files: OrderedDict = OrderedDict()  # object name -> its open views.jsonl (line-buffered)
@@ -803,7 +811,7 @@ class GroundStation:
         if held:
             self._released.extend(held)  # checked again right after this message (handle_many)
         if changed and self.recorder is not None and source != "record":
-            self._record(lambda r: r.wire(buf, t_recv))
+            self._record_wire(buf, t_recv)
 
     def _check(self, buf: bytes, t_recv: float, source: str, peer: str | None = None, rechecked: bool = False):
         """Decode and check one message; infos are applied here. Returns an accepted view or None.
@@ -866,7 +874,7 @@ class GroundStation:
         if source == "backchannel":
             self.stats["recovered"] += 1
         if self.recorder is not None and source != "record":
-            self._record(lambda r: (r.wire(buf, t_recv), r.view(msg, t_recv, source)))
+            self._record_wire(buf, t_recv, msg, source)
         return msg, info, u, late, t_recv, source
 
     # -- applying ----------------------------------------------------------------------------------
@@ -930,13 +938,67 @@ class GroundStation:
             self._record(lambda r: r.flush())
         return results
 
-    def _record(self, fn) -> None:
+    def _record(self, fn) -> bool:
+        """Run ``fn(recorder)``; False (counted as ``record_errors``, the record marked broken) if it fails,
+        or if the record is broken already (then nothing is tried: :meth:`sync_record` starts a new one)."""
+        if self._record_broken:
+            return False
         try:
             fn(self.recorder)
+            return True
         except Exception as e:  # noqa: BLE001 - a full disk must not end the station
+            self._record_broken = True
             self.stats["record_errors"] += 1
             if self.stats["record_errors"] <= 3 or self.stats["record_errors"] % 1000 == 0:
                 log.error("cannot write the MCAP record (%d errors): %s", self.stats["record_errors"], e)
+            return False
+
+    def _record_wire(self, buf: bytes, t_recv: float, msg: CodeMessage | None = None, source: str = "") -> None:
+        """Record an accepted message (and a view's header), keeping it until the record's next fsync."""
+        self._unsynced.append((bytes(buf), t_recv))
+        if len(self._unsynced) > MAX_UNSYNCED:
+            self._unsynced.popleft()
+            self.stats["record_lost"] += 1  # counted: only the back channel can bring such a view back
+        self._record(lambda r: (r.wire(buf, t_recv), msg is not None and r.view(msg, t_recv, source)))
+
+    def sync_record(self, now: float | None = None) -> bool:
+        """Make the record durable (``fsync``); where it broke (a full disk), start a new record file and
+        write into it again every accepted message since the last fsync, at most every 10 s until it
+        works. Returns True when the record is whole on disk. Errors are counted, never raised."""
+        if self.recorder is None:
+            return False
+        now = time.monotonic() if now is None else now
+        if not self._record_broken:
+            if self._record(lambda r: r.flush(sync=True)):
+                self._unsynced.clear()
+                return True
+        if now < self._record_retry_at:
+            return False
+        self._record_retry_at = now + 10.0
+        old = self.recorder
+        try:
+            old.close()  # may fail on a full disk: a reader of the old file reads up to where it broke
+        except Exception:  # noqa: BLE001
+            pass
+        self.recorder = None
+        self.open_record()
+        if self.recorder is None:
+            self.recorder = old  # closed: every write fails until a new file can be made
+            return False
+        self._record_broken = False
+        n = len(self._unsynced)
+        if self._record(lambda r: ([r.wire(b, t) for b, t in self._unsynced], r.flush(sync=True))):
+            self._unsynced.clear()
+            log.warning("the MCAP record goes on in %s: %d messages since its last fsync written again",
+                        self.recorder.path, n)
+            return True
+        path = self.recorder.path  # the disk is still full: this file holds nothing whole
+        try:
+            self.recorder.f.close()
+        except Exception:  # noqa: BLE001 - closing flushes, and fails again on a full disk
+            pass
+        path.unlink(missing_ok=True)
+        return False
 
     def _session(self, msg: CodeMessage) -> ObjectSession:
         key = (msg.stream, msg.object_id)
@@ -1632,8 +1694,12 @@ class GroundStation:
             log.error("cannot open the MCAP record in %s: %s (running without one)", self.out / "record", e)
 
     def close_record(self) -> None:
-        """Finish the MCAP record (summary and footer)."""
+        """Finish the MCAP record (summary and footer); a broken record is first started anew
+        (:meth:`sync_record`), so that every accepted message is in a whole file where the disk allows."""
         if self.recorder is not None:
+            if self._record_broken:
+                self._record_retry_at = 0.0
+                self.sync_record()
             self._record(lambda r: r.close())
 
     # -- main loop -----------------------------------------------------------------------------------
@@ -1834,8 +1900,7 @@ class GroundStation:
                 with self.lock:
                     self.write_status()
                     _release_free_memory()
-                    if self.recorder is not None:
-                        self._record(lambda r: r.flush(sync=True))
+                    self.sync_record(now)
                 last_status = now
             if now - last_metrics >= self.cfg.metrics_interval_s:
                 dt = now - last_metrics

@@ -430,6 +430,48 @@ def test_objects_beyond_max_live_objects_sleep_and_wake_as_they_were(tmp_path, t
     assert a.finalise((2, 2)) is not None and (2, 2) not in a.sleeping and (2, 2) not in a.sessions
 
 
+def test_a_full_disk_under_the_record_loses_no_view_once_space_returns(tmp_path, tiny, monkeypatch):
+    """While the disk is full the record cannot be written (counted); once space returns the record goes
+    on in a new file holding every message since its last fsync, and a restart rebuilds every view."""
+    import errno
+
+    from ground.record import Recorder
+
+    a = station(tmp_path / "g", tiny[0])
+    a.open_record()
+    a.handle(info(tiny))
+    for seq in range(3):
+        a.handle(view(tiny, seq))
+    assert a.sync_record(now=0.0)
+    real_add = Recorder._add
+
+    def full(self, *args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Recorder, "_add", full)
+    for seq in range(3, 6):  # applied, but the record cannot take them
+        assert a.handle(view(tiny, seq)) is not None
+    assert a.stats["record_errors"] >= 1 and a.sessions[(2, 1)].views == 6
+    files = sorted((tmp_path / "g" / "record").glob("*.mcap"))
+    assert not a.sync_record(now=100.0), "still full: no new record yet"
+    assert sorted((tmp_path / "g" / "record").glob("*.mcap")) == files, "a record file that holds nothing is removed"
+    monkeypatch.setattr(Recorder, "_add", real_add)  # space is back
+    assert not a.sync_record(now=105.0) and a.sync_record(now=111.0)  # tried again at most every 10 s
+    for seq in range(6, 8):
+        a.handle(view(tiny, seq))
+    a.close_record()
+    b = station(tmp_path / "g", tiny[0])
+    assert b.rebuild() == 8 and b.sessions[(2, 1)].views == 8 and b.delivery[2].missing_count() == 0
+
+    def no_room(self, sync=False):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Recorder, "flush", no_room)  # a record cannot even start: no empty file is left
+    with pytest.raises(OSError):
+        Recorder(tmp_path / "r" / "x.mcap")
+    assert not (tmp_path / "r" / "x.mcap").exists()
+
+
 def test_output_errors_are_contained(tmp_path, tiny):
     st = station(tmp_path, tiny[0], record=False)
     st.handle(info(tiny))
