@@ -957,8 +957,9 @@ class GroundStation:
         """Record an accepted message (and a view's header), keeping it until the record's next fsync."""
         self._unsynced.append((bytes(buf), t_recv))
         if len(self._unsynced) > MAX_UNSYNCED:
-            self._unsynced.popleft()
-            self.stats["record_lost"] += 1  # counted: only the back channel can bring such a view back
+            self._unsynced.popleft()  # (outside the serving loop nobody syncs: the file has it)
+            if self._record_broken:
+                self.stats["record_lost"] += 1  # counted: only the back channel can bring such a view back
         self._record(lambda r: (r.wire(buf, t_recv), msg is not None and r.view(msg, t_recv, source)))
 
     def sync_record(self, now: float | None = None) -> bool:
