@@ -41,8 +41,8 @@ import numpy as np
 from edge.sources import Capture, SourceEnded, SourceError, open_source
 from voxlink import camera
 from voxlink.preprocess import to_input_array
-from voxlink.protocol import (HEADER_BYTES, KIND_CODE, CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32, run_tag,
-                              pack_bits)
+from voxlink.protocol import (HEADER_BYTES, KIND_CODE, CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32,
+                              pack_bits, run_tag)
 
 log = logging.getLogger("voxlink.edge")
 

@@ -213,10 +213,10 @@ class GroundConfig:
         max_live_objects: objects kept in memory (about 0.2 MB each for the implicit model, 1.5 to 3 MB for
             the fusion model: state, depth maps, points). Beyond it, the objects idle longest whose views
             are all in a snapshot are put to sleep: the whole object is saved as
-            ``<out>/.work/<object>/sleeping.pt`` and dropped from memory, and its next view wakes it, the
-            same reconstruction going on (the file is a ``torch.save`` pickle that only this station
-            writes and reads, in its own output folder; nothing from the link is ever unpickled). A
-            sleeping object is listed in ``ground.json`` (``sleeping``) but not in the viewer. 0: no limit.
+            ``<out>/.work/<object>/sleeping.npz`` (arrays and a JSON description, no pickle:
+            :func:`save_session`) and dropped from memory, and its next view wakes it, the same
+            reconstruction going on. A sleeping object is listed in ``ground.json`` (``sleeping``) but
+            not in the viewer. 0: no limit.
     """
 
     bind: list[str] = field(default_factory=lambda: ["tcp://*:5555"])
@@ -305,6 +305,79 @@ class ObjectSession:
     def name(self) -> str:
         """Folder name ``s<stream>_o<object>``."""
         return f"s{self.stream}_o{self.object_id}"
+
+
+def _plain(v, key: str, arrays: dict):
+    """A value of an :class:`ObjectSession` field as JSON-able data, its arrays moved into ``arrays``
+    (name -> NumPy array) under names made from ``key``; every container is tagged, so that
+    :func:`_unplain` gives back the same types. Raises TypeError for a type it does not know."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (np.bool_, np.integer, np.floating)):
+        return v.item()
+    if isinstance(v, torch.Tensor):
+        arrays[key] = v.detach().cpu().float().numpy() if v.dtype == torch.bfloat16 else v.detach().cpu().numpy()
+        return {"tensor": key, "dtype": str(v.dtype).removeprefix("torch.")}
+    if isinstance(v, np.ndarray):
+        arrays[key] = v
+        return {"array": key}
+    if isinstance(v, (bytes, bytearray)):
+        return {"bytes": bytes(v).hex()}
+    if isinstance(v, (list, tuple, deque)):
+        items = [_plain(x, f"{key}.{i}", arrays) for i, x in enumerate(v)]
+        if isinstance(v, deque):
+            return {"deque": items, "maxlen": v.maxlen}
+        return {"tuple": items} if isinstance(v, tuple) else {"list": items}
+    if isinstance(v, dict):
+        return {"dict": [[_plain(k, f"{key}.k{i}", arrays), _plain(x, f"{key}.v{i}", arrays)]
+                         for i, (k, x) in enumerate(v.items())]}
+    raise TypeError(f"{key}: cannot keep a {type(v).__name__} of a sleeping object")
+
+
+def _unplain(d, arrays):
+    """The inverse of :func:`_plain` (``arrays``: the NPZ it wrote, read with ``allow_pickle=False``)."""
+    if not isinstance(d, dict):
+        return d
+    if "tensor" in d:
+        return torch.from_numpy(np.array(arrays[d["tensor"]])).to(getattr(torch, d["dtype"]))
+    if "array" in d:
+        return np.array(arrays[d["array"]])
+    if "bytes" in d:
+        return bytes.fromhex(d["bytes"])
+    if "deque" in d:
+        return deque((_unplain(x, arrays) for x in d["deque"]), maxlen=d["maxlen"])
+    if "tuple" in d:
+        return tuple(_unplain(x, arrays) for x in d["tuple"])
+    if "list" in d:
+        return [_unplain(x, arrays) for x in d["list"]]
+    return {_unplain(k, arrays): _unplain(x, arrays) for k, x in d["dict"]}
+
+
+def save_session(s: ObjectSession, path: Path) -> None:
+    """Write a session as one NPZ file (its arrays, and a JSON description of every field): no pickle,
+    so that nothing a drone sent is ever unpickled (the file holds codes as they came).
+
+    Raises:
+        OSError: the file cannot be written. TypeError: a field of a type :func:`_plain` does not know.
+    """
+    import dataclasses
+
+    arrays: dict = {}
+    desc = {f.name: _plain(getattr(s, f.name), f.name, arrays) for f in dataclasses.fields(s)}
+    with path.open("wb") as f:
+        np.savez(f, **{"__session__": np.array(json.dumps(desc))}, **arrays)
+
+
+def load_session(path: Path) -> ObjectSession:
+    """A session written by :func:`save_session` (read with ``allow_pickle=False``).
+
+    Raises:
+        OSError, ValueError, KeyError: the file is missing or not such a file.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    desc = json.loads(str(arrays.pop("__session__")))
+    return ObjectSession(**{k: _unplain(v, arrays) for k, v in desc.items()})
 
 
 class GroundStation:
@@ -1480,17 +1553,17 @@ class GroundStation:
 
     def sleep(self, key: tuple[int, int]) -> bool:
         """Put an object whose views are all in a snapshot to sleep (:attr:`GroundConfig.max_live_objects`):
-        saved whole as ``<out>/.work/<object>/sleeping.pt`` and dropped from memory. Returns True if it
+        saved whole as ``<out>/.work/<object>/sleeping.npz`` (:func:`save_session`) and dropped from memory. Returns True if it
         did; False (the object stays in memory) if it has views not in a snapshot, depth maps still
         pending, or the file cannot be written (counted as an output error)."""
         s = self.sessions.get(key)
         if s is None or s.views > s.snap_views or s.pending:
             return False
-        path = self._work_dir(s) / "sleeping.pt"
+        path = self._work_dir(s) / "sleeping.npz"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            torch.save(s, tmp)
+            save_session(s, tmp)
             os.replace(tmp, path)
         except Exception as e:  # noqa: BLE001 - a full disk: the object stays awake
             path.with_suffix(".tmp").unlink(missing_ok=True)
@@ -1509,9 +1582,9 @@ class GroundStation:
         if key not in self.sleeping:
             return None
         del self.sleeping[key]
-        path = self.out / ".work" / f"s{key[0]}_o{key[1]}" / "sleeping.pt"
+        path = self.out / ".work" / f"s{key[0]}_o{key[1]}" / "sleeping.npz"
         try:
-            s = torch.load(path, weights_only=False)
+            s = load_session(path)
         except Exception as e:  # noqa: BLE001 - counted; the object starts anew
             self.stats["wake_failed"] += 1
             self._output_error(f"waking s{key[0]}_o{key[1]}", e)

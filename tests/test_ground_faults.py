@@ -416,13 +416,13 @@ def test_objects_beyond_max_live_objects_sleep_and_wake_as_they_were(tmp_path, t
     assert len(a.sessions) == 3 and set(a.sleeping) == {(2, 5), (2, 1), (2, 2)}
     status = a.status()
     assert len(status["objects"]) == 6 and status["objects"]["s2_o5"]["sleeping"] is True
-    assert (tmp_path / "a" / ".work" / "s2_o5" / "sleeping.pt").exists()
+    assert (tmp_path / "a" / ".work" / "s2_o5" / "sleeping.npz").exists()
     for st in (a, b):  # a view for a sleeping object wakes it
         st.handle(view(tiny, 13, obj=5))
     s_a, s_b = a.sessions[(2, 5)], b.sessions[(2, 5)]
     assert (2, 5) not in a.sleeping and s_a.views == s_b.views == 3 and len(s_a.snapshots) == 1
     assert np.array_equal(a.occupancy(s_a), b.occupancy(s_b))
-    assert not (tmp_path / "a" / ".work" / "s2_o5" / "sleeping.pt").exists()
+    assert not (tmp_path / "a" / ".work" / "s2_o5" / "sleeping.npz").exists()
     assert a.stats["objects_slept"] == 3 and a.stats["objects_woken"] == 1
     # a sleeping object can still be finalised, and a duplicate of its views is still a duplicate
     a.handle(view(tiny, 2, obj=1))
