@@ -266,7 +266,9 @@ class ObjectSession:
         latency_ms: recent capture-to-applied
         latencies. snap_views: views at the last snapshot. snapshots: folders written. last_t:
         monotonic time of the last view. no_pose: sequence numbers of views that came without a pose
-        (a pose-aware model does not fuse them), at most 10,000. kept: with ``refine_poses``, each
+        (a pose-aware model does not fuse them), at most 10,000. not_fused: sequence numbers of views that
+        came and were recorded but could not be fused, even alone, because of an internal error (each
+        counted as ``internal_error``), at most 10,000. kept: with ``refine_poses``, each
         distinct view (code bytes, float32 pose [4, 4] bytes) -> its K float32 [3, 3]. pose_refinement:
         what the last refinement corrected (``voxlink.models.pose_refine.refine_poses``'s info), or None.
     """
@@ -277,6 +279,7 @@ class ObjectSession:
     state: tuple | torch.Tensor | None = None
     dirty: bool = False
     no_pose: list = field(default_factory=list)
+    not_fused: list = field(default_factory=list)
     occupancy: np.ndarray | None = None
     views: int = 0
     bytes: int = 0
@@ -455,7 +458,7 @@ class GroundStation:
         self._snap_index: dict[str, int] = {}
         self._view_files: OrderedDict = OrderedDict()  # object name -> its open views.jsonl (line-buffered)
         self._workers: dict = {}  # name -> its one worker thread (:meth:`_worker`)
-        # pipelined (cfg.pipeline, while serving): views being placed (future, views), chunks whose depth
+        # pipelined (cfg.pipeline, while serving): views being placed (future, views, what a retry needs), chunks whose depth
         # products are being made (chunk, depth, products, future), oldest first
         self._pipelined = False
         self._placing: deque = deque()
@@ -514,14 +517,52 @@ class GroundStation:
 
     # -- the model: every call into it is in these three methods -----------------------------------
     @torch.no_grad()
-    def _fuse_views(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo, int]]) -> None:
+    def _fuse_checked(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo, int]]) -> None:
+        """:meth:`_fuse_views`, losing no view to an error in the batch: where the batched call fails, every
+        view it had not applied yet is fused again on its own, and a view that fails even alone is counted
+        (``internal_error``) and named in its object's ``not_fused`` (``views_not_fused`` in
+        ``session.json``); the other views of the batch are fused as if nothing had happened. Retrying is
+        safe: an object's state is replaced only once its view is applied (the implicit and iterative
+        models), or pooled idempotently (a fusion model: minima, maxima and a ledger of the views summed).
+        """
+        done: set[int] = set()
+        try:
+            self._fuse_views(items, done)
+            return
+        except Exception:  # noqa: BLE001 - counted below, view by view
+            self._log_trace("internal error fusing a batch of views; fusing them one by one")
+        for i, item in enumerate(items):
+            if i in done:
+                continue
+            try:
+                self._fuse_views([item])
+            except Exception as e:  # noqa: BLE001
+                self._not_fused(item[0], item[1], e)
+
+    def _not_fused(self, s: ObjectSession, m: CodeMessage, e: BaseException) -> None:
+        """Count and name a view that could not be fused (see :meth:`_fuse_checked`)."""
+        if len(s.not_fused) < 10000:
+            s.not_fused.append(m.seq)
+        self._reject("internal_error", f"stream {m.stream} object {m.object_id} seq {m.seq}: not fused: {e!r}")
+
+    def _fuse_views(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo, int]],
+                    done: set[int] | None = None) -> None:
         """Fuse one view into each of several *distinct* objects in one batched model call.
 
         Args:
             items: ``(session, message, stream info, unwrapped seq)``; each session at most once. The message
                 carries the view's pose (camera-to-object [4, 4] or None) and the info its intrinsics
                 ``K`` [3, 3], for a model that uses them.
+            done: where given, the indices (into ``items``) of the views applied are added to it as they are
+                (a view without a pose, which a pose-aware model counts and skips, is done too); pipelined,
+                a fusion model's views count as applied once handed to the fuser thread, which retries
+                each on its own if the batch fails (:meth:`_wait_placed`).
+
+        Raises:
+            whatever the model raises (the caller, :meth:`_fuse_checked`, keeps the views).
         """
+        done = set() if done is None else done
+        index = {id(it): i for i, it in enumerate(items)}
         if getattr(self.model, "needs_pose", False):
             # a pose-aware model cannot place a view without its pose: count it, name it, skip it
             for s, m, _, _ in items:
@@ -531,11 +572,12 @@ class GroundStation:
                         s.no_pose.append(m.seq)
                     self._log_reject("no_pose", f"stream {m.stream} object {m.object_id} seq {m.seq}: "
                                                 "view without a pose, not fused")
+            done.update(index[id(it)] for it in items if it[1].pose is None)
             items = [it for it in items if it[1].pose is not None]
             if not items:
                 return
         if self.iterative:
-            self._fuse_iterative(items)
+            self._fuse_iterative(items, lambda j: done.add(index[id(items[j])]))
             return
         codes = torch.stack([unpack_bits(m.payload, self.code_bits) for _, m, _, _ in items])
         if getattr(self.model, "family", "implicit") == "fusion":  # one evidence tensor per object
@@ -553,11 +595,12 @@ class GroundStation:
             depth, mask_prob = self.net.decode_depth(codes)
             states = [s.state for s, _, _, _ in items]
             if self._pipelined:
+                retry = ([(s, m) for s, m, _, _ in items], states, depth, mask_prob, K, pose)
                 self._placing.append((self._worker("fuser").submit(self.net.place, states, depth, mask_prob, K, pose),
-                                      len(items)))
-                self._wait_placed(keep=PIPELINE_DEPTH)  # bounded memory and latency
+                                      len(items), retry))
             else:
                 self.net.place(states, depth, mask_prob, K, pose)
+            done.update(index[id(it)] for it in items)
             for i, (s, m, info, u) in enumerate(items):
                 s.dirty = True
                 if self.cfg.refine_poses:  # a repeated view (same code, same pose) is kept once
@@ -566,6 +609,8 @@ class GroundStation:
                 self._decoded[(m.stream, u)] = (depth[i].numpy().astype(np.float16), mask_prob[i].numpy() > 0.5)
             while len(self._decoded) > self.cfg.decoded_cache:
                 self._decoded.popitem(last=False)
+            if self._pipelined:
+                self._wait_placed(keep=PIPELINE_DEPTH)  # bounded memory and latency
             return
         states = [s.state if s.state is not None else self.net.init_state(1) for s, _, _, _ in items]
         batched = tuple(torch.cat(parts) for parts in zip(*states))
@@ -573,11 +618,13 @@ class GroundStation:
         for i, (s, _, _, _) in enumerate(items):
             s.state = tuple(t[i:i + 1].clone() for t in new)
             s.dirty = True
+        done.update(index[id(it)] for it in items)
 
-    def _fuse_iterative(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo, int]]) -> None:
+    def _fuse_iterative(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo, int]], applied) -> None:
         """:meth:`_fuse_views` for a sequential or direct model: the views grouped by their number of
         iterations (a variable-rate stream's differ), each group one batched call that decodes the views'
-        images (kept for :meth:`process_depths` to write) and steps the objects' 3D-LSTM states."""
+        images (kept for :meth:`process_depths` to write) and steps the objects' 3D-LSTM states.
+        ``applied(i)`` is called for each view (index into ``items``) once its object's state is replaced."""
         groups: dict[int, list[int]] = {}
         for i, (_, m, _, _) in enumerate(items):
             groups.setdefault(m.n_bits, []).append(i)
@@ -591,6 +638,7 @@ class GroundStation:
                 s.state = tuple(t[j:j + 1].clone() for t in new)
                 s.dirty = True
                 self._decoded[(m.stream, u)] = rgb[j].copy()
+                applied(i)
         while len(self._decoded) > self.cfg.decoded_cache:
             self._decoded.popitem(last=False)
 
@@ -835,13 +883,13 @@ class GroundStation:
         else:
             self._log_at[reason] = (last, quiet + 1)
 
-    def _log_trace(self, what: str) -> None:
-        """Log the exception being handled with its traceback, at most once per ``what`` every 5 s (a peer
-        whose messages keep failing must not flood the log; each is counted all the same)."""
+    def _log_trace(self, what: str, exc: BaseException | None = None) -> None:
+        """Log the exception being handled (or ``exc``) with its traceback, at most once per ``what`` every
+        5 s (a peer whose messages keep failing must not flood the log; each is counted all the same)."""
         now = time.monotonic()
         last, quiet = self._log_at.get("trace: " + what, (-1e9, 0))
         if now - last >= 5.0:
-            log.exception("%s%s", what, f" (and {quiet} more since)" if quiet else "")
+            log.error("%s%s", what, f" (and {quiet} more since)" if quiet else "", exc_info=exc or True)
             self._log_at["trace: " + what] = (now, 0)
         else:
             self._log_at["trace: " + what] = (last, quiet + 1)
@@ -1092,40 +1140,62 @@ class GroundStation:
             log.info("new object: stream %d, object %d", *key)
         return s
 
-    def _apply(self, views: list[tuple]) -> list[ObjectSession]:
-        sessions = [self._session(v[0]) for v in views]
-        self._fuse_views([(s, v[0], v[1], v[2]) for s, v in zip(sessions, views)])
+    def _apply(self, views: list[tuple]) -> list[ObjectSession | None]:
+        """Apply checked views (:meth:`_check`'s tuples) of distinct objects: fuse them, queue their depth
+        maps, count them. Never raises: an unexpected error is counted as ``internal_error`` for the one
+        view it concerns (a view whose object cannot be made gets None), the others are applied."""
+        sessions: list[ObjectSession | None] = []
+        for v in views:
+            try:
+                sessions.append(self._session(v[0]))
+            except Exception as e:  # noqa: BLE001
+                self._log_trace("internal error making an object's session")
+                self._reject("internal_error", f"stream {v[0].stream} object {v[0].object_id}: {e!r}")
+                sessions.append(None)
+        self._fuse_checked([(s, v[0], v[1], v[2]) for s, v in zip(sessions, views) if s is not None])
         now = time.time()
-        for k, (s, (msg, info, u, late, t_recv, source)) in enumerate(zip(sessions, views)):
-            s.pending.append((msg.seq, u, msg.payload, msg.pose, info.K, t_recv, source))
-            self._depth_order.append(s)
-            s.views += 1
-            s.bytes += len(msg.payload) + 24 + (28 if msg.pose is not None else 0)
-            s.code_bits += msg.n_bits
-            s.first_seq = u if s.first_seq is None else min(s.first_seq, u)
-            s.last_seq = u if s.last_seq is None else max(s.last_seq, u)
-            if late and len(s.late) < 10000:
-                s.late.append([msg.seq, source if source != "record" else "link"])
-            s.last_t = time.monotonic()
-            lat = ((now - capture_time_unix(info.epoch_unix, msg.t_ms, now)) * 1000.0 if source != "record"
-                   else float("nan"))
-            if math.isfinite(lat):
-                s.latency_ms.append(lat)
-                self.latency_all.append(lat)
-            self._append_view_line(s, msg, lat, late, source)
-            if self.recorder is not None and source != "record":
-                self._record(lambda r: r.camera(f"{s.name}/camera", msg.pose, info.K, info.image_size, t_recv))
-            self.stats["views"] += 1
-            if source == "record":
-                self.stats["views_rebuilt"] += 1
-            for f in self.listeners:
-                try:
-                    f(s)
-                except Exception:  # noqa: BLE001 - a listener's bug is not the station's
-                    log.exception("listener failed")
-            if len(s.pending) >= 4 * self.cfg.batch:  # bounded memory: never let one object's backlog grow
-                self.process_depths(only=s)
+        for s, v in zip(sessions, views):
+            if s is None:
+                continue
+            try:
+                self._account(s, *v, now)
+            except Exception as e:  # noqa: BLE001 - the view is fused; its counts or files are what failed
+                self._log_trace("internal error accounting for a view")
+                self._reject("internal_error", f"stream {v[0].stream} object {v[0].object_id} seq {v[0].seq}: {e!r}")
         return sessions
+
+    def _account(self, s: ObjectSession, msg: CodeMessage, info: StreamInfo, u: int, late: bool, t_recv: float,
+                 source: str, now: float) -> None:
+        """:meth:`_apply`'s part for one fused view: its depth map queued, its counts, its line in
+        ``views.jsonl``, its camera in the record, the listeners told."""
+        s.pending.append((msg.seq, u, msg.payload, msg.pose, info.K, t_recv, source))
+        self._depth_order.append(s)
+        s.views += 1
+        s.bytes += len(msg.payload) + 24 + (28 if msg.pose is not None else 0)
+        s.code_bits += msg.n_bits
+        s.first_seq = u if s.first_seq is None else min(s.first_seq, u)
+        s.last_seq = u if s.last_seq is None else max(s.last_seq, u)
+        if late and len(s.late) < 10000:
+            s.late.append([msg.seq, source if source != "record" else "link"])
+        s.last_t = time.monotonic()
+        lat = ((now - capture_time_unix(info.epoch_unix, msg.t_ms, now)) * 1000.0 if source != "record"
+               else float("nan"))
+        if math.isfinite(lat):
+            s.latency_ms.append(lat)
+            self.latency_all.append(lat)
+        self._append_view_line(s, msg, lat, late, source)
+        if self.recorder is not None and source != "record":
+            self._record(lambda r: r.camera(f"{s.name}/camera", msg.pose, info.K, info.image_size, t_recv))
+        self.stats["views"] += 1
+        if source == "record":
+            self.stats["views_rebuilt"] += 1
+        for f in self.listeners:
+            try:
+                f(s)
+            except Exception:  # noqa: BLE001 - a listener's bug is not the station's
+                log.exception("listener failed")
+        if len(s.pending) >= 4 * self.cfg.batch:  # bounded memory: never let one object's backlog grow
+            self.process_depths(only=s)
 
     def process_depths(self, budget: int | None = None, only: ObjectSession | None = None) -> int:
         """Decode pending depth maps (batched across objects): write their PNGs, add their points.
@@ -1173,13 +1243,20 @@ class GroundStation:
         self._finish_products(keep=PIPELINE_DEPTH if self._pipelined else 0)
 
     def _wait_placed(self, keep: int = 0) -> None:
-        """Wait until at most ``keep`` batches of views are still being placed by the fuser thread; an
-        error there is counted as ``internal_error`` (those views stay applied, their evidence is lost)."""
+        """Wait until at most ``keep`` batches of views are still being placed by the fuser thread. Where a
+        batch failed, each of its views is placed again on its own, here (safe: pooling is idempotent), and
+        a view that fails even alone is counted as ``internal_error`` and named in its object's
+        ``not_fused``."""
         while len(self._placing) > keep:
-            future, n = self._placing.popleft()
-            if future.exception() is not None:  # (waits for it)
-                log.error("placing %d views failed: %r", n, future.exception())
-                self._reject("internal_error", f"placing {n} views: {future.exception()!r}")
+            future, n, (owners, states, depth, mask_prob, K, pose) = self._placing.popleft()
+            if future.exception() is None:  # (waits for it)
+                continue
+            self._log_trace("internal error placing a batch of views; placing them one by one", future.exception())
+            for i, (s, m) in enumerate(owners):
+                try:
+                    self.net.place([states[i]], depth[i:i + 1], mask_prob[i:i + 1], K[i:i + 1], pose[i:i + 1])
+                except Exception as e:  # noqa: BLE001
+                    self._not_fused(s, m, e)
 
     def settle(self) -> None:
         """Wait for every view still being placed and every depth map still being made, and apply their
@@ -1412,7 +1489,8 @@ class GroundStation:
             "first_seq": None if s.first_seq is None else self._wire(s.stream, s.first_seq),
             "last_seq": None if s.last_seq is None else self._wire(s.stream, s.last_seq),
             "late_views": s.late, "late_count": len(s.late),
-            "views_without_pose": s.no_pose, "views_fused": s.views - len(s.no_pose),
+            "views_without_pose": s.no_pose, "views_not_fused": s.not_fused,
+            "views_fused": s.views - len(s.no_pose) - len(s.not_fused),
             "distinct_views": self._distinct_views(s),
             "missing_views": miss["missing_in_span"], "stream_missing_views": miss["stream_missing_views"],
             "never_came": miss["never_came"],

@@ -313,6 +313,66 @@ def test_ground_decodes_each_fused_view_once_even_with_equal_codes(tmp_path):
     assert all(np.array_equal(d, depths[0]) for d in depths)
 
 
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_an_error_placing_a_batch_of_views_loses_none_of_them(tmp_path, pipelined, monkeypatch):
+    """Where the batched placing of several objects' views fails part-way (here after the first object's
+    view was pooled), every view is placed again on its own, here or in the fuser thread's wake
+    (pipelined): the grids equal those of a ground where nothing failed (re-placing a view already
+    pooled changes nothing), and the one view that fails even alone is named (``views_not_fused``)."""
+    import time
+
+    from ground.station import GroundConfig, GroundStation
+    from voxlink.models.binarizer import pack_bits
+    from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
+    from voxlink.weights import save_model
+
+    model = _tiny(pooling="minmax+mean")
+    path = save_model(model, tmp_path / "fusion-tiny.safetensors")
+    pose, _ = _views(8, seed=5)
+    codes = [pack_bits(c) for c in model.encode(torch.rand(8, 3, 128, 128))]
+    fp = model.fingerprint()
+
+    def msg(v, obj):
+        return (encode_code(CodeMessage(stream=1, object_id=obj, seq=v, t_ms=v, fingerprint=fingerprint32(fp),
+                                        n_bits=64, payload=codes[v], pose=pose[v].double().numpy())), time.time(), "link")
+
+    def ground(out, views):
+        st = GroundStation(GroundConfig(bind=[], model=str(path), out=str(out), record=False))
+        st.handle(encode_info(StreamInfo(stream=1, seq=0, fingerprint=bytes.hex(fp), code_bits=64,
+                                         K=camera.intrinsics(), model="fusion-tiny", epoch_unix=time.time())))
+        return st, [msg(v, v // 2) for k in range(2) for v in views if v % 2 == k]
+
+    clean, msgs = ground(tmp_path / "clean", range(8))
+    clean.handle_many(msgs)
+    without, msgs_without = ground(tmp_path / "without", [0, 1, 2, 3, 4, 6, 7])
+    without.handle_many(msgs_without)
+    st, _ = ground(tmp_path / "faulty", range(8))
+    st._pipelined = pipelined
+    place = st.net.place
+    poison = pose[5]  # object 2's second view
+
+    def fragile(states, depth, mask_prob, K, pose_, *a, **k):
+        if len(states) > 1:
+            place(states[:1], depth[:1], mask_prob[:1], K[:1], pose_[:1])
+            raise RuntimeError("out of memory")
+        if torch.allclose(pose_[0], poison):
+            raise RuntimeError("a bug this view triggers")
+        return place(states, depth, mask_prob, K, pose_, *a, **k)
+
+    monkeypatch.setattr(st.net, "place", fragile)
+    assert all(r is not None for r in st.handle_many(msgs))
+    st.settle()
+    assert st.rejected["internal_error"] == 1 and st.stats["views"] == 8
+    for obj in (0, 1, 3):
+        np.testing.assert_allclose(st.occupancy(st.sessions[(1, obj)]), clean.occupancy(clean.sessions[(1, obj)]),
+                                   atol=1e-5)
+    np.testing.assert_allclose(st.occupancy(st.sessions[(1, 2)]), without.occupancy(without.sessions[(1, 2)]),
+                               atol=1e-5)
+    summary = st.snapshot((1, 2), reason="test")
+    assert summary["views_not_fused"] == [5] and summary["views_fused"] == 1 and summary["views"] == 2
+    assert summary["distinct_views"] == 1 and st.summary(st.sessions[(1, 0)])["distinct_views"] == 2
+
+
 @POOLINGS
 @LAYOUTS
 def test_onnx_fusion_ground_decoder_matches_pytorch(tmp_path, name, pooling):

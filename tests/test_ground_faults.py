@@ -687,3 +687,38 @@ def test_record_without_depth_images(tmp_path, tiny):
     assert topics.count("/voxlink/wire") == 4 and topics.count("/voxlink/camera_pose") == 3
     assert "/voxlink/depth" not in topics and "/voxlink/points" in topics
     assert len(read_members(tmp_path / "s2_o1" / "snap-000" / "depth.tar")) == 3, "the depth files are still written"
+
+
+def test_an_error_fusing_a_batch_loses_none_of_its_views(tmp_path, tiny, monkeypatch):
+    """The ground fuses views of many objects in one batched model call. Where that call fails (memory
+    running out, a bug one view triggers), the batch's views are fused again one by one: every good view
+    reaches its object's grid as if nothing had happened, and the one view that fails even alone is
+    counted (``internal_error``) and named in ``session.json`` (``views_not_fused``), never silently lost."""
+    from voxlink.models.binarizer import unpack_bits
+
+    _, _, codes = tiny
+    msgs = [(view(tiny, obj * 10 + seq, obj=obj), time.time(), "link") for seq in range(3) for obj in range(1, 5)]
+    clean = station(tmp_path / "clean", tiny[0], record=False)
+    clean.handle(info(tiny))
+    clean.handle_many(msgs)
+    st = station(tmp_path / "faulty", tiny[0], record=False)
+    st.handle(info(tiny))
+    poison = unpack_bits(codes[21], 64)  # object 2's second view (seq 21)
+    step = st.net.step
+
+    def fragile(c, state):
+        if len(c) > 1 or torch.equal(c[0], poison):
+            raise RuntimeError("out of memory")
+        return step(c, state)
+
+    monkeypatch.setattr(st.net, "step", fragile)
+    assert sum(r is not None for r in st.handle_many(msgs)) == 12
+    assert st.rejected["internal_error"] == 1 and st.stats["views"] == 12
+    for obj in (1, 3, 4):
+        np.testing.assert_allclose(st.occupancy(st.sessions[(2, obj)]), clean.occupancy(clean.sessions[(2, obj)]),
+                                   atol=1e-6)
+    s = st.sessions[(2, 2)]
+    assert s.not_fused == [21]
+    summary = st.snapshot((2, 2), reason="test")
+    on_disk = json.loads((Path(summary["folder"]) / "session.json").read_text())
+    assert on_disk["views_not_fused"] == [21] and on_disk["views_fused"] == 2 and on_disk["views"] == 3

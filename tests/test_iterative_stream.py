@@ -190,3 +190,37 @@ def test_edge_cli_streams_a_variable_rate_object_that_the_ground_rebuilds(tmp_pa
     summary = st.finalise((5, 0))
     assert summary["code_bits_per_view"] == pytest.approx(np.mean([v.n_bits for v in views]))
     assert len(read_members(tmp_path / "out" / "s5_o0" / "snap-000" / "images.tar")) == n
+
+
+def test_an_error_in_one_rate_group_steps_no_object_twice(tmp_path, joint_file, monkeypatch):
+    """A batch of a variable-rate stream is one model call per number of iterations: where the second call
+    fails, the first group's objects (already stepped) are not stepped again, and the failed group's views
+    are fused one by one: every grid equals that of a ground where nothing failed."""
+    from ground.station import GroundConfig, GroundStation
+
+    path, m = joint_file
+    torch.manual_seed(2)
+    images = torch.rand(4, 1, 3, 128, 128)
+    msgs = [(_view(m, img, seq, n=1 + seq % 2, obj=seq)[0], time.time(), "link") for seq, img in enumerate(images)]
+    grounds = []
+    for name in ("clean", "faulty"):
+        st = GroundStation(GroundConfig(bind=[], model=str(path), out=str(tmp_path / name), record=False))
+        st.handle(encode_info(StreamInfo(stream=3, seq=0, fingerprint=bytes.hex(m.fingerprint()), code_bits=1024,
+                                         K=camera.intrinsics(), model=m.cfg.recon.name, epoch_unix=time.time())))
+        grounds.append(st)
+    clean, st = grounds
+    clean.handle_many(msgs)
+    step, calls = st.net.step_decoded, []
+
+    def second_call_fails(codes, state):
+        calls.append(len(codes))
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return step(codes, state)
+
+    monkeypatch.setattr(st.net, "step_decoded", second_call_fails)
+    assert all(r is not None for r in st.handle_many(msgs))
+    assert calls == [2, 2, 1, 1] and not st.rejected, "the failed group's two views fused again, alone"
+    for obj in range(4):
+        np.testing.assert_allclose(st.occupancy(st.sessions[(3, obj)]), clean.occupancy(clean.sessions[(3, obj)]),
+                                   atol=1e-6)
