@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import signal
 import threading
@@ -69,7 +70,8 @@ class EdgeConfig:
         iterations, psnr_db: for a sequential or direct model (N_small iterations of m bits a view):
         iterations per view (0: the model's N_max) and a PSNR target in dB (0: none; else each view
         stops at the first iteration whose decoded image reaches it, at most ``iterations``: variable
-        rate, more bits for the views that need them). PyTorch backend only.
+        rate, more bits for the views that need them). PyTorch backend only. allow_unverified: accept an
+        encoder graph or engine that does not record the fingerprint of the model it was built from.
     """
 
     source: str = "0"
@@ -101,6 +103,45 @@ class EdgeConfig:
     log_cache: int = 65536
     iterations: int = 0
     psnr_db: float = 0.0
+    allow_unverified: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the settings, so that a mistake stops the start with its name, not a traceback later.
+
+        Raises:
+            ValueError: a value of the wrong type or out of range (each named).
+        """
+        for name in ("connect", "bind", "backchannel"):
+            v = getattr(self, name)
+            if isinstance(v, str):  # a TOML string where a list was meant: one endpoint
+                v = [v]
+            if not isinstance(v, (list, tuple)) or not all(isinstance(e, str) and "://" in e for e in v):
+                raise ValueError(f"{name} must be a list of ZeroMQ endpoints like tcp://HOST:PORT, got {v!r}")
+            setattr(self, name, list(v))
+        if not self.connect and not self.bind:
+            raise ValueError("give the ground's endpoint (connect) or one to bind")
+        ranges = {"stream_id": (0, 255), "object_id": (0, 65535)}
+        for name, (lo, hi) in ranges.items():
+            v = getattr(self, name)
+            if type(v) is not int or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+        positive = ("hwm", "info_interval_s", "metrics_interval_s", "log_max_bytes", "heartbeat_ms", "orbit_views")
+        non_negative = ("fps", "max_frames", "log_backups", "log_cache", "orbits", "iterations", "psnr_db")
+        for name in positive + non_negative:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (
+                    v == 0 and name in positive):
+                raise ValueError(f"{name} must be a {'positive' if name in positive else 'non-negative'} number, "
+                                 f"got {v!r}")
+        if self.socket not in ("pub", "push"):
+            raise ValueError(f"socket must be pub or push, got {self.socket!r}")
+        if self.intrinsics is not None and (
+                not isinstance(self.intrinsics, (list, tuple)) or len(self.intrinsics) != 4
+                or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in self.intrinsics)
+                or min(self.intrinsics[:2]) <= 0):
+            raise ValueError(f"intrinsics must be [fx, fy, cx, cy] in pixels (fx, fy > 0), got {self.intrinsics!r}")
+        if not isinstance(self.source, str) or not self.source:
+            raise ValueError(f"source must be a camera index, file, URL, folder or orbit:MESH, got {self.source!r}")
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides) -> "EdgeConfig":
@@ -129,7 +170,23 @@ class CodeLog:
     """Append-only local log of every message sent: ``[uint32 length][message]`` records, rotated
     at ``max_bytes`` into ``codes.log.1 .. codes.log.N`` (oldest dropped), so a view lost on the link is
     not lost for ever. The last ``cache`` code messages are also kept in memory by sequence number
-    for :meth:`find`. Thread-safe (the back channel reads while the main loop appends)."""
+    for :meth:`find`. Thread-safe (the back channel reads while the main loop appends).
+
+    A full disk never ends the daemon: a record the disk refuses is cut off again (the file stays
+    readable), kept in memory in order (at most ``cache`` records; beyond that the oldest are counted in
+    ``lost``) and written, before anything newer, once the disk takes writes again (tried at most every
+    5 s). A log whose last record was torn (the process died in the middle of a write) is cut back to its
+    last whole record when it is opened, so the records appended after it stay readable.
+
+    Attributes:
+        write_errors: writes the disk refused. lost: records dropped from memory before they could be
+            written (the in-memory cache may still hold them). unwritten: records waiting for the disk.
+
+    Raises:
+        OSError: the folder cannot be made or the log file opened (at start).
+    """
+
+    RETRY_S = 5.0
 
     def __init__(self, folder: str | Path, max_bytes: int = 16 << 20, backups: int = 4, cache: int = 65536):
         import collections
@@ -138,10 +195,15 @@ class CodeLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "codes.log"
         self.max_bytes, self.backups = max_bytes, backups
-        self.f = self.path.open("ab")
+        self._cur_range = self._repair(self.path)
+        self.f = self.path.open("ab", buffering=0)  # unbuffered: a record is in the file once append returns
         self.lock = threading.Lock()
         self.cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self.cache_size = cache
+        self.unwritten: deque[bytes] = deque()
+        self.write_errors = self.lost = 0
+        self._retry_at = 0.0
+        self._ranges: dict[tuple[int, int], tuple[int, int] | None] = {}  # a closed file's (inode, size) -> seqs
 
     def files(self) -> list[Path]:
         """The log files, newest first."""
@@ -156,28 +218,79 @@ class CodeLog:
                 return seqs[-1]
         return None
 
-    def append(self, msg: bytes) -> None:
-        """Write one message record; rotates first if the file would grow past ``max_bytes``."""
+    def append(self, msg: bytes) -> bool:
+        """Log one message (rotating first if the file would grow past ``max_bytes``); never raises.
+
+        Returns:
+            whether it is on disk now (False: it waits in memory for the disk, see the class).
+        """
         with self.lock:
-            if self.f.tell() + 4 + len(msg) > self.max_bytes:
-                self._rotate()
-            self.f.write(len(msg).to_bytes(4, "little") + msg)
             seq = _code_seq(msg)
-            if seq is not None and self.cache_size:
+            if seq is not None and self.cache_size:  # first: the back channel can answer it whatever the disk
                 self.cache[seq] = msg
                 self.cache.move_to_end(seq)
                 while len(self.cache) > self.cache_size:
                     self.cache.popitem(last=False)
+            self.unwritten.append(msg)
+            while len(self.unwritten) > max(self.cache_size, 1):
+                self.unwritten.popleft()
+                self.lost += 1
+            if len(self.unwritten) > 1 and time.monotonic() < self._retry_at:
+                return False
+            return self._write_unwritten()
+
+    def _write_unwritten(self) -> bool:
+        """Write the waiting records in order (under the lock); False where the disk refuses one."""
+        while self.unwritten:
+            try:
+                self._write(self.unwritten[0])
+            except (OSError, ValueError) as e:
+                self.write_errors += 1
+                self._retry_at = time.monotonic() + self.RETRY_S
+                if self.write_errors == 1 or self.write_errors % 1000 == 0:
+                    log.error("code log %s: cannot write (%s); %d records wait in memory (%d write errors so far)",
+                              self.path, e, len(self.unwritten), self.write_errors)
+                return False
+            self.unwritten.popleft()
+        return True
+
+    def _write(self, msg: bytes) -> None:
+        """One record, whole or not at all (a partial write is cut off again). Raises OSError."""
+        if self.f.closed:
+            self.f = self.path.open("ab", buffering=0)
+        if self.f.tell() + 4 + len(msg) > self.max_bytes and self.f.tell() > 0:
+            self._rotate()
+        pos = self.f.tell()
+        rec = memoryview(len(msg).to_bytes(4, "little") + msg)
+        try:
+            while rec:
+                rec = rec[self.f.write(rec):]
+        except OSError:
+            try:
+                self.f.truncate(pos)
+                self.f.seek(pos)
+            except OSError:  # cannot even cut it: the next open repairs the file (:meth:`_repair`)
+                self.f.close()
+            raise
+        seq = _code_seq(msg)
+        if seq is not None:
+            lo, hi = self._cur_range or (seq, seq)
+            self._cur_range = (min(lo, seq), max(hi, seq))
 
     def find(self, seqs: list[int]) -> dict[int, bytes]:
-        """The logged code messages of these sequence numbers (those still in the log), as first sent."""
+        """The logged code messages of these sequence numbers (those still in the log), as first sent. A
+        file whose sequence numbers cannot hold any of them is not read."""
         want = set(int(s) & 0xFFFFFFFF for s in seqs)
         with self.lock:
             found = {s: self.cache[s] for s in want if s in self.cache}
-            self.f.flush()
+            found.update({s: m for m in self.unwritten if (s := _code_seq(m)) in want})
+            cur = self._cur_range
         rest = want - set(found)
         if rest:
             for p in self.files():
+                span = cur if p == self.path else self._range(p)
+                if span is None or not any(span[0] <= s <= span[1] for s in rest):
+                    continue
                 for rec in self.read(p):
                     s = _code_seq(rec)
                     if s in rest and s not in found:
@@ -186,20 +299,64 @@ class CodeLog:
                     break
         return found
 
+    def _range(self, path: Path) -> tuple[int, int] | None:
+        """Lowest and highest sequence number of a rotated (no longer written) file, read once."""
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (st.st_ino, st.st_size)
+        if key not in self._ranges:
+            seqs = [q for q in map(_code_seq, self.read(path)) if q is not None]
+            self._ranges[key] = (min(seqs), max(seqs)) if seqs else None
+        return self._ranges[key]
+
     def _rotate(self) -> None:
         self.f.close()
         for i in range(self.backups - 1, 0, -1):
             src = self.dir / f"codes.log.{i}"
             if src.exists():
                 src.replace(self.dir / f"codes.log.{i + 1}")
-        self.path.replace(self.dir / "codes.log.1")
-        self.f = self.path.open("ab")
+        if self.backups:
+            self.path.replace(self.dir / "codes.log.1")
+        else:
+            self.path.unlink()
+        self.f = self.path.open("ab", buffering=0)
+        self._cur_range = None
 
     def close(self) -> None:
-        """Flush and close."""
+        """Write what waits for the disk if it can, and close; never raises (a failure is logged)."""
         with self.lock:
-            self.f.flush()
-            self.f.close()
+            if self.unwritten and not self._write_unwritten():
+                log.error("code log %s: %d records could not be written before closing", self.path,
+                          len(self.unwritten))
+            try:
+                self.f.close()
+            except OSError as e:
+                log.error("code log %s: closing failed: %s", self.path, e)
+
+    @staticmethod
+    def _repair(path: Path) -> tuple[int, int] | None:
+        """Cut a torn last record off ``path`` (see the class); returns the sequence numbers it holds
+        (lowest, highest) or None."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        i, seqs = 0, []
+        while i + 4 <= len(data):
+            n = int.from_bytes(data[i:i + 4], "little")
+            if i + 4 + n > len(data):
+                break
+            s = _code_seq(data[i + 4:i + 4 + n])
+            if s is not None:
+                seqs.append(s)
+            i += 4 + n
+        if i != len(data):
+            log.warning("code log %s: its last record was torn (%d bytes): cut off", path, len(data) - i)
+            with path.open("r+b") as f:
+                f.truncate(i)
+        return (min(seqs), max(seqs)) if seqs else None
 
     @staticmethod
     def read(path: str | Path) -> list[bytes]:
@@ -314,7 +471,17 @@ class EdgeDaemon:
         if self.backend.code_bits != info.code_bits:
             raise ValueError(f"backend {self.backend.name} produces {self.backend.code_bits}-bit codes, model "
                              f"{info.name} expects {info.code_bits}")
-        if self.backend.fingerprint not in (b"", b"\0" * 8) and self.backend.fingerprint != fp:
+        if self.backend.fingerprint in (b"", b"\0" * 8):
+            # a graph without voxlink's metadata, an engine without its .json: its codes could be any
+            # model's, and the ground (which trusts the fingerprint sent with them) would decode garbage
+            if not cfg.allow_unverified:
+                raise ValueError(f"backend {self.backend.name} does not record which model it was built from (an ONNX "
+                                 f"graph without voxlink.fingerprint, a TensorRT engine without its .json): export it "
+                                 f"again with voxlink export, or set allow_unverified = true if you are sure it is "
+                                 f"{info.name}'s encoder")
+            log.warning("backend %s records no model fingerprint: sending its codes as %s's (allow_unverified)",
+                        self.backend.name, info.name)
+        elif self.backend.fingerprint != fp:
             raise ValueError(f"backend {self.backend.name} was built from another model (fingerprint "
                              f"{bytes.hex(self.backend.fingerprint)} != {bytes.hex(fp)})")
         self.model_name, self.frame_kind = info.name, info.frame
@@ -332,8 +499,32 @@ class EdgeDaemon:
         self.seq = 0  # set from the code log in run()
         self.first_seq = 0
         self.info_seq = 0
+        self.exit_code = 0
+
+    #: consecutive read failures after which a live source is opened again (then every as many more)
+    REOPEN_AFTER = 20
+    #: consecutive read failures after which a file, folder or simulation counts as broken
+    GIVE_UP_AFTER = 50
+    #: the wait after the n-th failure in a row: n x BACKOFF_S, at most BACKOFF_MAX_S (seconds)
+    BACKOFF_S, BACKOFF_MAX_S = 0.1, 2.0
 
     def _capture(self) -> None:
+        """The capture thread: frames into the queue, then the end marker (None), whatever happens."""
+        try:
+            self._capture_loop()
+        except Exception:  # noqa: BLE001 - a bug here must not leave the main loop waiting for ever
+            log.exception("the capture thread failed")
+            self.stats["capture_thread_failed"] += 1
+            self.exit_code = 1
+        finally:
+            while not self.stop.is_set():  # the end marker always reaches the main loop (it drains the queue)
+                try:
+                    self.q.put(None, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    def _capture_loop(self) -> None:
         period = 1.0 / self.cfg.fps if self.cfg.fps > 0 else 0.0
         failures = 0
         while not self.stop.is_set():
@@ -345,14 +536,22 @@ class EdgeDaemon:
                 log.info("%s", e)
                 self.stats["source_ended"] += 1
                 break
-            except SourceError as e:
+            except Exception as e:  # noqa: BLE001 - SourceError, or a driver's own: counted, tried again
                 failures += 1
                 self.stats["capture_errors"] += 1
-                log.warning("capture failed (%d in a row): %s", failures, e)
-                if failures >= 50:
-                    log.error("source stopped delivering frames: giving up")
+                if failures <= 3 or failures % 50 == 0:
+                    log.warning("capture failed (%d in a row): %s", failures, e)
+                if not self.source.live and failures >= self.GIVE_UP_AFTER:
+                    log.error("source %s failed %d times in a row: giving up", self.cfg.source, failures)
+                    self.exit_code = 1
                     break
-                time.sleep(min(0.1 * failures, 2.0))
+                if self.source.live and failures % self.REOPEN_AFTER == 0:  # a camera never gives up
+                    try:
+                        self.source.reopen()
+                        self.stats["source_reopened"] += 1
+                    except Exception as e2:  # noqa: BLE001
+                        log.warning("cannot reopen the source: %s", e2)
+                self.stop.wait(min(self.BACKOFF_S * failures, self.BACKOFF_MAX_S))
                 continue
             if f.resized_from != (128, 128):
                 self.stats["frames_resized"] += 1
@@ -377,11 +576,7 @@ class EdgeDaemon:
             if self.cfg.max_frames and self.stats["frames_captured"] >= self.cfg.max_frames:
                 break
             if period:
-                time.sleep(max(0.0, period - (time.monotonic() - t0)))
-        try:
-            self.q.put(None, timeout=1.0)  # end marker
-        except queue.Full:
-            pass
+                self.stop.wait(max(0.0, period - (time.monotonic() - t0)))
 
     def _info(self) -> bytes:
         K = self.source.K if self.source.K is not None else camera.intrinsics(128)
@@ -403,52 +598,139 @@ class EdgeDaemon:
             self.stats["send_dropped_hwm"] += 1
             return False
 
-    def _backchannel(self, ctx, codelog: CodeLog) -> None:
-        """Answer the ground's gap requests from the code log (a thread; its own DEALER socket)."""
+    def _parse_request(self, raw: bytes) -> list[int]:
+        """The sequence numbers a back-channel request asks for (at most 4,096).
+
+        Raises:
+            ValueError: not ``{"stream": this drone's id, "seqs": [int, ...]}`` with numbers in 0..2^32-1, or
+                over 64 KiB (the ground asks for at most 512 numbers a request).
+        """
+        if len(raw) > 64 << 10:
+            raise ValueError(f"{len(raw)} bytes, more than any gap request")
+        try:
+            req = json.loads(raw)
+        except (ValueError, RecursionError) as e:  # RecursionError: a JSON nested past Python's limit
+            raise ValueError(f"not JSON: {type(e).__name__}") from None
+        if not isinstance(req, dict) or not isinstance(req.get("seqs"), list):
+            raise ValueError("not an object with a list of seqs")
+        if req.get("stream", self.cfg.stream_id) != self.cfg.stream_id:
+            raise ValueError(f"asks for stream {req.get('stream')!r}, this drone is {self.cfg.stream_id}")
+        seqs = req["seqs"][:4096]
+        if not all(type(x) is int and 0 <= x <= 0xFFFFFFFF for x in seqs):
+            raise ValueError("seqs must be integers in 0..2^32-1")
+        return seqs
+
+    def _backchannel(self, s, codelog: CodeLog) -> None:
+        """Answer the ground's gap requests from the code log (a thread, on its own DEALER socket ``s``).
+        A malformed request is counted (``backchannel_bad_requests``), an unexpected error too
+        (``backchannel_errors``); neither ends the thread."""
         import zmq
 
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDHWM, 100000)
-        apply_curve(s, self.cfg)
-        for ep in self.cfg.backchannel:
-            s.connect(ep)
         hello = json.dumps({"hello": self.cfg.stream_id}).encode()
-        last_hello = 0.0
+        last_hello, last_warn = 0.0, -1e9
         try:
             while not self.stop.is_set():
-                if time.monotonic() - last_hello >= self.cfg.info_interval_s:
-                    try:
-                        s.send(hello, zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass
-                    last_hello = time.monotonic()
-                if not s.poll(200):
-                    continue
                 try:
-                    req = json.loads(s.recv())
-                    seqs = [int(x) for x in req["seqs"]][:4096]
-                except (ValueError, KeyError, TypeError) as e:
-                    self.stats["backchannel_bad_requests"] += 1
-                    log.warning("bad back-channel request: %s", e)
-                    continue
-                found = codelog.find(seqs)
-                for q in seqs:
-                    buf = found.get(q & 0xFFFFFFFF)
-                    if buf is None:
-                        self.stats["backchannel_not_in_log"] += 1
+                    if time.monotonic() - last_hello >= self.cfg.info_interval_s:
+                        try:
+                            s.send(hello, zmq.NOBLOCK)
+                        except zmq.Again:
+                            pass
+                        last_hello = time.monotonic()
+                    if not s.poll(200):
                         continue
+                    raw = s.recv()
                     try:
-                        s.send(buf, zmq.NOBLOCK)
-                        self.stats["backchannel_resent"] += 1
-                    except zmq.Again:
-                        self.stats["backchannel_dropped_hwm"] += 1
-                log.info("back channel: the ground asked for %d views, %d resent from the log", len(seqs), len(found))
+                        seqs = self._parse_request(raw)
+                    except ValueError as e:
+                        self.stats["backchannel_bad_requests"] += 1
+                        if time.monotonic() - last_warn >= 5.0:
+                            log.warning("bad back-channel request (%d so far): %s", self.stats["backchannel_bad_requests"], e)
+                            last_warn = time.monotonic()
+                        continue
+                    found = codelog.find(seqs)
+                    for q in seqs:
+                        buf = found.get(q)
+                        if buf is None:
+                            self.stats["backchannel_not_in_log"] += 1
+                            continue
+                        try:
+                            s.send(buf, zmq.NOBLOCK)
+                            self.stats["backchannel_resent"] += 1
+                        except zmq.Again:
+                            self.stats["backchannel_dropped_hwm"] += 1
+                    log.info("back channel: the ground asked for %d views, %d resent from the log", len(seqs), len(found))
+                except zmq.ContextTerminated:
+                    return
+                except Exception:  # noqa: BLE001 - gap recovery must outlive any one request
+                    self.stats["backchannel_errors"] += 1
+                    if time.monotonic() - last_warn >= 5.0:
+                        log.exception("back channel: unexpected error (%d so far)", self.stats["backchannel_errors"])
+                        last_warn = time.monotonic()
+                    self.stop.wait(0.2)
         finally:
             s.close(0)
 
+    def _backchannel_socket(self, ctx):
+        """The back channel's DEALER socket, connected (in the main thread, so a bad endpoint stops the
+        start with its error). (No ``MAXMSGSIZE``: libzmq 4.3 does not reconnect after dropping an
+        oversized message, which would end gap recovery; :meth:`_parse_request` refuses them.)
+
+        Raises:
+            zmq.ZMQError: a malformed endpoint. ValueError: bad CURVE keys.
+        """
+        import zmq
+
+        s = ctx.socket(zmq.DEALER)
+        try:
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 100000)
+            apply_curve(s, self.cfg)
+            for ep in self.cfg.backchannel:
+                s.connect(ep)
+        except BaseException:
+            s.close(0)
+            raise
+        return s
+
+    def _encode_send(self, f: Capture, sock, codelog: CodeLog) -> int:
+        """Encode one capture, send it, then log it. Returns the bytes sent (0 where the send dropped it).
+
+        Raises:
+            whatever the backend raises (the caller counts it).
+        """
+        t0 = time.perf_counter()
+        code = self.backend.encode_views(to_input_array(f.view[None]))[0]
+        self.encode_ms.append((time.perf_counter() - t0) * 1e3)
+        msg = CodeMessage(stream=self.cfg.stream_id, object_id=self.cfg.object_id, seq=self.seq,
+                          t_ms=int((f.t - self.epoch) * 1000) & 0xFFFFFFFF, fingerprint=fingerprint32(self.fp),
+                          n_bits=len(code), payload=pack_bits(code),
+                          pose=f.pose if self.cfg.send_pose else None, run=run_tag(self.epoch))
+        buf = encode_code(msg)
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        sent = self._send(sock, buf)  # first: a full disk must not hold back the link
+        if not codelog.append(buf):
+            self.stats["log_write_errors"] += 1
+        if not sent:
+            return 0
+        self.stats["codes_sent"] += 1
+        self.stats["bytes_sent"] += len(buf)
+        return len(buf)
+
+    #: encoder failures in a row after which the daemon exits non-zero (so that systemd starts it afresh)
+    MAX_ENCODE_FAILURES = 50
+
     def run(self) -> int:
-        """Run until the source ends, ``max_frames``, or SIGINT / SIGTERM; returns the exit code (0)."""
+        """Run until the source ends, ``max_frames``, or SIGINT / SIGTERM.
+
+        Returns:
+            the exit code: 0, or 1 where a file, folder or simulation source broke for good, the capture
+            thread failed, or the encoder failed ``MAX_ENCODE_FAILURES`` times in a row.
+
+        Raises:
+            zmq.ZMQError: a malformed endpoint. OSError: the code log folder cannot be written. ValueError:
+                bad CURVE keys. (All at start, before a frame is read.)
+        """
         import zmq
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -457,47 +739,57 @@ class EdgeDaemon:
             except ValueError:  # not the main thread (tests): the caller sets self.stop
                 pass
         ctx = zmq.Context.instance()
-        sock = make_socket(ctx, self.cfg)
         codelog = CodeLog(self.cfg.log_dir, self.cfg.log_max_bytes, self.cfg.log_backups, self.cfg.log_cache)
+        try:
+            sock = make_socket(ctx, self.cfg)
+            try:
+                bc_sock = self._backchannel_socket(ctx) if self.cfg.backchannel else None
+            except BaseException:
+                sock.close(0)
+                raise
+        except BaseException:
+            codelog.close()
+            raise
         last = codelog.last_seq()
         self.seq = self.first_seq = 0 if last is None else (last + 1) & 0xFFFFFFFF
         if last is not None:
             log.info("code log %s ends at seq %d: this run starts at %d", codelog.path, last, self.seq)
         bc = None
-        if self.cfg.backchannel:
-            bc = threading.Thread(target=self._backchannel, args=(ctx, codelog), name="backchannel", daemon=True)
+        if bc_sock is not None:
+            bc = threading.Thread(target=self._backchannel, args=(bc_sock, codelog), name="backchannel", daemon=True)
             bc.start()
         log.info("edge: source %s, backend %s, %d-bit codes, %s %s", self.cfg.source, self.backend.name,
                  self.backend.code_bits, self.cfg.socket.upper(), ", ".join(self.cfg.connect + self.cfg.bind))
-        self.backend.warmup()
         cap = threading.Thread(target=self._capture, name="capture", daemon=True)
-        cap.start()
-        last_info = last_metrics = time.monotonic()
-        self._send(sock, self._info())
-        sent_bytes_window, frames_window = 0, 0
         try:
+            self.backend.warmup()
+            cap.start()
+            last_info = last_metrics = time.monotonic()
+            self._send(sock, self._info())
+            sent_bytes_window, frames_window, encode_failures = 0, 0, 0
             while not self.stop.is_set():
                 try:
                     f = self.q.get(timeout=0.5)
                 except queue.Empty:
-                    continue
+                    f = False  # nothing came: the stream infos and metrics go on all the same
+                    if not cap.is_alive() and self.q.empty():  # (the end marker is always sent; a safety net)
+                        break
                 if f is None:
                     break
-                t0 = time.perf_counter()
-                code = self.backend.encode_views(to_input_array(f.view[None]))[0]
-                self.encode_ms.append((time.perf_counter() - t0) * 1e3)
-                msg = CodeMessage(stream=self.cfg.stream_id, object_id=self.cfg.object_id, seq=self.seq,
-                                  t_ms=int((f.t - self.epoch) * 1000) & 0xFFFFFFFF, fingerprint=fingerprint32(self.fp),
-                                  n_bits=len(code), payload=pack_bits(code),
-                                  pose=f.pose if self.cfg.send_pose else None, run=run_tag(self.epoch))
-                buf = encode_code(msg)
-                self.seq = (self.seq + 1) & 0xFFFFFFFF
-                codelog.append(buf)
-                if self._send(sock, buf):
-                    self.stats["codes_sent"] += 1
-                    self.stats["bytes_sent"] += len(buf)
-                    sent_bytes_window += len(buf)
-                frames_window += 1
+                if f is not False:
+                    try:
+                        sent_bytes_window += self._encode_send(f, sock, codelog)
+                        encode_failures = 0
+                    except Exception as e:  # noqa: BLE001 - an engine error costs this frame, not the daemon
+                        encode_failures += 1
+                        self.stats["encode_errors"] += 1
+                        if encode_failures <= 3 or encode_failures % 50 == 0:
+                            log.error("encoding a frame failed (%d in a row): %r", encode_failures, e)
+                        if encode_failures >= self.MAX_ENCODE_FAILURES:
+                            log.error("the encoder failed %d times in a row: stopping", encode_failures)
+                            self.exit_code = 1
+                            break
+                    frames_window += 1
                 now = time.monotonic()
                 if now - last_info >= self.cfg.info_interval_s:
                     self._send(sock, self._info())
@@ -505,20 +797,30 @@ class EdgeDaemon:
                 if now - last_metrics >= self.cfg.metrics_interval_s:
                     dt = now - last_metrics
                     ms = np.array(self.encode_ms) if self.encode_ms else np.zeros(1)
-                    log.info("%.1f frames/s  encode p50 %.1f ms p99 %.1f ms  %.0f bytes/s  queue %d  dropped %d",
+                    log.info("%.1f frames/s  encode p50 %.1f ms p99 %.1f ms  %.0f bytes/s  queue %d  dropped %d%s",
                              frames_window / dt, np.percentile(ms, 50), np.percentile(ms, 99), sent_bytes_window / dt,
-                             self.q.qsize(), self.stats["frames_dropped_queue"] + self.stats["send_dropped_hwm"])
+                             self.q.qsize(), self.stats["frames_dropped_queue"] + self.stats["send_dropped_hwm"],
+                             f"  code log: {len(codelog.unwritten)} records wait for the disk" if codelog.unwritten else "")
                     last_metrics, sent_bytes_window, frames_window = now, 0, 0
         finally:
             self.stop.set()
             # the capture thread may be inside the source (an OSMesa render): closing the source
             # under it crashed the process on SIGTERM, so wait for it first
-            cap.join(timeout=10)
-            self._send(sock, self._info())
+            if cap.is_alive():
+                cap.join(timeout=10)
+            try:
+                self._send(sock, self._info())
+            except Exception as e:  # noqa: BLE001 - shutting down: the rest must still run
+                log.warning("last stream info not sent: %r", e)
             if bc is not None:
                 bc.join(timeout=2)
             codelog.close()
+            if codelog.lost:
+                self.stats["log_lost"] = codelog.lost
             sock.close()
-            self.source.close()
+            try:
+                self.source.close()
+            except Exception as e:  # noqa: BLE001
+                log.warning("closing the source failed: %r", e)
             log.info("edge stopped: %s", dict(self.stats))
-        return 0
+        return self.exit_code

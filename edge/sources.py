@@ -77,8 +77,24 @@ class Source:
         """The next frame."""
         raise NotImplementedError
 
+    def reopen(self) -> None:
+        """Open the device again after it stopped delivering (a camera unplugged and plugged back, an
+        RTSP stream that dropped); a source that cannot be reopened does nothing.
+
+        Raises:
+            SourceError: it cannot be opened now (the caller tries again later).
+        """
+
     def close(self) -> None:
         """Release the device or file."""
+
+
+def _view_of(img, what: str) -> np.ndarray:
+    """:func:`capture_to_view`, a malformed frame (a raw YUYV buffer, a float image) as a SourceError."""
+    try:
+        return capture_to_view(img)
+    except ValueError as e:
+        raise SourceError(f"bad frame from {what}: {e}") from e
 
 
 class OrbitSource(Source):
@@ -137,9 +153,14 @@ class FolderSource(Source):
             if img is None:
                 log.warning("cannot read image %s: skipped", p)
                 continue
+            try:
+                view = capture_to_view(img)
+            except ValueError as e:
+                log.warning("cannot use image %s: %s: skipped", p, e)
+                continue
             if self.K_capture is not None:
                 self.K = view_intrinsics(self.K_capture, *img.shape[:2])
-            return Capture(view=capture_to_view(img), t=time.time(), resized_from=img.shape[:2])
+            return Capture(view=view, t=time.time(), resized_from=img.shape[:2])
         raise SourceEnded(f"all {len(self.files)} images of the folder sent")
 
 
@@ -151,29 +172,51 @@ class OpenCVSource(Source):
     """
 
     def __init__(self, spec: str, K_capture: np.ndarray | None = None):
-        import cv2
-
         self.spec, self.K_capture = spec, K_capture
-        if spec.isdigit():
-            self.cap, self.live = cv2.VideoCapture(int(spec)), True
-        elif "!" in spec:
-            self.cap, self.live = cv2.VideoCapture(spec, cv2.CAP_GSTREAMER), True
-        else:
-            self.cap = cv2.VideoCapture(spec)
-            self.live = spec.startswith(("rtsp://", "rtmp://", "http://", "https://", "udp://"))
+        self.live = spec.isdigit() or "!" in spec or spec.startswith(
+            ("rtsp://", "rtmp://", "http://", "https://", "udp://"))
+        self.cap = self._open()
         if not self.cap.isOpened():
             raise SourceError(f"cannot open video source {spec!r}")
 
+    def _open(self):
+        import cv2
+
+        if self.spec.isdigit():
+            return cv2.VideoCapture(int(self.spec))
+        if "!" in self.spec:
+            return cv2.VideoCapture(self.spec, cv2.CAP_GSTREAMER)
+        return cv2.VideoCapture(self.spec)
+
     def read(self) -> Capture:  # noqa: D102
-        """The next frame (see :class:`Source`); raises SourceEnded or SourceError."""
+        """The next frame (see :class:`Source`); raises SourceEnded or SourceError (a live source that
+        delivers no frame, or a malformed frame)."""
         ok, img = self.cap.read()
         if not ok or img is None:
             if self.live:
                 raise SourceError(f"camera {self.spec!r} delivered no frame")
             raise SourceEnded(f"video {self.spec!r} ended")
+        view = _view_of(img, f"camera {self.spec!r}")
         if self.K_capture is not None:
             self.K = view_intrinsics(self.K_capture, *img.shape[:2])
-        return Capture(view=capture_to_view(img), t=time.time(), resized_from=img.shape[:2])
+        return Capture(view=view, t=time.time(), resized_from=img.shape[:2])
+
+    def reopen(self) -> None:
+        """Release the device and open the same spec again (a live source only).
+
+        Raises:
+            SourceError: it does not open now.
+        """
+        if not self.live:
+            return
+        try:
+            self.cap.release()
+        except Exception:  # noqa: BLE001 - a dead device may fail to release; it is replaced anyway
+            log.warning("releasing %r failed", self.spec, exc_info=True)
+        self.cap = self._open()
+        if not self.cap.isOpened():
+            raise SourceError(f"cannot reopen video source {self.spec!r}")
+        log.info("video source %r opened again", self.spec)
 
     def close(self) -> None:  # noqa: D102
         """Release the device, file or renderer."""

@@ -189,6 +189,11 @@ class OnnxBackend(EncoderBackend):
             props = dict(self.session.get_modelmeta().custom_metadata_map)
         except Exception as e:  # onnxruntime raises its own exception types
             raise BackendUnavailable(f"cannot load {path}: {e}") from e
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != ["images"] or "codes" not in outputs:
+            raise BackendUnavailable(f"{path} is not a voxlink encoder graph (inputs {inputs}, outputs {outputs}; "
+                                     f"expected images -> codes, as voxlink export onnx writes)")
         self.path = path
         self.code_bits = int(props.get("voxlink.code_bits", self.session.get_outputs()[0].shape[1]))
         self.fingerprint = bytes.fromhex(props.get("voxlink.fingerprint", "00" * 8))
@@ -271,9 +276,12 @@ class TensorRTBackend(EncoderBackend):
     """
 
     def __init__(self, engine_path: str | Path):
-        from export.trt import TrtRunner
+        from export.trt import TrtRunner, TrtUnavailable
 
-        self._runner = TrtRunner(engine_path)
+        try:
+            self._runner = TrtRunner(engine_path)
+        except TrtUnavailable as e:  # so that ``auto`` goes on to the next backend
+            raise BackendUnavailable(str(e)) from e
         meta = json.loads(Path(str(engine_path) + ".json").read_text()) if Path(str(engine_path) + ".json").is_file() else {}
         self.code_bits = int(meta.get("code_bits", self._runner.output_shape[-1]))
         self.fingerprint = bytes.fromhex(meta.get("fingerprint", "00" * 8))

@@ -356,7 +356,13 @@ def edge_cmd(
         daemon = EdgeDaemon(cfg)
     except (OSError, ValueError, SourceError, BackendUnavailable, ModelFileError) as e:
         _fail(str(e))
-    raise typer.Exit(daemon.run())
+    import zmq
+
+    try:
+        code = daemon.run()
+    except (OSError, ValueError, zmq.ZMQError) as e:  # at start: an endpoint, the log folder, CURVE keys
+        _fail(f"the edge cannot start: {e}")
+    raise typer.Exit(code)
 
 
 
