@@ -675,3 +675,28 @@ def test_a_refiner_that_reads_only_features_at_full_resolution_warm_starts_from_
     assert same.fingerprint() == src.fingerprint()  # the default is left out of the hash
     with pytest.raises(ValueError, match="refiner_full_res_input"):
         dataclasses.replace(src.cfg, refiner_full_res_input="evidence")
+
+
+def test_eval_refuses_what_it_cannot_score_honestly(small_dataset):
+    """A misspelt split is an error (it used to score every object, training objects included), and so is
+    asking for more views than an object has (the missing columns used to count as IoU 0)."""
+    from voxlink.evaluate import evaluate
+
+    model = _tiny()
+    with pytest.raises(ValueError, match="split 'tset'"):
+        evaluate(model, small_dataset, split="tset", views=3, max_objects=1)
+    with pytest.raises(ValueError, match="fewer than the 9 views"):
+        evaluate(model, small_dataset, split="all", views=9, max_objects=1)
+
+
+def test_eval_of_a_model_it_does_not_score_says_so(small_dataset):
+    import subprocess
+    import sys
+
+    from voxlink.weights import shipped_models
+
+    if "nsmall-k1024" not in shipped_models():
+        pytest.skip("no shipped nsmall-k1024 weights")
+    r = subprocess.run([sys.executable, "-m", "voxlink.cli", "eval", "nsmall-k1024", "--data", str(small_dataset),
+                        "--split", "all"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "codec model" in r.stderr, r.stderr[-2000:]

@@ -230,10 +230,15 @@ def eval_cmd(
 
     if precision not in INFERENCE_PRECISIONS:
         _fail(f"--precision {precision!r}: use {', '.join(INFERENCE_PRECISIONS)}")
+    if max_objects is not None and max_objects < 1:
+        _fail(f"--max-objects {max_objects}: at least 1")
     try:
         m, meta, extra = load_model(model)
     except ModelFileError as e:
         _fail(str(e))
+    if getattr(m, "family", "implicit") not in ("implicit", "fusion"):
+        _fail(f"{model} is a {m.family} model: voxlink eval scores the implicit and fusion models (the image "
+              f"codec: voxlink bench codec; sequential and direct models: voxlink bench accuracy)")
     if hasattr(m, "inference_precision"):
         m.inference_precision = precision
     baseline = None

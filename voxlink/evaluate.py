@@ -22,6 +22,9 @@ from voxlink.data.store import manifest_hash
 from voxlink.models.binarizer import pack_bits
 from voxlink.models.implicit import iou
 
+#: the dataset splits `voxlink eval` scores (``all``: every object, whatever its split)
+SPLITS = ("train", "val", "test", "all")
+
 
 @torch.no_grad()
 def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: int = 5, geometry: bool = True,
@@ -59,7 +62,10 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
 
     Returns:
         ``iou`` float64 [n, views] (Eq. 17, tau = 0.4, after 1..views views), ``hull_true`` and
-        ``hull_decoded`` float64 [n, views] (tau = 0.5; with ``geometry``), ``silhouette_iou`` (mean over
+        ``hull_decoded`` float64 [n, views] (tau = 0.5; with ``geometry``; a voxel's centre tested, the
+        classic hull), ``hull_true_voxel`` float64 [n, views] (the true masks' hull with each voxel read over
+        its projected footprint, 3 pixels: the target grid marks every voxel the surface passes through, so
+        the centre test drops thin parts the target keeps), ``silhouette_iou`` (mean over
         views), ``depth`` {absrel, rmse, delta1}, ``baseline`` float64 [n] (with ``baseline``),
         ``categories`` [n], ``objects`` [{id, name, category}], ``payload_bytes`` (mean bytes of a
         view's packed code; None for an uncompressed model), ``distinct_predictions`` (distinct
@@ -80,6 +86,7 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
     n = len(ds) if n is None else min(n, len(ds))
     gen = torch.Generator().manual_seed(seed)
     ious, hull_t, hull_d = np.zeros((n, views)), np.zeros((n, views)), np.zeros((n, views))
+    hull_tv = np.zeros((n, views))
     base = np.zeros(n)
     cats, objects, preds, first_codes, payload_bytes = [], [], set(), [], []
     d_abs, d_sq, d_delta, d_n = 0.0, 0.0, 0.0, 0
@@ -101,7 +108,7 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
             if model.cfg.binarize:  # the packed code's size, from the code just made (no second encode)
                 payload_bytes.append(len(pack_bits(codes[0])))
             v_n = min(views, len(codes))
-            K = it["K"].expand(v_n, 3, 3).to(device)
+            K = it["K_views"][:v_n].to(device)  # each view's own intrinsics (imported captures differ)
             pose = it["pose_grid"][:v_n]
             if pose_noise[0] or pose_noise[1]:
                 pose = perturb_poses(pose, pose_noise[0], pose_noise[1], gen, exact=True)
@@ -124,8 +131,11 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
             depth, mask = model.decode_depth(codes)
             depth, mask, K, pose, tgt = depth.cpu(), mask.cpu(), K.cpu(), pose.cpu(), target.cpu()
             true_mask = it["depth"][:v_n] > 0
-            h_true = h_dec = None  # the hull of the first v views is the running minimum of one-view hulls
+            h_true = h_dec = h_tv = None  # the hull of the first v views is the running minimum of one-view hulls
             for v in range(v_n):
+                one_tv = silhouette_hull(true_mask[v:v + 1], K[v:v + 1], pose[v:v + 1], footprint=3)
+                h_tv = one_tv if h_tv is None else torch.minimum(h_tv, one_tv)
+                hull_tv[i, v] = float(iou(h_tv[None], tgt, 0.5)[0])
                 one_t = silhouette_hull(true_mask[v:v + 1], K[v:v + 1], pose[v:v + 1])
                 one_d = silhouette_hull(mask[v:v + 1], K[v:v + 1], pose[v:v + 1])
                 h_true = one_t if h_true is None else torch.minimum(h_true, one_t)
@@ -155,7 +165,7 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
            "bits_varying": float(((c > 0).float().mean(0) % 1 != 0).float().mean()) if c is not None else None,
            "payload_bytes": float(np.mean(payload_bytes)) if payload_bytes else None}
     if geometry:
-        out.update({"hull_true": hull_t, "hull_decoded": hull_d, "silhouette_iou": sil_inter / max(sil_n, 1),
+        out.update({"hull_true": hull_t, "hull_true_voxel": hull_tv, "hull_decoded": hull_d, "silhouette_iou": sil_inter / max(sil_n, 1),
                     "depth": {"absrel": d_abs / max(d_n, 1), "rmse": math.sqrt(d_sq / max(d_n, 1)),
                               "delta1": d_delta / max(d_n, 1)}})
     if baseline is not None:
@@ -193,7 +203,8 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         the report dict (from :func:`evaluate_dataset`'s scores): ``miou`` {"1": .., ..}, ``miou_std``
         {..}, ``miou_by_category`` {cat: miou@views}, ``hull_true_miou`` and ``hull_decoded_miou``
         {"1": ..}: the silhouette hull (tau = 0.5) of the true masks and of the masks decoded from the
-        codes, on the same views and poses; ``silhouette_iou`` of the decoded masks; ``depth`` {absrel,
+        codes, on the same views and poses (voxel centres tested), ``hull_true_voxel_footprint_miou`` the
+        true masks' hull with each voxel's projected footprint; ``silhouette_iou`` of the decoded masks; ``depth`` {absrel,
         rmse, delta1}, ``compression_ratio``, ``bits_per_view``, ``bytes_per_view``, ``objects``,
         ``frame``, ``baseline_miou``, ``per_object`` [{id, category, iou}], ``data_manifest``,
         ``refiner_precision`` (the arithmetic of the model's 3D refiner or occupancy decoder); with
@@ -207,12 +218,15 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
     heading = heading or ("random" if pose_aware else "canonical")
     if heading not in ("canonical", "random"):
         raise ValueError(f"heading must be canonical or random, got {heading!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: use one of {', '.join(SPLITS)}")
     frame = "object" if pose_aware else model.cfg.frame
-    try:
-        ds = MultiViewDataset(data, split, views, train=False, frame=frame, with_depth=True, heading=heading)
-    except ValueError:
-        ds = MultiViewDataset(data, "all", views, train=False, frame=frame, with_depth=True, heading=heading)
-        split = "all"
+    # an empty split is an error, never silently every object (a typo would score training objects)
+    ds = MultiViewDataset(data, split, views, train=False, frame=frame, with_depth=True, heading=heading)
+    short = [ds.store.objects[j]["id"] for j in ds.indices if ds.store.n_views(j) < views]
+    if short:
+        raise ValueError(f"{len(short)} object(s) of {data} have fewer than the {views} views asked for "
+                         f"({', '.join(short[:5])}{' ...' if len(short) > 5 else ''}): ask for fewer (--views)")
     sc = evaluate_dataset(model, ds, max_objects, views, geometry=True, pose_noise=pose_noise, seed=seed,
                           baseline=baseline, progress=progress, refine_poses=refine_poses)
     ious = sc["iou"]
@@ -230,6 +244,7 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         "miou_by_category": {c: round(float(np.mean(x)), 4) for c, x in sorted(by_cat.items())},
         "objects_by_category": {c: len(x) for c, x in sorted(by_cat.items())},
         "hull_true_miou": per_views(sc["hull_true"]),
+        "hull_true_voxel_footprint_miou": per_views(sc["hull_true_voxel"]),
         "hull_decoded_miou": per_views(sc["hull_decoded"]),
         "silhouette_iou": round(sc["silhouette_iou"], 4),
         "depth": {k: round(x, 4) for k, x in sc["depth"].items()},
@@ -260,6 +275,8 @@ def format_report(r: dict) -> str:
              "mIoU                  " + "  ".join(f"{v:6.3f}" for v in r["miou"].values())]
     if "hull_true_miou" in r:
         lines.append("hull of true masks    " + "  ".join(f"{v:6.3f}" for v in r["hull_true_miou"].values()))
+    if "hull_true_voxel_footprint_miou" in r:
+        lines.append("  voxel footprint     " + "  ".join(f"{v:6.3f}" for v in r["hull_true_voxel_footprint_miou"].values()))
         lines.append("hull of decoded masks " + "  ".join(f"{v:6.3f}" for v in r["hull_decoded_miou"].values()))
         lines.append(f"decoded silhouette IoU {r['silhouette_iou']:.3f}")
     noise = r.get("pose_noise") or {}

@@ -1,11 +1,13 @@
 """JPEG 2000 baseline codec: glymur (OpenJPEG), irreversible 9/7 wavelet, one quality layer.
 
-Byte counts are honest: ``bytes`` is the size of the ``.j2k`` codestream file glymur wrote, and
-``bytes_no_header`` is that size less the main header (SOC up to the first SOT marker: 141 bytes for a
-128 x 128 RGB image with OpenJPEG's defaults), which a streaming system could send once.
+Byte counts are honest, and fair to JPEG 2000: ``bytes`` is the size of the ``.j2k`` codestream glymur
+wrote less its comment (the COM marker segment, "Created by OpenJPEG version ...": 39 bytes that no
+decoder needs, removed by :func:`strip_comments`), and ``bytes_no_header`` is that size less the main
+header (SOC up to the first SOT marker: 102 bytes for a 128 x 128 RGB image with OpenJPEG's defaults once
+the comment is gone), which a streaming system could send once.
 
 OpenJPEG's rate control aims near the requested ratio but can overshoot it by a few per cent, and
-it has a floor (the main header plus a minimal tile: about 182 bytes at 128 x 128 RGB, i.e. 270:1).
+it has a floor (the main header plus a minimal tile: about 146 bytes at 128 x 128 RGB, i.e. 336:1).
 :func:`encode_at_ratio` therefore searches for the best quality whose codestream is *at most* the
 target byte count, and reports ``reachable = False`` (with the floor's real ratio) when even the
 floor is larger.
@@ -67,8 +69,34 @@ def main_header_length(codestream: bytes) -> int:
     return i
 
 
+def strip_comments(codestream: bytes) -> bytes:
+    """The codestream without the comment marker segments (COM, 0xFF64) of its main header: the same
+    image for any decoder (ISO/IEC 15444-1 A.9.2: COM carries no information the decoding uses).
+
+    Raises:
+        Jpeg2000Error: not a codestream (no SOC), or a main header whose marker segments do not parse.
+    """
+    if codestream[:2] != b"\xff\x4f":
+        raise Jpeg2000Error("not a JPEG 2000 codestream (no SOC marker)")
+    out, i = [codestream[:2]], 2
+    while True:
+        if i + 4 > len(codestream) or codestream[i] != 0xFF:
+            raise Jpeg2000Error(f"JPEG 2000 main header does not parse at byte {i}")
+        marker = codestream[i + 1]
+        if marker == 0x90:  # SOT: the first tile, the main header ends
+            out.append(codestream[i:])
+            return b"".join(out)
+        n = int.from_bytes(codestream[i + 2:i + 4], "big")  # the segment's length, its own 2 bytes included
+        if n < 2 or i + 2 + n > len(codestream):
+            raise Jpeg2000Error(f"JPEG 2000 marker segment 0xFF{marker:02X} at byte {i} is cut")
+        if marker != 0x64:
+            out.append(codestream[i:i + 2 + n])
+        i += 2 + n
+
+
 def encode(image: np.ndarray, ratio: float, keep: str | Path | None = None) -> tuple[bytes, np.ndarray]:
-    """Encode with OpenJPEG at a requested ratio (``cratios=[ratio]``, irreversible) and decode back.
+    """Encode with OpenJPEG at a requested ratio (``cratios=[ratio]``, irreversible), drop the codestream's
+    comment (:func:`strip_comments`) and decode that back.
 
     Args:
         image: uint8 [H, W, 3].
@@ -94,7 +122,8 @@ def encode(image: np.ndarray, ratio: float, keep: str | Path | None = None) -> t
     path = os.path.join(_tmpdir(), f"voxlink-{os.getpid()}-{uuid.uuid4().hex}.j2k")
     try:
         glymur.Jp2k(path, data=img, cratios=[float(ratio)], irreversible=True)
-        data = Path(path).read_bytes()
+        data = strip_comments(Path(path).read_bytes())
+        Path(path).write_bytes(data)
         dec = glymur.Jp2k(path)[:]
         if keep is not None:
             Path(keep).write_bytes(data)
@@ -110,9 +139,11 @@ def encode_at_ratio(image: np.ndarray, target_ratio: float, steps: int = 6, keep
     """Best-quality encoding whose codestream is at most ``raw / target_ratio`` bytes.
 
     The request starts at the target; while OpenJPEG overshoots it is raised by geometric bisection
-    between the target and 1.25x the target (or the floor, when 1.25x still overshoots), ``steps``
-    encodes at most. If the floor (a request of 10,000:1) is still larger than the target,
-    the result is that floor with ``reachable = False``.
+    between the target and 1.25x the target (or the floor, when 1.25x still overshoots); where it fits
+    with room to spare (OpenJPEG aims at its size with the comment that :func:`encode` drops), it is
+    lowered (better quality) by bisection down to 0.7x the target; ``steps`` encodes at most either way.
+    If the floor (a request of 10,000:1) is still larger than the target, the result is that floor with
+    ``reachable = False``.
 
     Args:
         image: uint8 [H, W, 3].
@@ -126,7 +157,20 @@ def encode_at_ratio(image: np.ndarray, target_ratio: float, steps: int = 6, keep
     raw = image.size
     budget = raw / target_ratio
     data, dec = encode(image, target_ratio)
-    if len(data) > budget:  # OpenJPEG overshot: search upward for the best request that fits
+    if len(data) <= budget:  # it fits: spend what is left by asking for a little more
+        lo, hi = target_ratio * 0.7, target_ratio
+        d, x = encode(image, lo)
+        if len(d) <= budget:
+            data, dec = d, x
+        else:
+            for _ in range(steps):
+                mid = float(np.sqrt(lo * hi))
+                d, x = encode(image, mid)
+                if len(d) <= budget:
+                    hi, data, dec = mid, d, x
+                else:
+                    lo = mid
+    else:  # OpenJPEG overshot: search upward for the best request that fits
         lo, hi = target_ratio, target_ratio * 1.25
         d, x = encode(image, hi)
         if len(d) > budget:

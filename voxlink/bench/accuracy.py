@@ -550,10 +550,11 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
     if prof.threads:
         torch.set_num_threads(prof.threads)
     manifest, commit = manifest_hash(data), git_commit()
-    try:
+    try:  # never every object instead: the methods are trained on the training split of the same data
         test_ds = MultiViewDataset(data, "test", 5, train=False, frame=prof.frame, seed=seed)
-    except ValueError:
-        test_ds = MultiViewDataset(data, "all", 5, train=False, frame=prof.frame, seed=seed)
+    except ValueError as e:
+        raise ValueError(f"{e}: the benchmark scores the test split (voxlink data make --procedural N splits "
+                         f"objects into train, val and test)") from None
     n = len(test_ds) if prof.eval_objects is None else min(len(test_ds), prof.eval_objects)
     t_start = time.time()
     rows, per_object = [], {}

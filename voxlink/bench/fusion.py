@@ -174,6 +174,9 @@ def ground_decode_times(models: list[str], views: int = 24, repeats: int = 7) ->
     runs = []  # (name, model, inference_precision to set or None, codes, the arithmetic it gives)
     for name in models:
         model, _, _ = load_model(name)
+        if getattr(model, "family", "implicit") not in ("implicit", "fusion"):
+            raise ValueError(f"{name} is a {model.family} model: the ground decode benchmark compares implicit "
+                             f"and fusion models")
         codes = model.encode(torch.rand(views, 3, 128, 128))
         if hasattr(model, "place"):
             runs += [(name, model, "auto", codes, model.refiner_precision())]

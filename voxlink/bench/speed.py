@@ -249,6 +249,9 @@ def run(out: str | Path, size: str = "paper", backends: list[str] | None = None,
         if unknown:
             raise ValueError(f"unknown blocks {sorted(unknown)}; choose from {sorted(bl)}")
         bl = {k: v for k, v in bl.items() if k in only}
+    known = [b for b, _ in available_backends()]
+    if backends is not None and set(backends) - set(known):
+        raise ValueError(f"unknown backends {sorted(set(backends) - set(known))}; choose from {known}")
     avail = [(b, why) for b, why in available_backends() if backends is None or b in backends]
     rows = []
     kw = {"min_seconds": min_seconds, "min_reps": min_reps}
