@@ -571,3 +571,19 @@ def test_bench_fusion_times_the_ground_per_view_for_each_model_and_refiner_preci
     for r in rows:
         assert min(r["depth_ms"], r["fuse_ms"], r["occupancy_ms"]) > 0
         assert r["total_ms"] == pytest.approx(r["depth_ms"] + r["fuse_ms"] + r["occupancy_ms"], abs=0.02)
+
+
+def test_a_bench_model_trained_with_another_learning_rate_is_not_reused(tmp_path):
+    """The benchmark reuses a method's trained model only when it was trained the same way: a profile
+    whose learning rate, views or JPEG 2000 training ratios changed retrains (files from before these
+    were recorded, when they never changed, are still reused)."""
+    from voxlink.bench.accuracy import load_bench_model, save_bench_model
+
+    m = torch.nn.Linear(2, 2)
+    path = tmp_path / "m.safetensors"
+    save_bench_model(m, path, {"method": "implicit", "lr": 5e-4})
+    assert load_bench_model(path, m, {"method": "implicit"}, {"lr": 5e-4}) is not None
+    assert load_bench_model(path, m, {"method": "implicit"}, {"lr": 1e-3}) is None
+    save_bench_model(m, path, {"method": "implicit"})  # an earlier file: lr not recorded
+    assert load_bench_model(path, m, {"method": "implicit"}, {"lr": 1e-3}) is not None
+    assert load_bench_model(path, m, {"method": "implicit", "jpeg2000_codestream": "without-comment"}) is None

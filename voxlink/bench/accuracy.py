@@ -107,8 +107,10 @@ def save_bench_model(model: torch.nn.Module, path: Path, meta: dict) -> None:
     save_file(tensors, str(path), metadata={"voxlink.bench": json.dumps(meta)})
 
 
-def load_bench_model(path: Path, model: torch.nn.Module, expect: dict) -> dict | None:
-    """Load weights into ``model`` if ``path`` was trained with the same ``expect`` keys; else ``None``."""
+def load_bench_model(path: Path, model: torch.nn.Module, expect: dict, if_recorded: dict | None = None) -> dict | None:
+    """Load weights into ``model`` if ``path`` was trained with the same ``expect`` keys (and the same
+    ``if_recorded`` keys where the file records them: settings that earlier files did not record and that
+    never changed while they were made); else ``None``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
@@ -117,9 +119,10 @@ def load_bench_model(path: Path, model: torch.nn.Module, expect: dict) -> dict |
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("voxlink.bench", "{}"))
-        if any(meta.get(k) != v for k, v in expect.items()):
-            log.info("%s was trained differently (%s): retraining", path,
-                     [k for k, v in expect.items() if meta.get(k) != v])
+        differ = [k for k, v in expect.items() if meta.get(k) != v]
+        differ += [k for k, v in (if_recorded or {}).items() if k in meta and meta[k] != v]
+        if differ:
+            log.info("%s was trained differently (%s): retraining", path, differ)
             return None
         model.load_state_dict(load_file(str(path)), strict=True)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -597,12 +600,17 @@ def run(data: str | Path, out: str | Path, prof: Profile, methods: tuple[str, ..
             expect.update({k: getattr(prof, k) for k, default in (("codec_views", None), ("codec_shuffle_views", False),
                                                                   ("codec_cache_bf16", False))
                            if getattr(prof, k) != default})
-        meta = None if retrain else load_bench_model(path, model, expect)
+        if method == "jpeg2000":  # its training views: codestreams without OpenJPEG's comment since 2026-12-07
+            expect["jpeg2000_codestream"] = "without-comment"
+        later = {"lr": prof.lr, "max_views": prof.max_views}
+        if method == "jpeg2000":
+            later["jpeg_train_ratios"] = list(prof.jpeg_train_ratios)
+        meta = None if retrain else load_bench_model(path, model, expect, later)
         if meta is None:
             log.info("training %s: %d steps of %d objects (%s profile)", name, prof.steps, prof.batch_size, prof.name)
             secs, losses = train_method(method, model, prof, data, seed=seed, progress=progress, device=device)
             log.info("trained %s in %.1f min (final %s) -> %s", name, secs / 60, losses, path)
-            meta = {**expect, "train_seconds": round(secs, 1), "git_commit": commit, "final_losses": losses}
+            meta = {**expect, **later, "train_seconds": round(secs, 1), "git_commit": commit, "final_losses": losses}
             save_bench_model(model, path, meta)
         model.to(device).eval()
         if isinstance(model, JointModel):
