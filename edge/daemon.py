@@ -125,8 +125,10 @@ class EdgeConfig:
             v = getattr(self, name)
             if type(v) is not int or not lo <= v <= hi:
                 raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
-        positive = ("hwm", "info_interval_s", "metrics_interval_s", "log_max_bytes", "heartbeat_ms", "orbit_views")
-        non_negative = ("fps", "max_frames", "log_backups", "log_cache", "orbits", "iterations", "psnr_db")
+        positive = ("info_interval_s", "metrics_interval_s", "log_max_bytes", "orbit_views")
+        # (ZeroMQ: hwm 0 is no limit, heartbeat_ms 0 no heartbeats)
+        non_negative = ("fps", "max_frames", "log_backups", "log_cache", "orbits", "iterations", "psnr_db", "hwm",
+                        "heartbeat_ms")
         for name in positive + non_negative:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (
@@ -173,8 +175,8 @@ class CodeLog:
     for :meth:`find`. Thread-safe (the back channel reads while the main loop appends).
 
     A full disk never ends the daemon: a record the disk refuses is cut off again (the file stays
-    readable), kept in memory in order (at most ``cache`` records; beyond that the oldest are counted in
-    ``lost``) and written, before anything newer, once the disk takes writes again (tried at most every
+    readable), kept in memory in order (at most ``MAX_UNWRITTEN`` records; beyond that the oldest are
+    counted in ``lost``) and written, before anything newer, once the disk takes writes again (tried at most every
     5 s). A log whose last record was torn (the process died in the middle of a write) is cut back to its
     last whole record when it is opened, so the records appended after it stay readable.
 
@@ -187,6 +189,8 @@ class CodeLog:
     """
 
     RETRY_S = 5.0
+    #: records kept in memory while the disk refuses them (about 10 MB at 152 bytes a record)
+    MAX_UNWRITTEN = 65536
 
     def __init__(self, folder: str | Path, max_bytes: int = 16 << 20, backups: int = 4, cache: int = 65536):
         import collections
@@ -197,13 +201,16 @@ class CodeLog:
         self.max_bytes, self.backups = max_bytes, backups
         self._cur_range = self._repair(self.path)
         self.f = self.path.open("ab", buffering=0)  # unbuffered: a record is in the file once append returns
+        self._torn = False  # a failed write could not be cut off again: repair before writing on
         self.lock = threading.Lock()
         self.cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self.cache_size = cache
         self.unwritten: deque[bytes] = deque()
         self.write_errors = self.lost = 0
         self._retry_at = 0.0
-        self._ranges: dict[tuple[int, int], tuple[int, int] | None] = {}  # a closed file's (inode, size) -> seqs
+        # the rotated files' (lowest, highest) sequence numbers, codes.log.1 first (shifted at each rotation)
+        self._ranges: list[tuple[int, int] | None] = [self._seq_range(self.dir / f"codes.log.{i}")
+                                                      for i in range(1, backups + 1)]
 
     def files(self) -> list[Path]:
         """The log files, newest first."""
@@ -232,7 +239,7 @@ class CodeLog:
                 while len(self.cache) > self.cache_size:
                     self.cache.popitem(last=False)
             self.unwritten.append(msg)
-            while len(self.unwritten) > max(self.cache_size, 1):
+            while len(self.unwritten) > self.MAX_UNWRITTEN:
                 self.unwritten.popleft()
                 self.lost += 1
             if len(self.unwritten) > 1 and time.monotonic() < self._retry_at:
@@ -256,8 +263,12 @@ class CodeLog:
 
     def _write(self, msg: bytes) -> None:
         """One record, whole or not at all (a partial write is cut off again). Raises OSError."""
-        if self.f.closed:
+        if self.f.closed or self._torn:  # a torn record left behind: cut it off before appending after it
+            if not self.f.closed:
+                self.f.close()
+            self._cur_range = self._repair(self.path)
             self.f = self.path.open("ab", buffering=0)
+            self._torn = False
         if self.f.tell() + 4 + len(msg) > self.max_bytes and self.f.tell() > 0:
             self._rotate()
         pos = self.f.tell()
@@ -269,8 +280,8 @@ class CodeLog:
             try:
                 self.f.truncate(pos)
                 self.f.seek(pos)
-            except OSError:  # cannot even cut it: the next open repairs the file (:meth:`_repair`)
-                self.f.close()
+            except OSError:  # cannot even cut it: repaired before the next write (or at the next open)
+                self._torn = True
             raise
         seq = _code_seq(msg)
         if seq is not None:
@@ -284,14 +295,14 @@ class CodeLog:
         with self.lock:
             found = {s: self.cache[s] for s in want if s in self.cache}
             found.update({s: m for m in self.unwritten if (s := _code_seq(m)) in want})
-            cur = self._cur_range
+            spans = [(self.path, self._cur_range)] + [(self.dir / f"codes.log.{i + 1}", r)
+                                                      for i, r in enumerate(self._ranges)]
         rest = want - set(found)
         if rest:
-            for p in self.files():
-                span = cur if p == self.path else self._range(p)
+            for p, span in spans:
                 if span is None or not any(span[0] <= s <= span[1] for s in rest):
                     continue
-                for rec in self.read(p):
+                for rec in self.read(p):  # (a rotation meanwhile: this file may have moved on; then not found)
                     s = _code_seq(rec)
                     if s in rest and s not in found:
                         found[s] = rec
@@ -299,30 +310,31 @@ class CodeLog:
                     break
         return found
 
-    def _range(self, path: Path) -> tuple[int, int] | None:
-        """Lowest and highest sequence number of a rotated (no longer written) file, read once."""
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        key = (st.st_ino, st.st_size)
-        if key not in self._ranges:
-            seqs = [q for q in map(_code_seq, self.read(path)) if q is not None]
-            self._ranges[key] = (min(seqs), max(seqs)) if seqs else None
-        return self._ranges[key]
+    @classmethod
+    def _seq_range(cls, path: Path) -> tuple[int, int] | None:
+        """Lowest and highest sequence number of the code messages in a log file (None: none, or no file)."""
+        seqs = [q for q in map(_code_seq, cls.read(path)) if q is not None]
+        return (min(seqs), max(seqs)) if seqs else None
 
     def _rotate(self) -> None:
+        """``codes.log`` -> ``codes.log.1`` -> ... (the oldest dropped), under the lock. Raises OSError (the
+        next write reopens the log; the files' sequence ranges are read again from the disk)."""
         self.f.close()
-        for i in range(self.backups - 1, 0, -1):
-            src = self.dir / f"codes.log.{i}"
-            if src.exists():
-                src.replace(self.dir / f"codes.log.{i + 1}")
-        if self.backups:
-            self.path.replace(self.dir / "codes.log.1")
-        else:
-            self.path.unlink()
-        self.f = self.path.open("ab", buffering=0)
+        try:
+            for i in range(self.backups - 1, 0, -1):
+                src = self.dir / f"codes.log.{i}"
+                if src.exists():
+                    src.replace(self.dir / f"codes.log.{i + 1}")
+            if self.backups:
+                self.path.replace(self.dir / "codes.log.1")
+                self._ranges = [self._cur_range] + self._ranges[:-1]
+            else:
+                self.path.unlink()
+        except OSError:
+            self._ranges = [self._seq_range(self.dir / f"codes.log.{i}") for i in range(1, self.backups + 1)]
+            raise
         self._cur_range = None
+        self.f = self.path.open("ab", buffering=0)
 
     def close(self) -> None:
         """Write what waits for the disk if it can, and close; never raises (a failure is logged)."""
@@ -708,9 +720,11 @@ class EdgeDaemon:
                           pose=f.pose if self.cfg.send_pose else None, run=run_tag(self.epoch))
         buf = encode_code(msg)
         self.seq = (self.seq + 1) & 0xFFFFFFFF
-        sent = self._send(sock, buf)  # first: a full disk must not hold back the link
-        if not codelog.append(buf):
-            self.stats["log_write_errors"] += 1
+        try:
+            sent = self._send(sock, buf)  # first: a full disk must not hold back the link
+        finally:  # logged even if the send raised: the back channel can still fill the gap
+            if not codelog.append(buf):
+                self.stats["log_write_errors"] += 1
         if not sent:
             return 0
         self.stats["codes_sent"] += 1

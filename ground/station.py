@@ -617,8 +617,8 @@ class GroundStation:
         new = self.net.step(codes, batched)
         for i, (s, _, _, _) in enumerate(items):
             s.state = tuple(t[i:i + 1].clone() for t in new)
+            done.add(index[id(items[i])])
             s.dirty = True
-        done.update(index[id(it)] for it in items)
 
     def _fuse_iterative(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo, int]], applied) -> None:
         """:meth:`_fuse_views` for a sequential or direct model: the views grouped by their number of
@@ -636,9 +636,9 @@ class GroundStation:
             for j, i in enumerate(idx):
                 s, m, _, u = items[i]
                 s.state = tuple(t[j:j + 1].clone() for t in new)
+                applied(i)  # at once: stepping the 3D-LSTM again with this view would apply it twice
                 s.dirty = True
                 self._decoded[(m.stream, u)] = rgb[j].copy()
-                applied(i)
         while len(self._decoded) > self.cfg.decoded_cache:
             self._decoded.popitem(last=False)
 
@@ -1252,11 +1252,19 @@ class GroundStation:
             if future.exception() is None:  # (waits for it)
                 continue
             self._log_trace("internal error placing a batch of views; placing them one by one", future.exception())
-            for i, (s, m) in enumerate(owners):
-                try:
-                    self.net.place([states[i]], depth[i:i + 1], mask_prob[i:i + 1], K[i:i + 1], pose[i:i + 1])
-                except Exception as e:  # noqa: BLE001
-                    self._not_fused(s, m, e)
+
+            def one_by_one() -> list:
+                failed = []
+                for i, (s, m) in enumerate(owners):
+                    try:
+                        self.net.place([states[i]], depth[i:i + 1], mask_prob[i:i + 1], K[i:i + 1], pose[i:i + 1])
+                    except Exception as e:  # noqa: BLE001
+                        failed.append((s, m, e))
+                return failed
+
+            # on the fuser thread, after the batches already handed to it: never two threads on one state
+            for s, m, e in self._worker("fuser").submit(one_by_one).result():
+                self._not_fused(s, m, e)
 
     def settle(self) -> None:
         """Wait for every view still being placed and every depth map still being made, and apply their

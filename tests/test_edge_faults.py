@@ -279,10 +279,11 @@ def test_an_encoder_graph_that_does_not_say_its_model_is_refused(tmp_path):
 
 def test_config_mistakes_are_named():
     assert EdgeConfig(connect="tcp://ground:5555").connect == ["tcp://ground:5555"]
+    assert EdgeConfig(hwm=0, heartbeat_ms=0).hwm == 0  # ZeroMQ: no limit, no heartbeats
     for bad, what in [(dict(stream_id=300), "stream_id"), (dict(connect=["ground:5555"]), "connect"),
                       (dict(backchannel=["ground:5556"]), "backchannel"), (dict(fps=-1), "fps"),
                       (dict(object_id=1.5), "object_id"), (dict(intrinsics=[600, 600, 320]), "intrinsics"),
-                      (dict(hwm=0), "hwm")]:
+                      (dict(hwm=-1), "hwm")]:
         with pytest.raises(ValueError, match=what):
             EdgeConfig(**bad)
 
@@ -319,3 +320,51 @@ def test_stream_infos_go_on_while_the_camera_sends_nothing(tmp_path):
         t.join(30)
         pull.close(0)
     assert infos >= 5, f"{infos} stream infos in 2 s at one per 0.2 s"
+
+
+def test_gap_requests_find_every_record_still_on_disk_through_rotations(tmp_path):
+    """The files' sequence ranges follow the rotations (a file system that reuses a freed inode for the new
+    file once made a stale range hide records that were on disk)."""
+    log = CodeLog(tmp_path, max_bytes=2000, backups=2, cache=0)
+    for s in range(300):
+        log.append(_msg(s))
+        if s % 7 == 0:
+            on_disk = sorted(q for p in log.files() for q in map(_code_seq, CodeLog.read(p)))
+            assert sorted(log.find(on_disk)) == on_disk
+    log.close()
+
+
+def test_a_write_that_cannot_even_be_cut_off_is_repaired_before_the_next(tmp_path):
+    """A write that fails part-way whose torn bytes cannot be cut off (the disk refuses that too): the log
+    is repaired before anything is appended after the torn bytes, so every later record stays readable."""
+    log = CodeLog(tmp_path, cache=0)
+    log.RETRY_S = 0.0
+    for s in range(3):
+        log.append(_msg(s))
+    real, state = log.f, {"fail": True}
+
+    class Failing:
+        closed = False
+
+        def write(self, b):
+            if state["fail"]:
+                real.write(bytes(b[:5]))
+                raise OSError(errno.EIO, "I/O error")
+            return real.write(b)
+
+        def truncate(self, *a):
+            if state["fail"]:
+                raise OSError(errno.EIO, "I/O error")
+            return real.truncate(*a)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    log.f = Failing()
+    assert not log.append(_msg(3))
+    state["fail"] = False
+    for s in range(4, 8):
+        assert log.append(_msg(s))
+    log.close()
+    assert [_code_seq(r) for r in CodeLog.read(tmp_path / "codes.log")] == list(range(8))
+    assert CodeLog(tmp_path).last_seq() == 7

@@ -316,9 +316,10 @@ def test_ground_decodes_each_fused_view_once_even_with_equal_codes(tmp_path):
 @pytest.mark.parametrize("pipelined", [False, True])
 def test_an_error_placing_a_batch_of_views_loses_none_of_them(tmp_path, pipelined, monkeypatch):
     """Where the batched placing of several objects' views fails part-way (here after the first object's
-    view was pooled), every view is placed again on its own, here or in the fuser thread's wake
-    (pipelined): the grids equal those of a ground where nothing failed (re-placing a view already
+    view was pooled), every view is placed again on its own (pipelined: on the fuser thread, behind the
+    batches already handed to it): the grids equal those of a ground where nothing failed (re-placing a view already
     pooled changes nothing), and the one view that fails even alone is named (``views_not_fused``)."""
+    import threading
     import time
 
     from ground.station import GroundConfig, GroundStation
@@ -351,7 +352,10 @@ def test_an_error_placing_a_batch_of_views_loses_none_of_them(tmp_path, pipeline
     place = st.net.place
     poison = pose[5]  # object 2's second view
 
+    threads = []
+
     def fragile(states, depth, mask_prob, K, pose_, *a, **k):
+        threads.append(threading.current_thread() is threading.main_thread())
         if len(states) > 1:
             place(states[:1], depth[:1], mask_prob[:1], K[:1], pose_[:1])
             raise RuntimeError("out of memory")
@@ -371,6 +375,8 @@ def test_an_error_placing_a_batch_of_views_loses_none_of_them(tmp_path, pipeline
     summary = st.snapshot((1, 2), reason="test")
     assert summary["views_not_fused"] == [5] and summary["views_fused"] == 1 and summary["views"] == 2
     assert summary["distinct_views"] == 1 and st.summary(st.sessions[(1, 0)])["distinct_views"] == 2
+    if pipelined:  # the retries too run on the fuser thread: never two threads pooling into one state
+        assert threads and not any(threads)
 
 
 @POOLINGS

@@ -224,3 +224,25 @@ def test_an_error_in_one_rate_group_steps_no_object_twice(tmp_path, joint_file, 
     for obj in range(4):
         np.testing.assert_allclose(st.occupancy(st.sessions[(3, obj)]), clean.occupancy(clean.sessions[(3, obj)]),
                                    atol=1e-6)
+    # an error after an object's state was replaced (keeping the view's image) must not step it again
+    again = GroundStation(GroundConfig(bind=[], model=str(path), out=str(tmp_path / "again"), record=False))
+    again.handle(encode_info(StreamInfo(stream=3, seq=0, fingerprint=bytes.hex(m.fingerprint()), code_bits=1024,
+                                        K=camera.intrinsics(), model=m.cfg.recon.name, epoch_unix=time.time())))
+
+    class Flaky(dict):
+        failed = False
+
+        def __setitem__(self, k, v):
+            if not Flaky.failed:
+                Flaky.failed = True
+                raise MemoryError("no room for the decoded image")
+            super().__setitem__(k, v)
+
+        def popitem(self, last=True):
+            return super().popitem()
+
+    again._decoded = Flaky()
+    again.handle_many(msgs)
+    for obj in range(4):
+        np.testing.assert_allclose(again.occupancy(again.sessions[(3, obj)]),
+                                   clean.occupancy(clean.sessions[(3, obj)]), atol=1e-6)

@@ -341,6 +341,7 @@ def edge_cmd(
     curve_secret: Optional[str] = typer.Option(None, "--curve-secret", help="CURVE: this drone's .key_secret file (voxlink keys)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Sequential or direct model: N_small iterations per view, N x 128 bytes (0: the model's N_max; with --psnr, the most)."),
     psnr: Optional[float] = typer.Option(None, "--psnr", help="Sequential or direct model: variable rate, each view stops at the first iteration whose decoded image reaches this PSNR (dB)."),
+    allow_unverified: Optional[bool] = typer.Option(None, "--allow-unverified", help="Accept an ONNX graph or TensorRT engine that does not record which model it was built from."),
     config: Optional[Path] = typer.Option(None, "--config", help="edge.toml (command-line options win)."),
 ) -> None:
     """The drone daemon: capture, encode each frame to K bits, stream over ZeroMQ, log locally."""
@@ -352,7 +353,8 @@ def edge_cmd(
     over = dict(source=source, connect=connect or None, bind=bind or None, model=model, backend=backend, onnx=onnx,
                 engine=engine, object_id=object_id, stream_id=stream_id, fps=fps, socket=socket, max_frames=max_frames,
                 log_dir=log_dir, backchannel=backchannel or None, curve_server_key=curve_server_key,
-                curve_secret_file=curve_secret, iterations=iterations, psnr_db=psnr)
+                curve_secret_file=curve_secret, iterations=iterations, psnr_db=psnr,
+                allow_unverified=True if allow_unverified else None)
     try:
         if config:
             cfg = EdgeConfig.from_toml(config, **over)

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from voxlink.data.store import manifest_hash
+
 
 def eval_views(data: str | Path, views_per_object: int = 3, backgrounds: str = "plain", seed: int = 0) -> np.ndarray:
     """Fixed views of every object of a dataset (all splits).
@@ -125,7 +127,8 @@ def run(out: str | Path, model: str = "nsmall-k1024", data: str | Path = "data/r
         w.writeheader()
         w.writerows(rows)
     info = {"model": str(model), "model_meta": {k: meta.get(k) for k in ("steps", "train_seconds", "git_commit")},
-            "data": str(data), "views": len(views), "backgrounds": backgrounds, "rows": rows}
+            "data": str(data), "data_manifest": manifest_hash(data), "views": len(views), "backgrounds": backgrounds,
+            "rows": rows}
     (out / "codec.json").write_text(json.dumps(info, indent=1))
     text = _markdown(rows, len(views), backgrounds, model)
     (out / "codec.md").write_text(text)
