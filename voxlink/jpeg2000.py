@@ -158,20 +158,14 @@ def encode_at_ratio(image: np.ndarray, target_ratio: float, steps: int = 6, keep
     budget = raw / target_ratio
     data, dec = encode(image, target_ratio)
     if len(data) <= budget:  # it fits: spend what is left by asking for a little more
-        lo, hi = max(target_ratio * 0.7, 1.0 + 1e-6), target_ratio
+        lo = max(target_ratio * 0.7, 1.0 + 1e-6)
         d, x = encode(image, lo)
         if len(d) <= budget:
             data, dec = d, x
         else:
-            for _ in range(steps):
-                mid = float(np.sqrt(lo * hi))
-                d, x = encode(image, mid)
-                if len(d) <= budget:
-                    hi, data, dec = mid, d, x
-                else:
-                    lo = mid
+            data, dec = _bisect(image, lo, target_ratio, (data, dec), budget, steps)
     else:  # OpenJPEG overshot: search upward for the best request that fits
-        lo, hi = target_ratio, target_ratio * 1.25
+        hi = target_ratio * 1.25
         d, x = encode(image, hi)
         if len(d) > budget:
             hi = 10000.0
@@ -179,19 +173,26 @@ def encode_at_ratio(image: np.ndarray, target_ratio: float, steps: int = 6, keep
         if len(d) > budget:  # even the floor is larger: not reachable, report the floor
             data, dec = d, x
         else:
-            data, dec = d, x
-            for _ in range(steps):
-                mid = float(np.sqrt(lo * hi))
-                d, x = encode(image, mid)
-                if len(d) <= budget:
-                    hi, data, dec = mid, d, x
-                else:
-                    lo = mid
+            data, dec = _bisect(image, target_ratio, hi, (d, x), budget, steps)
     hdr = main_header_length(data)
     if keep is not None:
         Path(keep).write_bytes(data)
     return J2kResult(image=dec, bytes=len(data), bytes_no_header=len(data) - hdr, ratio=raw / len(data),
                      target_ratio=float(target_ratio), reachable=len(data) <= budget, codestream=data)
+
+
+def _bisect(image: np.ndarray, lo: float, hi: float, fits: tuple, budget: float, steps: int) -> tuple:
+    """Geometric bisection of the requested ratio between ``lo`` (its codestream is over ``budget``
+    bytes) and ``hi`` (``fits``: its ``(codestream, decoded)``, within budget), ``steps`` encodes: the
+    smallest request found that fits, ``(codestream, decoded)``."""
+    for _ in range(steps):
+        mid = float(np.sqrt(lo * hi))
+        d, x = encode(image, mid)
+        if len(d) <= budget:
+            hi, fits = mid, (d, x)
+        else:
+            lo = mid
+    return fits
 
 
 def decode(codestream: bytes) -> np.ndarray:
