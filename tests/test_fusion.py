@@ -367,11 +367,13 @@ def test_an_error_placing_a_batch_of_views_loses_none_of_them(tmp_path, pipeline
     assert all(r is not None for r in st.handle_many(msgs))
     st.settle()
     assert st.rejected["internal_error"] == 1 and st.stats["views"] == 8
+    # (a view decoded alone and in a batch of four differ in float rounding, which the bfloat16 refiner
+    # can carry to a few 1e-4; a view pooled twice would change its object's votes by far more)
     for obj in (0, 1, 3):
         np.testing.assert_allclose(st.occupancy(st.sessions[(1, obj)]), clean.occupancy(clean.sessions[(1, obj)]),
-                                   atol=1e-5)
+                                   atol=2e-3)
     np.testing.assert_allclose(st.occupancy(st.sessions[(1, 2)]), without.occupancy(without.sessions[(1, 2)]),
-                               atol=1e-5)
+                               atol=2e-3)
     summary = st.snapshot((1, 2), reason="test")
     assert summary["views_not_fused"] == [5] and summary["views_fused"] == 1 and summary["views"] == 2
     assert summary["distinct_views"] == 1 and st.summary(st.sessions[(1, 0)])["distinct_views"] == 2

@@ -191,7 +191,9 @@ def test_gaps_are_recovered_from_the_edge_code_log(tmp_path, tiny):
     # the edge's back-channel answerer, exactly as the daemon runs it
     edge = SimpleNamespace(cfg=EdgeConfig(backchannel=[f"tcp://127.0.0.1:{bport}"], stream_id=2, info_interval_s=0.2),
                            stop=threading.Event(), stats=Counter())
-    bc = threading.Thread(target=EdgeDaemon._backchannel, args=(edge, ctx, log), daemon=True)
+    edge._parse_request = lambda raw: EdgeDaemon._parse_request(edge, raw)
+    bc = threading.Thread(target=EdgeDaemon._backchannel, args=(edge, EdgeDaemon._backchannel_socket(edge, ctx), log),
+                          daemon=True)
     bc.start()
     push = ctx.socket(zmq.PUSH)
     push.connect(f"tcp://127.0.0.1:{port}")
