@@ -747,25 +747,31 @@ class GroundStation:
                 s.curve_publickey, s.curve_secretkey, s.curve_server = pub, sec, True
 
         s = ctx.socket(zmq.SUB if self.cfg.socket == "sub" else zmq.PULL)
-        if self.cfg.socket == "sub":
-            s.setsockopt(zmq.SUBSCRIBE, b"")
-        s.setsockopt(zmq.RCVHWM, self.cfg.rcvhwm)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_msg_bytes)
-        curve(s)
-        for ep in self.cfg.bind:
-            s.bind(ep)
-        for ep in self.cfg.connect:
-            s.connect(ep)
         r = None
-        if self.cfg.backchannel:
-            r = ctx.socket(zmq.ROUTER)
-            r.setsockopt(zmq.LINGER, 0)
-            r.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_msg_bytes)
-            r.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            curve(r)
-            for ep in self.cfg.backchannel:
-                r.bind(ep)
+        try:  # a socket left open would block ctx.term() for ever: close what was made if a bind fails
+            if self.cfg.socket == "sub":
+                s.setsockopt(zmq.SUBSCRIBE, b"")
+            s.setsockopt(zmq.RCVHWM, self.cfg.rcvhwm)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_msg_bytes)
+            curve(s)
+            for ep in self.cfg.bind:
+                s.bind(ep)
+            for ep in self.cfg.connect:
+                s.connect(ep)
+            if self.cfg.backchannel:
+                r = ctx.socket(zmq.ROUTER)
+                r.setsockopt(zmq.LINGER, 0)
+                r.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_msg_bytes)
+                r.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                curve(r)
+                for ep in self.cfg.backchannel:
+                    r.bind(ep)
+        except BaseException:
+            for x in (s, r):
+                if x is not None:
+                    x.close(0)
+            raise
         return s, r
 
     def _peer(self, frame) -> str | None:

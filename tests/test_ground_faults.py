@@ -722,3 +722,18 @@ def test_an_error_fusing_a_batch_loses_none_of_its_views(tmp_path, tiny, monkeyp
     summary = st.snapshot((2, 2), reason="test")
     on_disk = json.loads((Path(summary["folder"]) / "session.json").read_text())
     assert on_disk["views_not_fused"] == [21] and on_disk["views_fused"] == 2 and on_disk["views"] == 3
+
+
+def test_a_ground_that_cannot_bind_says_so_and_exits(tmp_path, tiny):
+    """A malformed endpoint or viewer port ends the ground at once with a message (the socket made before
+    the failing bind used to stay open, and the ZeroMQ context waited for it: the process hung)."""
+    import subprocess
+    import sys
+
+    for extra, says in [(["--bind", "ground:5555"], "Invalid argument"),
+                        (["--bind", "tcp://127.0.0.1:0", "--viewer", "99999"], "cannot serve the viewer")]:
+        t0 = time.time()
+        r = subprocess.run([sys.executable, "-m", "voxlink.cli", "ground", "--model", str(tiny[0]), "--out",
+                            str(tmp_path / "g"), "--duration", "1", *extra], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and says in r.stderr, r.stderr[-1500:]
+        assert time.time() - t0 < 60

@@ -431,7 +431,7 @@ def ground_cmd(
         host, _, port = viewer.rpartition(":")
         try:
             server = ViewerServer(st, host or "127.0.0.1", int(port)).start()
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, OverflowError) as e:  # OverflowError: a port over 65535
             _fail(f"cannot serve the viewer on {viewer!r}: {e}")
         typer.echo(f"viewer: http://{host or '127.0.0.1'}:{server.port}/")
     try:
