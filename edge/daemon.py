@@ -355,35 +355,33 @@ class CodeLog:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        i, seqs = 0, []
-        while i + 4 <= len(data):
-            n = int.from_bytes(data[i:i + 4], "little")
-            if i + 4 + n > len(data):
-                break
-            s = _code_seq(data[i + 4:i + 4 + n])
-            if s is not None:
-                seqs.append(s)
-            i += 4 + n
-        if i != len(data):
-            log.warning("code log %s: its last record was torn (%d bytes): cut off", path, len(data) - i)
+        records, end = CodeLog._records(data)
+        if end != len(data):
+            log.warning("code log %s: its last record was torn (%d bytes): cut off", path, len(data) - end)
             with path.open("r+b") as f:
-                f.truncate(i)
+                f.truncate(end)
+        seqs = [q for q in map(_code_seq, records) if q is not None]
         return (min(seqs), max(seqs)) if seqs else None
 
     @staticmethod
-    def read(path: str | Path) -> list[bytes]:
-        """All message records of one log file (a torn last record is ignored; a missing file has none)."""
-        try:
-            data, out, i = Path(path).read_bytes(), [], 0
-        except FileNotFoundError:
-            return []
+    def _records(data: bytes) -> tuple[list[bytes], int]:
+        """The whole ``[uint32 length][message]`` records of a log file's bytes, and where the last one ends."""
+        out, i = [], 0
         while i + 4 <= len(data):
             n = int.from_bytes(data[i:i + 4], "little")
             if i + 4 + n > len(data):
                 break
             out.append(data[i + 4:i + 4 + n])
             i += 4 + n
-        return out
+        return out, i
+
+    @staticmethod
+    def read(path: str | Path) -> list[bytes]:
+        """All message records of one log file (a torn last record is ignored; a missing file has none)."""
+        try:
+            return CodeLog._records(Path(path).read_bytes())[0]
+        except FileNotFoundError:
+            return []
 
 
 def curve_keys(cfg: EdgeConfig) -> tuple[bytes, bytes, bytes] | None:
@@ -529,12 +527,16 @@ class EdgeDaemon:
             self.stats["capture_thread_failed"] += 1
             self.exit_code = 1
         finally:
-            while not self.stop.is_set():  # the end marker always reaches the main loop (it drains the queue)
-                try:
-                    self.q.put(None, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
+            self._put_waiting(None)  # the end marker always reaches the main loop (it drains the queue)
+
+    def _put_waiting(self, item) -> None:
+        """Put ``item`` in the queue, waiting as long as it is full (until the daemon stops)."""
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def _capture_loop(self) -> None:
         period = 1.0 / self.cfg.fps if self.cfg.fps > 0 else 0.0
@@ -568,12 +570,7 @@ class EdgeDaemon:
             if f.resized_from != (128, 128):
                 self.stats["frames_resized"] += 1
             if not self.source.live:  # files, folders, simulations: nothing is lost, the source waits
-                while not self.stop.is_set():
-                    try:
-                        self.q.put(f, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                self._put_waiting(f)
             else:
                 try:
                     self.q.put_nowait(f)

@@ -531,8 +531,8 @@ class GroundStation:
             return
         except Exception:  # noqa: BLE001 - counted below, view by view
             self._log_trace("internal error fusing a batch of views; fusing them one by one")
-        for i, item in enumerate(items):
-            if i in done:
+        for item in items:
+            if id(item) in done:
                 continue
             try:
                 self._fuse_views([item])
@@ -553,7 +553,7 @@ class GroundStation:
             items: ``(session, message, stream info, unwrapped seq)``; each session at most once. The message
                 carries the view's pose (camera-to-object [4, 4] or None) and the info its intrinsics
                 ``K`` [3, 3], for a model that uses them.
-            done: where given, the indices (into ``items``) of the views applied are added to it as they are
+            done: where given, the ``id`` of each item whose view is applied is added to it as it is
                 (a view without a pose, which a pose-aware model counts and skips, is done too); pipelined,
                 a fusion model's views count as applied once handed to the fuser thread, which retries
                 each on its own if the batch fails (:meth:`_wait_placed`).
@@ -562,7 +562,6 @@ class GroundStation:
             whatever the model raises (the caller, :meth:`_fuse_checked`, keeps the views).
         """
         done = set() if done is None else done
-        index = {id(it): i for i, it in enumerate(items)}
         if getattr(self.model, "needs_pose", False):
             # a pose-aware model cannot place a view without its pose: count it, name it, skip it
             for s, m, _, _ in items:
@@ -572,12 +571,12 @@ class GroundStation:
                         s.no_pose.append(m.seq)
                     self._log_reject("no_pose", f"stream {m.stream} object {m.object_id} seq {m.seq}: "
                                                 "view without a pose, not fused")
-            done.update(index[id(it)] for it in items if it[1].pose is None)
+            done.update(id(it) for it in items if it[1].pose is None)
             items = [it for it in items if it[1].pose is not None]
             if not items:
                 return
         if self.iterative:
-            self._fuse_iterative(items, lambda j: done.add(index[id(items[j])]))
+            self._fuse_iterative(items, lambda j: done.add(id(items[j])))
             return
         codes = torch.stack([unpack_bits(m.payload, self.code_bits) for _, m, _, _ in items])
         if getattr(self.model, "family", "implicit") == "fusion":  # one evidence tensor per object
@@ -600,7 +599,7 @@ class GroundStation:
                                       len(items), retry))
             else:
                 self.net.place(states, depth, mask_prob, K, pose)
-            done.update(index[id(it)] for it in items)
+            done.update(id(it) for it in items)
             for i, (s, m, info, u) in enumerate(items):
                 s.dirty = True
                 if self.cfg.refine_poses:  # a repeated view (same code, same pose) is kept once
@@ -617,7 +616,7 @@ class GroundStation:
         new = self.net.step(codes, batched)
         for i, (s, _, _, _) in enumerate(items):
             s.state = tuple(t[i:i + 1].clone() for t in new)
-            done.add(index[id(items[i])])
+            done.add(id(items[i]))
             s.dirty = True
 
     def _fuse_iterative(self, items: list[tuple[ObjectSession, CodeMessage, StreamInfo, int]], applied) -> None:
@@ -1258,19 +1257,29 @@ class GroundStation:
             if future.exception() is None:  # (waits for it)
                 continue
             self._log_trace("internal error placing a batch of views; placing them one by one", future.exception())
-
-            def one_by_one() -> list:
-                failed = []
-                for i, (s, m) in enumerate(owners):
-                    try:
-                        self.net.place([states[i]], depth[i:i + 1], mask_prob[i:i + 1], K[i:i + 1], pose[i:i + 1])
-                    except Exception as e:  # noqa: BLE001
-                        failed.append((s, m, e))
-                return failed
-
             # on the fuser thread, after the batches already handed to it: never two threads on one state
-            for s, m, e in self._worker("fuser").submit(one_by_one).result():
+            retry = self._worker("fuser").submit(self._place_one_by_one, owners, states, depth, mask_prob, K, pose)
+            for s, m, e in retry.result():
                 self._not_fused(s, m, e)
+
+    def _place_one_by_one(self, owners: list, states: list, depth: torch.Tensor, mask_prob: torch.Tensor,
+                          K: torch.Tensor, pose: torch.Tensor) -> list:
+        """Place a failed batch's views again, each on its own (on the fuser thread: :meth:`_wait_placed`).
+
+        Args:
+            owners: ``(session, message)`` per view. states: the objects' states. depth, mask_prob: float32
+                [B, H, W] (metres, probability). K: [B, 3, 3] intrinsics. pose: [B, 4, 4] camera-to-grid.
+
+        Returns:
+            ``(session, message, exception)`` of each view that failed even alone (nothing raised).
+        """
+        failed = []
+        for i, (s, m) in enumerate(owners):
+            try:
+                self.net.place([states[i]], depth[i:i + 1], mask_prob[i:i + 1], K[i:i + 1], pose[i:i + 1])
+            except Exception as e:  # noqa: BLE001 - counted by the caller, on the main thread
+                failed.append((s, m, e))
+        return failed
 
     def settle(self) -> None:
         """Wait for every view still being placed and every depth map still being made, and apply their

@@ -15,6 +15,7 @@ for ratio in (192.0, 96.0, 48.0, 1000.0):
     sizes, reach = [], []
     t0 = time.time()
     def rec(images):
+        """Occupancy float32 [1, R, R, R] from views float32 [V, 3, H, W] in [0, 1], each through JPEG 2000."""
         res = list(pool.map(lambda im: encode_at_ratio(im, ratio), _to_uint8(images.cpu())))
         sizes.extend(r.bytes for r in res); reach.extend(r.reachable for r in res)
         return torch.softmax(model(_from_uint8(np.stack([r.image for r in res]))[None]), 1)[:, 1]

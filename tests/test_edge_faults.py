@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -40,6 +41,30 @@ def _daemon(tmp_path, **kw) -> EdgeDaemon:
                log_dir=str(tmp_path / "log"))
     cfg.update(kw)
     return EdgeDaemon(EdgeConfig(**cfg))
+
+
+class FailingFile:
+    """Stands in for the code log's file on a failing disk: while ``failing``, a write reaches the file in
+    part (5 bytes) and then raises OSError(``err``), and with ``truncate_fails`` cutting it off fails too."""
+
+    closed = False
+
+    def __init__(self, real, err: int, truncate_fails: bool = False):
+        self.real, self.err, self.truncate_fails, self.failing = real, err, truncate_fails, True
+
+    def write(self, b):
+        if self.failing:
+            self.real.write(bytes(b[:5]))
+            raise OSError(self.err, os.strerror(self.err))
+        return self.real.write(b)
+
+    def truncate(self, *a):
+        if self.failing and self.truncate_fails:
+            raise OSError(self.err, os.strerror(self.err))
+        return self.real.truncate(*a)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
 
 
 class FakeCamera:
@@ -138,29 +163,14 @@ def test_a_full_disk_costs_the_code_log_nothing(tmp_path, monkeypatch):
     log.RETRY_S = 0.0
     for s in range(3):
         assert log.append(_msg(s))
-    real, full = log.f, {"on": True}
-
-    class Disk:
-        """The log file on a disk that fills up: part of a record reaches it, then ENOSPC."""
-
-        closed = False
-
-        def write(self, b):
-            if full["on"]:
-                real.write(bytes(b[:5]))
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return real.write(b)
-
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-    log.f = Disk()
+    disk = FailingFile(log.f, errno.ENOSPC)  # a disk that fills up: part of a record reaches it, then ENOSPC
+    log.f = disk
     for s in range(3, 8):
         assert not log.append(_msg(s))
     assert log.write_errors == 5 and len(log.unwritten) == 5
     assert [_code_seq(r) for r in CodeLog.read(tmp_path / "codes.log")] == [0, 1, 2], "no torn record left"
     assert sorted(log.find([4, 6])) == [4, 6]
-    full["on"] = False
+    disk.failing = False
     assert log.append(_msg(8))
     log.close()
     assert [_code_seq(r) for r in CodeLog.read(tmp_path / "codes.log")] == list(range(9))
@@ -341,28 +351,10 @@ def test_a_write_that_cannot_even_be_cut_off_is_repaired_before_the_next(tmp_pat
     log.RETRY_S = 0.0
     for s in range(3):
         log.append(_msg(s))
-    real, state = log.f, {"fail": True}
-
-    class Failing:
-        closed = False
-
-        def write(self, b):
-            if state["fail"]:
-                real.write(bytes(b[:5]))
-                raise OSError(errno.EIO, "I/O error")
-            return real.write(b)
-
-        def truncate(self, *a):
-            if state["fail"]:
-                raise OSError(errno.EIO, "I/O error")
-            return real.truncate(*a)
-
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-    log.f = Failing()
+    disk = FailingFile(log.f, errno.EIO, truncate_fails=True)
+    log.f = disk
     assert not log.append(_msg(3))
-    state["fail"] = False
+    disk.failing = False
     for s in range(4, 8):
         assert log.append(_msg(s))
     log.close()
