@@ -24,7 +24,10 @@ reconstruction. Each snapshot is written into a temporary folder and renamed int
     <out>/s<stream>_o<object>/snap-NNN/mesh.ply         marching cubes (scikit-image) of p = 0.4, world frame
     <out>/s<stream>_o<object>/snap-NNN/depth.tar        per view <u>.png: 16-bit depth in millimetres (0 = invalid),
                                                         u its unwrapped sequence number (:mod:`ground.archive`)
-    <out>/s<stream>_o<object>/snap-NNN/views.jsonl      per view: seq, capture time, pose, latency, late
+    <out>/s<stream>_o<object>/snap-NNN/depth_fused.tar  (fusion models) the same views' depth from the snapshot's
+                                                        grid, on the same silhouettes (about half the error);
+                                                        added whole just after the snapshot (its own thread)
+    <out>/s<stream>_o<object>/snap-NNN/views.jsonl      per view: seq, u, capture time, pose, K, latency, late
     <out>/s<stream>_o<object>/snap-NNN/session.json     views, late views, missing views, bytes, ratio, timings
 
 ``NNN`` counts up and never reuses a folder; ``<out>/ground.json`` (rewritten atomically every
@@ -217,6 +220,12 @@ class GroundConfig:
             :func:`save_session`) and dropped from memory, and its next view wakes it, the same
             reconstruction going on. A sleeping object is listed in ``ground.json`` (``sleeping``) but
             not in the viewer. 0: no limit.
+        fused_depth: with a pose-aware fusion model, every snapshot also holds ``depth_fused.tar``: each
+            view's depth map from the snapshot's grid (:meth:`voxlink.models.fusion.FusionModel.fused_depth`),
+            on the view's decoded silhouette; about half the decoded depth's AbsRel (the model card). Tens
+            of milliseconds a view, so it is written on its own thread once the snapshot is in place
+            (renamed in whole), counted in ``ground.json`` (``fused_depth``); the ground waits for it at
+            exit and in :meth:`GroundStation.finalise`.
     """
 
     bind: list[str] = field(default_factory=lambda: ["tcp://*:5555"])
@@ -246,6 +255,7 @@ class GroundConfig:
     refine_poses: bool = False
     refiner_precision: str = "auto"
     max_live_objects: int = 256
+    fused_depth: bool = True
 
 
 @dataclass
@@ -458,6 +468,7 @@ class GroundStation:
         self._snap_index: dict[str, int] = {}
         self._view_files: OrderedDict = OrderedDict()  # object name -> its open views.jsonl (line-buffered)
         self._workers: dict = {}  # name -> its one worker thread (:meth:`_worker`)
+        self._fused_jobs: deque = deque()  # (object name, future) per depth_fused.tar being written
         # pipelined (cfg.pipeline, while serving): views being placed (future, views, what a retry needs), chunks whose depth
         # products are being made (chunk, depth, products, future), oldest first
         self._pipelined = False
@@ -1188,7 +1199,7 @@ class GroundStation:
         if math.isfinite(lat):
             s.latency_ms.append(lat)
             self.latency_all.append(lat)
-        self._append_view_line(s, msg, lat, late, source)
+        self._append_view_line(s, msg, u, info.K, lat, late, source)
         if self.recorder is not None and source != "record":
             self._record(lambda r: r.camera(f"{s.name}/camera", msg.pose, info.K, info.image_size, t_recv))
         self.stats["views"] += 1
@@ -1437,13 +1448,15 @@ class GroundStation:
         if n <= 5 or n % 100 == 0:
             log.error("output error %d (%s): %s", n, what, e)
 
-    def _append_view_line(self, s: ObjectSession, msg: CodeMessage, lat: float, late: bool, source: str) -> None:
+    def _append_view_line(self, s: ObjectSession, msg: CodeMessage, u: int, K, lat: float, late: bool,
+                          source: str) -> None:
         """Append the view's line to the object's ``views.jsonl`` (a line-buffered file kept open: the
         most recent 256 objects' files, so that a view costs one write, not an open, a mkdir and a close)."""
         try:
-            line = {"seq": msg.seq, "t_ms": msg.t_ms, "latency_ms": lat if math.isfinite(lat) else None,
+            line = {"seq": msg.seq, "u": u, "t_ms": msg.t_ms, "latency_ms": lat if math.isfinite(lat) else None,
                     "late": late, "source": source,
-                    "pose": None if msg.pose is None else np.round(msg.pose, 7).tolist()}
+                    "pose": None if msg.pose is None else np.round(msg.pose, 7).tolist(),
+                    "K": None if K is None else np.round(np.asarray(K, np.float64), 5).tolist()}
             f = self._view_files.get(s.name)
             if f is None:
                 folder = self._work_dir(s)
@@ -1605,6 +1618,9 @@ class GroundStation:
                         raise
                     n += 1  # another snapshot holds that name: take the next, never overwrite
             self._snap_index[str(parent)] = n + 1
+            if self._fused_depth_on:  # tens of ms a view: on its own thread, never stalling the views
+                self._fused_jobs.append((s.name, self._worker("fused").submit(
+                    self._write_fused_depth, np.array(occ, np.float32), final)))
             if self.recorder is not None:
                 t_now = time.time()
                 vox = np.argwhere(occ > TAU).astype(np.float64) @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]
@@ -1614,6 +1630,102 @@ class GroundStation:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    @property
+    def _fused_depth_on(self) -> bool:
+        """Whether snapshots get ``depth_fused.tar`` (a fusion model and ``GroundConfig.fused_depth``)."""
+        return self.cfg.fused_depth and hasattr(self.model, "fused_depth")  # (no network: any backend)
+
+    def _write_fused_depth(self, occ: np.ndarray, folder: Path) -> dict:
+        """Write ``depth_fused.tar`` into a snapshot folder: each view's depth map from the snapshot's grid.
+
+        Every member of the snapshot's ``depth.tar`` (the view's decoded depth, masked by its decoded
+        silhouette) whose line in ``views.jsonl`` has a pose and intrinsics is made again with
+        :meth:`voxlink.models.fusion.FusionModel.fused_depth` from the grid ``occ`` (all the object's
+        views up to the snapshot), kept on the same silhouette, and written under the same name (16-bit
+        PNG, millimetres, 0 = empty). Views fused with poses corrected at the ground (``refine_poses``)
+        are rendered with the poses as sent. Runs on the ``fused`` worker thread after the snapshot is in
+        place (:meth:`collect_fused_depth` counts the results); the archive is written aside and renamed
+        in, so it is there whole or not at all.
+
+        Args:
+            occ: float32 [R, R, R] the snapshot's occupancy grid. folder: the snapshot folder (its
+                ``depth.tar`` and ``views.jsonl`` there).
+
+        Returns:
+            ``{"views": written, "skipped": members without pose / intrinsics or unreadable, "ms": time}``.
+
+        Raises:
+            whatever reading, rendering or writing raises (the partial file removed first).
+        """
+        import cv2
+
+        t0 = time.perf_counter()
+        res = {"views": 0, "skipped": 0, "ms": 0.0}
+        tmp = folder / "depth_fused.tar.part"
+        try:
+            geo = {}
+            if (folder / "views.jsonl").is_file():
+                with (folder / "views.jsonl").open() as f:
+                    for line in f:
+                        try:
+                            v = json.loads(line)
+                        except ValueError:  # a torn last line (a crash mid-write): that view is skipped
+                            continue
+                        if v.get("u") is not None and v.get("pose") is not None and v.get("K") is not None:
+                            geo[f"{int(v['u']):010d}.png"] = (v["pose"], v["K"])
+            members = archive.read_members(folder / "depth.tar") if (folder / "depth.tar").is_file() else {}
+            grid = torch.from_numpy(np.ascontiguousarray(occ, dtype=np.float32))
+            names = list(members)
+            with open(tmp, "wb") as out:
+                for a in range(0, len(names), 16):  # bounded memory: 16 views at a time
+                    batch, depths, poses, Ks = [], [], [], []
+                    for name in names[a:a + 16]:
+                        d = (cv2.imdecode(np.frombuffer(members[name], np.uint8), cv2.IMREAD_UNCHANGED)
+                             if name in geo else None)
+                        if d is None or d.ndim != 2:
+                            res["skipped"] += 1
+                            continue
+                        batch.append(name)
+                        depths.append(d.astype(np.float32) / 1000.0)
+                        poses.append(geo[name][0])
+                        Ks.append(geo[name][1])
+                    if not batch:
+                        continue
+                    d = torch.from_numpy(np.stack(depths))
+                    mask = d > 0
+                    pose, K = view_geometry(np.asarray(poses, np.float32), np.asarray(Ks, np.float32))
+                    fd = self.model.fused_depth(grid, d, mask.float(), K, pose, tau=TAU, rays=mask)
+                    fd = torch.where(mask, fd, torch.zeros_like(fd)).numpy()
+                    for k, name in enumerate(batch):
+                        out.write(archive.member_bytes(name, depth_png(fd[k])))
+                        res["views"] += 1
+                out.write(archive.END_OF_ARCHIVE)
+            os.replace(tmp, folder / "depth_fused.tar")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        res["ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
+        return res
+
+    def collect_fused_depth(self, wait: bool = False) -> int:
+        """Count the finished ``depth_fused.tar`` writes (``fused_depth_views``, ``fused_depth_skipped``,
+        ``fused_depth_ms`` in ``ground.json``; a failure is an output error, logged: the snapshot stays
+        whole without it). With ``wait``, wait for those still being written first (at exit,
+        :meth:`finalise`). Main thread. Returns how many writes were collected."""
+        n = 0
+        while self._fused_jobs and (wait or self._fused_jobs[0][1].done()):
+            name, future = self._fused_jobs.popleft()
+            n += 1
+            e = future.exception()  # (waits for it)
+            if e is not None:
+                self._output_error(f"depth_fused.tar of {name}", e)
+                continue
+            r = future.result()
+            self.stats["fused_depth_views"] += r["views"]
+            self.stats["fused_depth_skipped"] += r["skipped"]
+            self.stats["fused_depth_ms"] += r["ms"]
+        return n
 
     def snapshot(self, key: tuple[int, int], reason: str = "idle") -> dict | None:
         """Write the object's results into a fresh snapshot folder; the object stays and continues.
@@ -1718,6 +1830,7 @@ class GroundStation:
             the snapshot's summary, or None if it could not be written (see :meth:`snapshot`).
         """
         summary = self.snapshot(key, "finalise")
+        self.collect_fused_depth(wait=True)  # the object's files complete when this returns
         self.sleeping.pop(key, None)
         s = self.sessions.pop(key, None)
         if s is not None:
@@ -1758,6 +1871,10 @@ class GroundStation:
             "output_errors": stats.get("output_errors", 0), "snapshots": stats.get("snapshots", 0),
             "snapshots_failed": stats.get("snapshots_failed", 0), "record_errors": stats.get("record_errors", 0),
             "stream_restarts": stats.get("stream_restarts", 0),
+            # depth_fused.tar of the snapshots (a pose-aware model; None where there is none)
+            "fused_depth": ({"views": stats.get("fused_depth_views", 0), "skipped": stats.get("fused_depth_skipped", 0),
+                             "ms": round(stats.get("fused_depth_ms", 0.0), 1), "writing": len(self._fused_jobs)}
+                            if self._fused_depth_on else None),
             "queue": self.q.qsize(), "views_waiting_for_info": sum(len(h) for h in self.held.values()),
             "depth_backlog": sum(len(s.pending) for s in self.sessions.values()),
             "latency_ms": {"p50": float(np.percentile(lat, 50)),
@@ -1767,6 +1884,7 @@ class GroundStation:
 
     def write_status(self) -> None:
         """Rewrite ``<out>/ground.json`` atomically (errors counted, never raised)."""
+        self.collect_fused_depth()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.out / "ground.json", self.status())
@@ -1996,6 +2114,7 @@ class GroundStation:
                 for key, s in list(self.sessions.items()):
                     if s.views > s.snap_views:
                         self.snapshot(key, "exit")
+                self.collect_fused_depth(wait=True)
             waiting = sum(len(h) for h in self.held.values())
             if waiting:  # not in the record: asked back after a restart once their run's info says they were sent
                 log.warning("%d views still waited for their run's stream info at exit (not applied, not recorded)",
@@ -2094,5 +2213,6 @@ class GroundStation:
         for key, s in list(self.sessions.items()):
             if s.views > s.snap_views:
                 self.snapshot(key, "replay")
+        self.collect_fused_depth(wait=True)
         self.write_status()
         return n

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -271,10 +272,37 @@ def test_ground_fuses_posed_views_and_names_views_without_pose(tmp_path):
     s = c.sessions[(1, 3)]
     assert s.no_pose == [2, 4] and c.stats["views_without_pose"] == 2
     summary = c.snapshot((1, 3), reason="test")
+    c.collect_fused_depth(wait=True)
     assert summary["views_without_pose"] == [2, 4] and summary["views_fused"] == 4
     on_disk = json.loads((Path(summary["folder"]) / "session.json").read_text())
     assert on_disk["views_without_pose"] == [2, 4]
     assert not np.allclose(c.occupancy(s), ga, atol=1e-5)  # two views fewer were fused
+    # depth maps from the snapshot's grid: every view with a pose, under the names of depth.tar, on the
+    # same silhouettes; an error making them is counted and leaves the snapshot whole without them
+    from ground.archive import read_members
+
+    folder = Path(summary["folder"])
+    dec, fused = read_members(folder / "depth.tar"), read_members(folder / "depth_fused.tar")
+    lines = [json.loads(x) for x in (folder / "views.jsonl").read_text().splitlines()]
+    posed = {f"{x['u']:010d}.png" for x in lines if x["pose"] is not None}
+    assert set(fused) == posed & set(dec) and len(fused) == 4 == c.stats["fused_depth_views"]
+    assert c.stats["fused_depth_skipped"] == len(set(dec) - posed)
+    assert c.status()["fused_depth"] == {"views": 4, "skipped": len(set(dec) - posed),
+                                         "ms": round(c.stats["fused_depth_ms"], 1), "writing": 0}  # ground.json
+    for name in fused:
+        a, b = (cv2.imdecode(np.frombuffer(x[name], np.uint8), cv2.IMREAD_UNCHANGED) for x in (dec, fused))
+        assert ((a > 0) == (b > 0)).all()
+
+    def broken(*a, **k):
+        raise RuntimeError("no memory")
+
+    c.model.fused_depth = broken
+    errors = c.stats["output_errors"]
+    again = Path(c.snapshot((1, 3), reason="test")["folder"])
+    c.collect_fused_depth(wait=True)
+    assert again != folder and (again / "occupancy.npz").is_file() and (again / "depth.tar").is_file()
+    assert not (again / "depth_fused.tar").exists() and not list(again.glob("*.part"))
+    assert c.stats["output_errors"] == errors + 1
     # the refiner's arithmetic is the operator's choice (--precision), said in ground.json
     d = run([0, 1, 2, 3, 4, 5], tmp_path / "d", precision="float32")
     assert d.status()["refiner_precision"] == "float32"

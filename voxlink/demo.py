@@ -7,9 +7,9 @@ A ground station (PULL, bound on a free loopback port) runs in a thread; for eac
 flies a simulated drone orbit (``orbit:MESH``), encodes every view with the shipped model and sends
 its codes. Per object the table gives views, bytes sent, compression ratio, IoU of the occupancy grid
 against the mesh's true occupancy (in the grid's own frame), depth AbsRel of the decoded depth maps
-against rendered truth (true mask pixels), the Chamfer distance of the fused point cloud against
-points sampled on the true surface (both directions, object units), and the end-to-end latency from
-capture to updated grid (p50 / p99).
+and of the depth maps from the fused grid against rendered truth (true mask pixels), the Chamfer
+distance of the fused point cloud against points sampled on the true surface (both directions,
+object units), and the end-to-end latency from capture to updated grid (p50 / p99).
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out:
     """Stream a drone orbit of each mesh through edge -> ground on loopback and score the results.
 
     Returns:
-        one row per object: name, views, bytes, ratio, iou, depth_absrel, chamfer, latency p50/p99 (ms),
-        folder; the ground's files are under ``out``.
+        one row per object: name, views, bytes, ratio, iou, depth_absrel (each view's decoded depth),
+        depth_absrel_fused (the views' depth from the object's grid, as ``depth_fused.tar``; NaN for a model
+        without it), chamfer, latency p50/p99 (ms), folder; the ground's files are under ``out``.
     """
     from edge.daemon import EdgeConfig, EdgeDaemon
     from ground.station import GroundConfig, GroundStation
@@ -78,14 +79,16 @@ def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out:
     ground = GroundStation(GroundConfig(bind=[f"tcp://127.0.0.1:{port}"], model=model, out=str(out / "ground"),
                                         idle_timeout_s=3600, socket="pull", metrics_interval_s=30, record=False))
     keep: dict = {}
-    per_view: dict = {}  # key -> (raw depth maps, poses): the station keeps no per-view arrays in memory
+    per_view: dict = {}  # key -> (raw depth maps, poses, silhouettes): the station keeps no per-view arrays
 
     def listen(s, seq, raw_depth, pose):
-        """Keep each decoded depth map (float32 [H, W], metres) and its pose [4, 4] for the demo's scores."""
+        """Keep each decoded depth map (float32 [H, W], metres), its pose [4, 4] and its decoded silhouette
+        (bool [H, W], where the station's masked depth map is > 0) for the demo's scores."""
         keep[(s.stream, s.object_id)] = s
-        depths, poses = per_view.setdefault((s.stream, s.object_id), ([], []))
+        depths, poses, masks = per_view.setdefault((s.stream, s.object_id), ([], [], []))
         depths.append(raw_depth)
         poses.append(pose)
+        masks.append(None if s.last_depth is None else s.last_depth > 0)
 
     ground.depth_listeners.append(listen)
     gt = threading.Thread(target=ground.run, daemon=True, name="ground")
@@ -117,19 +120,33 @@ def run_demo(meshes: list[Path], views: int = 24, model: str | None = None, out:
         with ground.lock:
             true_occ = voxelize(lm.mesh)
             iou = iou_in_grid_frame(ground.occupancy(s), s.grid_to_world, true_occ)
-            raw_depths, view_poses = per_view[(1, oid)]
-            poses = np.stack([p for p in view_poses if p is not None])
+            raw_depths, view_poses, masks = per_view[(1, oid)]
+            posed = [j for j, p in enumerate(view_poses) if p is not None]
+            poses = np.stack([view_poses[j] for j in posed])
             _, true_depth = renderer.render(lm.parts, K, poses, np.zeros((len(poses), 3), np.uint8))
-            pred = np.stack(raw_depths)[: len(poses)]  # as voxlink eval: decoded depth on true mask pixels
+            pred = np.stack([raw_depths[j] for j in posed])  # as voxlink eval: decoded depth on true mask pixels
             m = true_depth > 0
             absrel = float(np.mean(np.abs(pred[m] - true_depth[m]) / true_depth[m])) if m.any() else float("nan")
+            absrel_fused = float("nan")
+            if hasattr(ground.model, "fused_depth") and m.any() and all(masks[j] is not None for j in posed):
+                import torch
+
+                from voxlink.models.fusion import view_geometry
+
+                pose_t, K_t = view_geometry(poses, np.repeat(K[None], len(poses), 0))
+                fd = ground.model.fused_depth(torch.from_numpy(ground.occupancy(s).astype(np.float32)),
+                                              torch.from_numpy(pred.astype(np.float32)),
+                                              torch.from_numpy(np.stack([masks[j] for j in posed])).float(),
+                                              K_t, pose_t).numpy()
+                absrel_fused = float(np.mean(np.abs(fd[m] - true_depth[m]) / true_depth[m]))
             from voxlink.data.voxelize import surface_points
 
             surface = surface_points(lm.mesh, 1.0 / 128)
             cd = chamfer(ground.fused_points(s), np.asarray(surface))
             summary = ground.finalise((1, oid))
         rows.append({"object": lm.name, "category": lm.category, "views": summary["views"], "bytes": summary["bytes"],
-                     "ratio": summary["compression_ratio"], "iou": iou, "depth_absrel": absrel, "chamfer": cd,
+                     "ratio": summary["compression_ratio"], "iou": iou, "depth_absrel": absrel,
+                     "depth_absrel_fused": absrel_fused, "chamfer": cd,
                      "latency_p50_ms": summary["latency_ms"]["p50"], "latency_p99_ms": summary["latency_ms"]["p99"],
                      "missing_views": summary["missing_views"], "folder": summary["folder"]})
     renderer.close()

@@ -26,6 +26,29 @@ from voxlink.models.implicit import iou
 SPLITS = ("train", "val", "test", "all")
 
 
+class DepthErrors:
+    """Running depth metrics over the true mask's pixels (Eigen et al. 2014's AbsRel, RMSE, delta1)."""
+
+    def __init__(self):
+        self.abs = self.sq = self.delta = 0.0
+        self.n = 0
+
+    def add(self, pred: torch.Tensor, true: torch.Tensor) -> None:
+        """Add views: ``pred``, ``true`` float [N, H, W] z-depth in metres; pixels with ``true > 0`` count."""
+        m = true > 0
+        if m.any():
+            d, t = pred[m].double(), true[m].double()
+            self.abs += float(((d - t).abs() / t).sum())
+            self.sq += float(((d - t) ** 2).sum())
+            self.delta += float((torch.maximum(d / t, t / d.clamp(min=1e-6)) < 1.25).sum())
+            self.n += int(m.sum())
+
+    def result(self) -> dict:
+        """``{absrel, rmse (metres), delta1}`` over every pixel added (0 where none was)."""
+        n = max(self.n, 1)
+        return {"absrel": self.abs / n, "rmse": math.sqrt(self.sq / n), "delta1": self.delta / n}
+
+
 @torch.no_grad()
 def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: int = 5, geometry: bool = True,
                      pose_noise: tuple[float, float] = (0.0, 0.0), seed: int = 0,
@@ -44,7 +67,9 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
         n: objects (the first ``n``; None: all). views: views fused per object.
         geometry: also the silhouette hulls of the true and of the decoded masks (Laurentini 1994), the
             decoded silhouette IoU and the depth metrics (AbsRel, RMSE in metres, delta1) of the decoded
-            depth maps on the true masks' pixels.
+            depth maps on the true masks' pixels; for fusion models also of the fused views' depth maps
+            from the grid of all of them (:meth:`~voxlink.models.fusion.FusionModel.fused_depth`, at the
+            poses the views were fused with).
         pose_noise: ``(degrees, metres)``: every view's pose given to the model and the hulls is off by
             exactly this rotation and shift, in random directions (seeded by ``seed``).
         baseline: ``(mean_grid [R, R, R], threshold)``: the trivial baseline on the same objects.
@@ -66,7 +91,7 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
         classic hull), ``hull_true_voxel`` float64 [n, views] (the true masks' hull with each voxel read over
         its projected footprint, 3 pixels: the target grid marks every voxel the surface passes through, so
         the centre test drops thin parts the target keeps), ``silhouette_iou`` (mean over
-        views), ``depth`` {absrel, rmse, delta1}, ``baseline`` float64 [n] (with ``baseline``),
+        views), ``depth`` {absrel, rmse, delta1}, ``depth_fused`` {..} (fusion models), ``baseline`` float64 [n] (with ``baseline``),
         ``categories`` [n], ``objects`` [{id, name, category}], ``payload_bytes`` (mean bytes of a
         view's packed code; None for an uncompressed model), ``distinct_predictions`` (distinct
         thresholded grids after ``views`` views: 1 means the model ignores its input), ``bits_varying``
@@ -89,7 +114,7 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
     hull_tv = np.zeros((n, views))
     base = np.zeros(n)
     cats, objects, preds, first_codes, payload_bytes = [], [], set(), [], []
-    d_abs, d_sq, d_delta, d_n = 0.0, 0.0, 0.0, 0
+    dec_depth, fused_depth = DepthErrors(), DepthErrors()
     if refine_poses is not None and not getattr(model, "needs_pose", False):
         raise ValueError("pose refinement applies to pose-aware models only")
     ref_ms, ref_rot, ref_shift = np.zeros((n, views)), np.zeros(n), np.zeros(n)
@@ -116,12 +141,14 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
             state = model.init_state(1, device=device)
             if refine_poses is not None:
                 depth_all, mask_all = model.decode_depth(codes[:v_n])
+            fused_pose = pose  # the poses the views were fused with (refined, with refine_poses)
             for v in range(v_n):
                 if refine_poses is None:
                     state = model.step(codes[v:v + 1], state, pose=pose[v:v + 1], K=K[v:v + 1])
                 else:  # every pose of the first v views corrected, and the v views fused anew
                     fixed, info = refine(mask_all[:v + 1].cpu(), K[:v + 1].cpu(), pose[:v + 1].cpu(), refine_poses)
-                    state = model.fuse_all(depth_all[:v + 1], mask_all[:v + 1], K[:v + 1], fixed.to(device))
+                    fused_pose = fixed.to(device)
+                    state = model.fuse_all(depth_all[:v + 1], mask_all[:v + 1], K[:v + 1], fused_pose)
                     ref_ms[i, v] = info["ms"]
                     ref_rot[i], ref_shift[i] = np.mean(info["rotation_deg"]), np.mean(info["shift_m"])
                 prob = model.occupancy(state)
@@ -146,14 +173,10 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
             sil_inter += float(((pm & true_mask).sum((1, 2)) / (pm | true_mask).sum((1, 2)).clamp(min=1)).sum())
             sil_n += v_n
             true = it["depth"]
-            m = true > 0
-            if m.any():
-                d, t = depth[m].double(), true[m].double()
-                d_abs += float(((d - t).abs() / t).sum())
-                d_sq += float(((d - t) ** 2).sum())
-                ratio = torch.maximum(d / t, t / d.clamp(min=1e-6))
-                d_delta += float((ratio < 1.25).sum())
-                d_n += int(m.sum())
+            dec_depth.add(depth, true)
+            if hasattr(model, "fused_depth"):  # each fused view's depth from the grid of all v_n views
+                fd = model.fused_depth(prob[0].cpu(), depth[:v_n], mask[:v_n], K, fused_pose.cpu())
+                fused_depth.add(fd, true[:v_n])
         if baseline is not None:
             base[i] = float(iou(baseline[0][None].to(device), target, baseline[1])[0])
         cat = ds.category(i)
@@ -166,8 +189,9 @@ def evaluate_dataset(model, ds: MultiViewDataset, n: int | None = None, views: i
            "payload_bytes": float(np.mean(payload_bytes)) if payload_bytes else None}
     if geometry:
         out.update({"hull_true": hull_t, "hull_true_voxel": hull_tv, "hull_decoded": hull_d, "silhouette_iou": sil_inter / max(sil_n, 1),
-                    "depth": {"absrel": d_abs / max(d_n, 1), "rmse": math.sqrt(d_sq / max(d_n, 1)),
-                              "delta1": d_delta / max(d_n, 1)}})
+                    "depth": dec_depth.result()})
+        if fused_depth.n:
+            out["depth_fused"] = fused_depth.result()
     if baseline is not None:
         out["baseline"] = base
     if refine_poses is not None:
@@ -205,7 +229,8 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         {"1": ..}: the silhouette hull (tau = 0.5) of the true masks and of the masks decoded from the
         codes, on the same views and poses (voxel centres tested), ``hull_true_voxel_footprint_miou`` the
         true masks' hull with each voxel's projected footprint; ``silhouette_iou`` of the decoded masks; ``depth`` {absrel,
-        rmse, delta1}, ``compression_ratio``, ``bits_per_view``, ``bytes_per_view``, ``objects``,
+        rmse, delta1} of each view's decoded depth and, for fusion models, ``depth_fused`` {..} of the fused views'
+        depth maps from the grid of all of them (:meth:`~voxlink.models.fusion.FusionModel.fused_depth`), ``compression_ratio``, ``bits_per_view``, ``bytes_per_view``, ``objects``,
         ``frame``, ``baseline_miou``, ``per_object`` [{id, category, iou}], ``data_manifest``,
         ``refiner_precision`` (the arithmetic of the model's 3D refiner or occupancy decoder); with
         ``refine_poses``, ``pose_refinement`` {``config``, ``ms`` {"2": mean ms per object, ..},
@@ -248,6 +273,8 @@ def evaluate(model, data: str | Path, split: str = "test", views: int = 5,
         "hull_decoded_miou": per_views(sc["hull_decoded"]),
         "silhouette_iou": round(sc["silhouette_iou"], 4),
         "depth": {k: round(x, 4) for k, x in sc["depth"].items()},
+        **({"depth_fused": {k: round(x, 4) for k, x in sc["depth_fused"].items()}}
+           if "depth_fused" in sc else {}),
         "compression_ratio": round(model.compression_ratio, 2),
         "bits_per_view": bits,
         "bytes_per_view": int(sc["payload_bytes"]) if sc["payload_bytes"] is not None else bits // 8,
@@ -291,7 +318,11 @@ def format_report(r: dict) -> str:
         lines.append(f"trivial baseline (mean training grid, threshold {r['baseline_threshold']:.2f}): "
                      f"mIoU {r['baseline_miou']:.3f}")
     lines.append(f"depth: AbsRel {r['depth']['absrel']:.3f}  RMSE {r['depth']['rmse']:.3f} m  "
-                 f"delta<1.25 {r['depth']['delta1']:.3f}")
+                 f"delta<1.25 {r['depth']['delta1']:.3f}  (each view's decoded depth)")
+    if "depth_fused" in r:
+        f = r["depth_fused"]
+        lines.append(f"depth: AbsRel {f['absrel']:.3f}  RMSE {f['rmse']:.3f} m  delta<1.25 {f['delta1']:.3f}  "
+                     f"(from the grid of the {r['views']} fused views)")
     lines.append(f"mIoU@{r['views']} by category:")
     for c, v in r["miou_by_category"].items():
         lines.append(f"  {c:<12} {v:.3f}  ({r['objects_by_category'][c]})")

@@ -44,7 +44,7 @@ from voxlink.models.codec import BitCodeModel
 from voxlink.models.config import ConfigDict
 from voxlink.models.decoder import DepthDecoder, view_head
 from voxlink.models.encoder import Encoder2D
-from voxlink.models.projection import max_filter2d, project_normalized, voxel_centres
+from voxlink.models.projection import max_filter2d, project_normalized, render_depth, voxel_centres
 
 #: Evidence channels of the fused state, and how each is pooled over views.
 EVIDENCE = ("hull", "seen_empty", "surface", "behind", "seen_object")
@@ -69,6 +69,10 @@ _KEY_BITS = 24
 
 #: the values of :attr:`FusionModel.inference_precision` (``voxlink eval`` and ``voxlink ground`` ``--precision``)
 INFERENCE_PRECISIONS = ("auto", "bfloat16", "float32")
+
+#: fused depth maps: a view's decoded depth is shifted onto the grid's surface by the median difference
+#: over at least this many pixels seen by both (fewer: not shifted)
+FUSED_DEPTH_MIN_PIXELS = 20
 
 #: what the 3D refiner's convolution at full resolution can read (:class:`Refiner3D`, ``refiner_full_res_input``)
 REFINER_FULL_RES_INPUTS = ("features+evidence", "features")
@@ -450,6 +454,52 @@ class FusionModel(BitCodeModel):
         """
         d, m = self.decode_views(codes)
         return d, torch.sigmoid(m)
+
+    @torch.no_grad()
+    def fused_depth(self, occupancy: torch.Tensor, depth: torch.Tensor, mask_prob: torch.Tensor, K: torch.Tensor,
+                    pose: torch.Tensor, tau: float = 0.4, rays: torch.Tensor | None = None) -> torch.Tensor:
+        """Each fused view's depth map from the fused occupancy grid: multi-view depth, beyond the paper.
+
+        A view's decoded depth (:meth:`decode_depth`) comes from its own 1024 bits; the occupancy grid
+        comes from every view fused so far, placed by their poses. Where the view's pixel ray meets the
+        grid's ``tau`` level set (:func:`voxlink.models.projection.render_depth`), that surface's depth is
+        the pixel's depth; elsewhere (thin parts the grid lost, the silhouette's rim) the decoded depth,
+        shifted by the median difference between the two over the pixels where both see the object
+        (a decoded depth's largest error is its distance: a view cannot tell the camera's distance
+        exactly, the pose can). Measured with stage 6 at 5 views, depth AbsRel on the true mask's
+        pixels: validation 0.038 against the decoded depth's 0.074; the 64 real meshes 0.051 against
+        0.086 (MODEL_CARD.md, "Depth from the fused grid").
+
+        Args:
+            occupancy: float32 [R, R, R] probabilities of the grid (:meth:`occupancy` of the state that
+                fused these views), indexed ``[x, y, z]`` over the unit cube.
+            depth: float32 [N, H, W] decoded depth, metres. mask_prob: float32 [N, H, W] decoded silhouette.
+            K: float32 [N, 3, 3] intrinsics (pixels). pose: float32 [N, 4, 4] camera-to-grid, as fused.
+            tau: the grid's level set (Golts & Schechner Eq. 17's threshold).
+            rays: optional bool [N, H, W]: only these pixels are cast (e.g. the decoded silhouette,
+                where the ground keeps depth); the others keep the shifted decoded depth.
+
+        Returns:
+            float32 [N, H, W] z-depth in metres (voxlink's camera convention).
+
+        Raises:
+            ValueError: shapes that do not match (:func:`~voxlink.models.projection.render_depth`).
+
+        Shape:
+            occupancy [R, R, R], depth / mask_prob [N, H, W], K [N, 3, 3], pose [N, 4, 4] -> [N, H, W].
+        """
+        if depth.shape != mask_prob.shape or depth.dim() != 3:
+            raise ValueError(f"depth and mask_prob must both be [N, H, W], got {tuple(depth.shape)}, "
+                             f"{tuple(mask_prob.shape)}")
+        n, h, w = depth.shape
+        g = render_depth(occupancy, K, pose, h, w, tau=tau, rays=rays)
+        hit = g > 0
+        both = hit & (mask_prob > 0.5)
+        out = depth.float().clone()
+        for v in range(n):
+            if int(both[v].sum()) >= FUSED_DEPTH_MIN_PIXELS:
+                out[v] += (g[v][both[v]] - depth[v][both[v]]).median()
+        return torch.where(hit, g, out)
 
     def init_state(self, batch: int = 1, device=None) -> torch.Tensor:
         """The fused evidence of no view: minima at 1, maxima at 0 (and, with mean pooling, sums and the

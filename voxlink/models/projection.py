@@ -221,3 +221,110 @@ def perturb_poses(pose: torch.Tensor, angle_deg: float, dist_m: float, generator
     d = d / d.norm(dim=1, keepdim=True).clamp(min=1e-9)
     p[:, :3, 3] += d * (dist_m * _magnitudes())[:, None]
     return p.view(shape)
+
+
+def render_depth(occupancy: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor, height: int, width: int,
+                 tau: float = 0.4, voxel_min: float = -0.5, extent: float = 1.0, refine_steps: int = 6,
+                 rays: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
+    """Depth maps of an occupancy grid's ``tau`` level set, seen from cameras (ray casting).
+
+    Each pixel's ray is marched through the trilinearly interpolated occupancy probabilities in steps of
+    half a voxel, over the part of the ray inside the grid's cube, to the first sample with ``p > tau``
+    (the surface the camera sees first); the crossing is then found by ``refine_steps`` bisections of
+    that half-voxel interval (sub-voxel depth). ``tau`` is the threshold the grid is scored at
+    (Golts & Schechner Eq. 17: 0.4). This is the classic volume ray casting of an isosurface (Levoy
+    1988); scikit-image's marching cubes extracts the same surface as a mesh.
+
+    Args:
+        occupancy: float [R, R, R] probabilities in [0, 1], indexed ``[x, y, z]`` (as
+            :func:`voxel_centres`) over the cube ``voxel_min + [0, extent]^3`` (metres).
+        K: float [N, 3, 3] intrinsics, pixels. T_c2w: float [N, 4, 4] camera-to-world (grid frame) poses.
+        height, width: the depth maps' size in pixels.
+        tau: the level set.
+        voxel_min, extent: the grid's lower corner and side, metres.
+        refine_steps: bisections of the crossing's interval (each halves the depth error bound).
+        rays: optional bool [N, H, W]: cast only these pixels' rays (the others stay 0); e.g. a view's
+            silhouette, where only the object's depth is wanted (measured on 2 cores: about 26 ms a
+            128 x 128 view with every ray, proportionally less with fewer).
+        chunk: rays marched at once (bounds memory: ``chunk`` x samples x 4 bytes per intermediate).
+
+    Returns:
+        float32 [N, H, W] z-depth along each camera's optical axis in metres (voxlink's convention,
+        :mod:`voxlink.camera`); 0 where the ray never reaches ``p > tau``.
+
+    Raises:
+        ValueError: ``occupancy`` not a cube, ``K`` / ``T_c2w`` not [N, 3, 3] / [N, 4, 4], or ``rays`` not
+            [N, H, W].
+
+    Shape:
+        occupancy [R, R, R], K [N, 3, 3], T_c2w [N, 4, 4], rays [N, H, W] -> [N, H, W].
+    """
+    if occupancy.dim() != 3 or len(set(occupancy.shape)) != 1:
+        raise ValueError(f"occupancy must be a cube [R, R, R], got {tuple(occupancy.shape)}")
+    if K.dim() != 3 or K.shape[1:] != (3, 3) or T_c2w.dim() != 3 or T_c2w.shape[1:] != (4, 4) or len(K) != len(T_c2w):
+        raise ValueError(f"K [N, 3, 3] and T_c2w [N, 4, 4] expected, got {tuple(K.shape)}, {tuple(T_c2w.shape)}")
+    if rays is not None and tuple(rays.shape) != (len(K), height, width):
+        raise ValueError(f"rays must be [N, H, W] = {(len(K), height, width)}, got {tuple(rays.shape)}")
+    dev = occupancy.device
+    res = occupancy.shape[0]
+    step = 0.5 * extent / res
+    # grid_sample reads (x, y, z) as (W, H, D): the [x, y, z] grid seen as [1, 1, z, y, x]
+    vol = occupancy.float().permute(2, 1, 0)[None, None]
+    lo = torch.full((3,), voxel_min, device=dev)
+    hi = lo + extent
+    vv, uu = torch.meshgrid(torch.arange(height, dtype=torch.float32, device=dev),
+                            torch.arange(width, dtype=torch.float32, device=dev), indexing="ij")
+    out = torch.zeros(len(K), height * width, device=dev)
+    for n in range(len(K)):
+        Kn, T = K[n].float().to(dev), T_c2w[n].float().to(dev)
+        # each pixel's ray: origin t, direction R [(u - cx) / fx, (v - cy) / fy, 1] (z-depth = ray parameter)
+        pix = torch.stack([(uu - Kn[0, 2]) / Kn[0, 0], (vv - Kn[1, 2]) / Kn[1, 1], torch.ones_like(uu)], -1)
+        dirs = pix.reshape(-1, 3) @ T[:3, :3].T
+        origin = T[:3, 3]
+        # the ray's stretch inside the cube (slab method), in z-depth
+        inv = 1.0 / torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
+        t0, t1 = (lo - origin) * inv, (hi - origin) * inv
+        near = torch.minimum(t0, t1).amax(1).clamp(min=1e-4)
+        far = torch.maximum(t0, t1).amin(1)
+        hit_cube = far > near
+        if rays is not None:
+            hit_cube &= rays[n].reshape(-1).to(dev, torch.bool)
+        if not bool(hit_cube.any()):
+            continue
+        z_near = float(near[hit_cube].min())
+        z_far = float(far[hit_cube].max())
+        # z steps so that the step along the longest ray is at most half a voxel
+        scale = float(dirs[hit_cube].norm(dim=1).max())
+        zs = torch.arange(z_near, z_far + step / scale, step / scale, device=dev)
+        sel = hit_cube.nonzero()[:, 0]
+        for a in range(0, len(sel), chunk):
+            idx = sel[a:a + chunk]
+            d = dirs[idx]
+            # (samples outside the cube read 0: grid_sample's zero padding)
+            above = _sample(vol, origin, d, zs[None].expand(len(idx), -1), lo, extent) > tau
+            hit = above.any(1)
+            if not bool(hit.any()):
+                continue
+            first = above.float().argmax(1)
+            idx, d, first = idx[hit], d[hit], first[hit]
+            z_hi = zs[first]
+            z_lo = zs[(first - 1).clamp(min=0)]
+            for _ in range(refine_steps):  # bisection of [z_lo, z_hi]: p(z_lo) <= tau < p(z_hi)
+                mid = 0.5 * (z_lo + z_hi)
+                up = _sample(vol, origin, d, mid[:, None], lo, extent)[:, 0] > tau
+                z_hi = torch.where(up, mid, z_hi)
+                z_lo = torch.where(up, z_lo, mid)
+            out[n, idx] = 0.5 * (z_lo + z_hi)
+    return out.view(len(K), height, width)
+
+
+def _sample(vol: torch.Tensor, origin: torch.Tensor, dirs: torch.Tensor, z: torch.Tensor, lo: torch.Tensor,
+            extent: float) -> torch.Tensor:
+    """Trilinear occupancy at points ``origin + z * dirs`` (float [P, S]; 0 outside the grid).
+
+    Shape: vol [1, 1, D, H, W], origin [3], dirs [P, 3], z [P, S] -> [P, S]."""
+    pts = origin + dirs[:, None, :] * z[..., None]  # [P, S, 3] metres
+    g = (pts - lo) / extent * 2.0 - 1.0  # grid_sample's [-1, 1] (align_corners=False)
+    s = torch.nn.functional.grid_sample(vol, g[None, None], mode="bilinear", padding_mode="zeros",
+                                        align_corners=False)
+    return s[0, 0, 0]
