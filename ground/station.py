@@ -82,6 +82,18 @@ from voxlink.protocol import (MAX_MESSAGE_BYTES, CodeMessage, ProtocolError, Str
 
 log = logging.getLogger("voxlink.ground")
 TAU = 0.4
+#: views at most waiting for their snapshot's ``depth_fused.tar`` (about 20 ms a view on 2 cores: about
+#: 3 minutes of the ``fused`` thread); a snapshot beyond goes without it (counted)
+FUSED_DEPTH_BACKLOG_VIEWS = 8192
+#: seconds the ground waits at exit for ``depth_fused.tar`` still being made, after the snapshots and the
+#: record (systemd's TimeoutStopSec is 120 in deploy/voxlink-ground.service); the rest are cancelled
+FUSED_DEPTH_EXIT_S = 30.0
+
+
+class FusedDepthCancelled(Exception):
+    """A snapshot's ``depth_fused.tar`` was not finished because the ground is stopping."""
+
+
 #: Pipelined (``GroundConfig.pipeline``): at most this many batches of views waiting to be placed, and
 #: as many chunks of depth maps being made, before the main loop waits for them (each chunk holds its
 #: batch's depth maps, 64 x 128 x 128 float32 = 4 MiB). Measured with 100 drones (lite model): with one
@@ -279,7 +291,8 @@ class ObjectSession:
         (a pose-aware model does not fuse them), at most 10,000. not_fused: sequence numbers of views that
         came and were recorded but could not be fused, even alone, because of an internal error (each
         counted as ``internal_error``), at most 10,000. kept: with ``refine_poses``, each
-        distinct view (code bytes, float32 pose [4, 4] bytes) -> its K float32 [3, 3]. pose_refinement:
+        distinct view (code bytes, float32 pose [4, 4] bytes) -> its K float32 [3, 3]; refined_poses: the
+        last refinement's ``(poses as sent, corrected poses)``, float32 [N, 4, 4] each. pose_refinement:
         what the last refinement corrected (``voxlink.models.pose_refine.refine_poses``'s info), or None.
     """
 
@@ -313,6 +326,7 @@ class ObjectSession:
     point_source: str = "depth"
     kept: dict = field(default_factory=dict)
     pose_refinement: dict | None = None
+    refined_poses: tuple | None = None
 
     @property
     def name(self) -> str:
@@ -468,7 +482,9 @@ class GroundStation:
         self._snap_index: dict[str, int] = {}
         self._view_files: OrderedDict = OrderedDict()  # object name -> its open views.jsonl (line-buffered)
         self._workers: dict = {}  # name -> its one worker thread (:meth:`_worker`)
-        self._fused_jobs: deque = deque()  # (object name, future) per depth_fused.tar being written
+        self._fused_jobs: deque = deque()  # (object name, future, views) per depth_fused.tar being written
+        self._fused_pending_views = 0  # the views of those jobs
+        self._fused_stop = threading.Event()  # set at exit past FUSED_DEPTH_EXIT_S: the jobs stop
         # pipelined (cfg.pipeline, while serving): views being placed (future, views, what a retry needs), chunks whose depth
         # products are being made (chunk, depth, products, future), oldest first
         self._pipelined = False
@@ -715,6 +731,7 @@ class GroundStation:
             depth, mask = self.net.decode_depth(codes)
             fixed, info = refine_poses(mask, K, pose, PoseRefineConfig())
             state = self.model.fuse_all(depth, mask, K, fixed)
+            s.refined_poses = (pose.numpy().copy(), fixed.numpy().astype(np.float32))
         except Exception as e:  # noqa: BLE001 - the grid of the poses as sent is still there
             self.stats["pose_refinement_failed"] += 1
             log.exception("pose refinement of %s failed (%s): poses as sent", s.name, e)
@@ -1619,8 +1636,7 @@ class GroundStation:
                     n += 1  # another snapshot holds that name: take the next, never overwrite
             self._snap_index[str(parent)] = n + 1
             if self._fused_depth_on:  # tens of ms a view: on its own thread, never stalling the views
-                self._fused_jobs.append((s.name, self._worker("fused").submit(
-                    self._write_fused_depth, np.array(occ, np.float32), final)))
+                self._submit_fused_depth(s, occ, final)
             if self.recorder is not None:
                 t_now = time.time()
                 vox = np.argwhere(occ > TAU).astype(np.float64) @ s.grid_to_world[:3, :3].T + s.grid_to_world[:3, 3]
@@ -1636,30 +1652,56 @@ class GroundStation:
         """Whether snapshots get ``depth_fused.tar`` (a fusion model and ``GroundConfig.fused_depth``)."""
         return self.cfg.fused_depth and hasattr(self.model, "fused_depth")  # (no network: any backend)
 
-    def _write_fused_depth(self, occ: np.ndarray, folder: Path) -> dict:
+    def _submit_fused_depth(self, s: ObjectSession, occ: np.ndarray, folder: Path) -> None:
+        """Queue a snapshot's ``depth_fused.tar`` on the ``fused`` thread, unless more than
+        :data:`FUSED_DEPTH_BACKLOG_VIEWS` views are already waiting for it (then the snapshot goes without
+        it, counted as ``fused_depth.dropped``: a ground behind on it must not fall further behind)."""
+        if self._fused_pending_views + s.views > FUSED_DEPTH_BACKLOG_VIEWS and self._fused_jobs:
+            self.stats["fused_depth_dropped"] += 1
+            n = self.stats["fused_depth_dropped"]
+            if n <= 5 or n % 100 == 0:
+                log.warning("a snapshot of %s goes without depth_fused.tar: %d views already wait for theirs "
+                            "(%d such snapshots so far; --no-fused-depth for a busy ground)", s.name,
+                            self._fused_pending_views, n)
+            return
+        refined = s.refined_poses if self.cfg.refine_poses else None
+        future = self._worker("fused").submit(self._write_fused_depth, np.array(occ, np.float32), folder, refined)
+        self._fused_jobs.append((s.name, future, s.views))
+        self._fused_pending_views += s.views
+
+    def _write_fused_depth(self, occ: np.ndarray, folder: Path, refined: tuple | None = None) -> dict:
         """Write ``depth_fused.tar`` into a snapshot folder: each view's depth map from the snapshot's grid.
 
         Every member of the snapshot's ``depth.tar`` (the view's decoded depth, masked by its decoded
         silhouette) whose line in ``views.jsonl`` has a pose and intrinsics is made again with
         :meth:`voxlink.models.fusion.FusionModel.fused_depth` from the grid ``occ`` (all the object's
         views up to the snapshot), kept on the same silhouette, and written under the same name (16-bit
-        PNG, millimetres, 0 = empty). Views fused with poses corrected at the ground (``refine_poses``)
-        are rendered with the poses as sent. Runs on the ``fused`` worker thread after the snapshot is in
-        place (:meth:`collect_fused_depth` counts the results); the archive is written aside and renamed
-        in, so it is there whole or not at all.
+        PNG, millimetres, 0 = empty). Runs on the ``fused`` worker thread, at a lower CPU priority than
+        the threads that apply views (Linux: the thread's nice value), after the snapshot is in place
+        (:meth:`collect_fused_depth` counts the results); the archive is written aside and renamed in,
+        so it is there whole or not at all; 16 views are read and rendered at a time.
 
         Args:
             occ: float32 [R, R, R] the snapshot's occupancy grid. folder: the snapshot folder (its
-                ``depth.tar`` and ``views.jsonl`` there).
+                ``depth.tar`` and ``views.jsonl`` there). refined: with ``refine_poses``, the last
+                refinement's ``(poses as sent, corrected poses)`` float32 [N, 4, 4]: the grid was fused at
+                the corrected poses, so each view is rendered at its corrected pose.
 
         Returns:
             ``{"views": written, "skipped": members without pose / intrinsics or unreadable, "ms": time}``.
 
         Raises:
-            whatever reading, rendering or writing raises (the partial file removed first).
+            FusedDepthCancelled: the ground is stopping and would wait too long (:data:`FUSED_DEPTH_EXIT_S`).
+            Whatever reading, rendering or writing raises (the partial file removed first).
         """
+        import tarfile
+
         import cv2
 
+        try:  # below the threads that apply views (per-thread nice on Linux; elsewhere as it is)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         t0 = time.perf_counter()
         res = {"views": 0, "skipped": 0, "ms": 0.0}
         tmp = folder / "depth_fused.tar.part"
@@ -1672,34 +1714,47 @@ class GroundStation:
                             v = json.loads(line)
                         except ValueError:  # a torn last line (a crash mid-write): that view is skipped
                             continue
-                        if v.get("u") is not None and v.get("pose") is not None and v.get("K") is not None:
-                            geo[f"{int(v['u']):010d}.png"] = (v["pose"], v["K"])
-            members = archive.read_members(folder / "depth.tar") if (folder / "depth.tar").is_file() else {}
+                        if (isinstance(v, dict) and isinstance(v.get("u"), int) and v.get("pose") is not None
+                                and v.get("K") is not None):
+                            geo[f"{v['u']:010d}.png"] = (v["pose"], v["K"])
             grid = torch.from_numpy(np.ascontiguousarray(occ, dtype=np.float32))
-            names = list(members)
+
+            def render(batch: list, out) -> None:
+                """Render and append one batch of ``(name, depth float32 [H, W] metres, pose, K)``."""
+                if self._fused_stop.is_set():
+                    raise FusedDepthCancelled(f"{folder}: the ground is stopping")
+                d = torch.from_numpy(np.stack([b[1] for b in batch]))
+                mask = d > 0
+                pose, K = view_geometry(np.asarray([b[2] for b in batch], np.float32),
+                                        np.asarray([b[3] for b in batch], np.float32))
+                if refined is not None:  # each view at its corrected pose (the sent pose matched within 1e-4)
+                    sent, fixed = (torch.from_numpy(x) for x in refined)
+                    diff = (pose[:, None] - sent[None]).abs().flatten(2).amax(2)  # [B, N]
+                    best = diff.argmin(1)
+                    near = diff.gather(1, best[:, None])[:, 0] < 1e-4
+                    pose = torch.where(near[:, None, None], fixed[best], pose)
+                fd = self.model.fused_depth(grid, d, mask.float(), K, pose, tau=TAU, rays=mask)
+                fd = torch.where(mask, fd, torch.zeros_like(fd)).numpy()
+                for k, b in enumerate(batch):
+                    out.write(archive.member_bytes(b[0], depth_png(fd[k])))
+                res["views"] += len(batch)
+
+            batch: list = []
             with open(tmp, "wb") as out:
-                for a in range(0, len(names), 16):  # bounded memory: 16 views at a time
-                    batch, depths, poses, Ks = [], [], [], []
-                    for name in names[a:a + 16]:
-                        d = (cv2.imdecode(np.frombuffer(members[name], np.uint8), cv2.IMREAD_UNCHANGED)
-                             if name in geo else None)
-                        if d is None or d.ndim != 2:
-                            res["skipped"] += 1
-                            continue
-                        batch.append(name)
-                        depths.append(d.astype(np.float32) / 1000.0)
-                        poses.append(geo[name][0])
-                        Ks.append(geo[name][1])
-                    if not batch:
-                        continue
-                    d = torch.from_numpy(np.stack(depths))
-                    mask = d > 0
-                    pose, K = view_geometry(np.asarray(poses, np.float32), np.asarray(Ks, np.float32))
-                    fd = self.model.fused_depth(grid, d, mask.float(), K, pose, tau=TAU, rays=mask)
-                    fd = torch.where(mask, fd, torch.zeros_like(fd)).numpy()
-                    for k, name in enumerate(batch):
-                        out.write(archive.member_bytes(name, depth_png(fd[k])))
-                        res["views"] += 1
+                if (folder / "depth.tar").is_file():
+                    with tarfile.open(folder / "depth.tar", "r:") as t:
+                        for m in t:  # streamed: memory bounded by the batch, not the object's views
+                            f = t.extractfile(m) if m.isfile() and m.name in geo else None
+                            d = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_UNCHANGED) if f else None
+                            if d is None or d.ndim != 2:
+                                res["skipped"] += 1
+                                continue
+                            batch.append((m.name, d.astype(np.float32) / 1000.0, *geo[m.name]))
+                            if len(batch) == 16:
+                                render(batch, out)
+                                batch = []
+                if batch:
+                    render(batch, out)
                 out.write(archive.END_OF_ARCHIVE)
             os.replace(tmp, folder / "depth_fused.tar")
         except BaseException:
@@ -1708,23 +1763,47 @@ class GroundStation:
         res["ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
         return res
 
-    def collect_fused_depth(self, wait: bool = False) -> int:
-        """Count the finished ``depth_fused.tar`` writes (``fused_depth_views``, ``fused_depth_skipped``,
-        ``fused_depth_ms`` in ``ground.json``; a failure is an output error, logged: the snapshot stays
-        whole without it). With ``wait``, wait for those still being written first (at exit,
-        :meth:`finalise`). Main thread. Returns how many writes were collected."""
+    def collect_fused_depth(self, wait: bool = False, deadline_s: float | None = None) -> int:
+        """Count the finished ``depth_fused.tar`` writes (``ground.json``'s ``fused_depth``: views, skipped,
+        ms, dropped, cancelled; a failure is an output error, logged: the snapshot stays whole without
+        it). Main thread.
+
+        Args:
+            wait: wait for those still being written first (at exit, :meth:`finalise`).
+            deadline_s: with ``wait``, wait at most this long; then those not done are cancelled
+                (counted as ``cancelled``; the one being written stops within 16 views).
+
+        Returns:
+            how many writes were collected.
+        """
+        import concurrent.futures
+
+        end = None if deadline_s is None else time.monotonic() + deadline_s
         n = 0
         while self._fused_jobs and (wait or self._fused_jobs[0][1].done()):
-            name, future = self._fused_jobs.popleft()
+            name, future, views = self._fused_jobs[0]
+            if end is not None and not future.done():
+                concurrent.futures.wait([future], timeout=max(0.0, end - time.monotonic()))
+                if not future.done():
+                    self._fused_stop.set()
+                    for _, f, _ in self._fused_jobs:
+                        f.cancel()
+            self._fused_jobs.popleft()
+            self._fused_pending_views -= views
             n += 1
-            e = future.exception()  # (waits for it)
-            if e is not None:
-                self._output_error(f"depth_fused.tar of {name}", e)
+            if future.cancelled():
+                self.stats["fused_depth_cancelled"] += 1
                 continue
-            r = future.result()
-            self.stats["fused_depth_views"] += r["views"]
-            self.stats["fused_depth_skipped"] += r["skipped"]
-            self.stats["fused_depth_ms"] += r["ms"]
+            e = future.exception()  # (waits for it)
+            if isinstance(e, FusedDepthCancelled):
+                self.stats["fused_depth_cancelled"] += 1
+            elif e is not None:
+                self._output_error(f"depth_fused.tar of {name}", e)
+            else:
+                r = future.result()
+                self.stats["fused_depth_views"] += r["views"]
+                self.stats["fused_depth_skipped"] += r["skipped"]
+                self.stats["fused_depth_ms"] += r["ms"]
         return n
 
     def snapshot(self, key: tuple[int, int], reason: str = "idle") -> dict | None:
@@ -1873,7 +1952,10 @@ class GroundStation:
             "stream_restarts": stats.get("stream_restarts", 0),
             # depth_fused.tar of the snapshots (a pose-aware model; None where there is none)
             "fused_depth": ({"views": stats.get("fused_depth_views", 0), "skipped": stats.get("fused_depth_skipped", 0),
-                             "ms": round(stats.get("fused_depth_ms", 0.0), 1), "writing": len(self._fused_jobs)}
+                             "ms": round(stats.get("fused_depth_ms", 0.0), 1), "writing": len(self._fused_jobs),
+                             "views_waiting": self._fused_pending_views,
+                             "dropped": stats.get("fused_depth_dropped", 0),
+                             "cancelled": stats.get("fused_depth_cancelled", 0)}
                             if self._fused_depth_on else None),
             "queue": self.q.qsize(), "views_waiting_for_info": sum(len(h) for h in self.held.values()),
             "depth_backlog": sum(len(s.pending) for s in self.sessions.values()),
@@ -2114,12 +2196,14 @@ class GroundStation:
                 for key, s in list(self.sessions.items()):
                     if s.views > s.snap_views:
                         self.snapshot(key, "exit")
-                self.collect_fused_depth(wait=True)
             waiting = sum(len(h) for h in self.held.values())
             if waiting:  # not in the record: asked back after a restart once their run's info says they were sent
                 log.warning("%d views still waited for their run's stream info at exit (not applied, not recorded)",
                             waiting)
             self.close_record()
+            # the snapshots are written and the record closed: depth_fused.tar is what may still be made
+            self.collect_fused_depth(wait=True, deadline_s=FUSED_DEPTH_EXIT_S)
+            self._fused_stop.clear()  # (every job collected: a station used after run() writes them again)
             for w in self._workers.values():
                 w.shutdown(wait=True)
             self._workers.clear()

@@ -1,6 +1,7 @@
 """Depth maps from the fused grid against each view's decoded depth: the variants the model card's "Depth from
 the fused grid" compares (stage 6, 5 views, random headings), and the silhouette of the grid against the decoded
-one. Pick on validation: python scripts/fused_depth_variants.py data/train val 24 (about 5 minutes on 2 cores);
+one. Pick on validation: python scripts/fused_depth_variants.py data/train val 24 [STEP] (about 5 minutes on 2
+cores; STEP: render_depth's march step in voxels, 0.5);
 the card's real-mesh figures come from `voxlink eval` (docs/reports/fusion-k1024-*-depth-fused.json)."""
 import sys
 
@@ -12,6 +13,7 @@ from voxlink.weights import load_model
 
 torch.set_num_threads(2)
 data, split, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+step = float(sys.argv[4]) if len(sys.argv) > 4 else 0.5  # render_depth's march step, voxels
 V = 5
 m, _, _ = load_model("fusion-k1024")
 m.eval()
@@ -44,7 +46,7 @@ with torch.no_grad():
         for v in range(V):
             st = m.step(codes[v:v + 1], st, pose=pose[v:v + 1], K=K[v:v + 1])
         prob = m.occupancy(st)[0]
-        g = {tau: render_depth(prob, K, pose, 128, 128, tau=tau) for tau in (0.3, 0.4, 0.5, 0.6)}
+        g = {tau: render_depth(prob, K, pose, 128, 128, tau=tau, step=step) for tau in (0.3, 0.4, 0.5, 0.6)}
         for v in range(V):
             tm, gv, dv = true[v] > 0, g[0.4][v], depth[v]
             both = (gv > 0) & (mask[v] > 0.5)

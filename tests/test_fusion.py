@@ -288,7 +288,8 @@ def test_ground_fuses_posed_views_and_names_views_without_pose(tmp_path):
     assert set(fused) == posed & set(dec) and len(fused) == 4 == c.stats["fused_depth_views"]
     assert c.stats["fused_depth_skipped"] == len(set(dec) - posed)
     assert c.status()["fused_depth"] == {"views": 4, "skipped": len(set(dec) - posed),
-                                         "ms": round(c.stats["fused_depth_ms"], 1), "writing": 0}  # ground.json
+                                         "ms": round(c.stats["fused_depth_ms"], 1), "writing": 0,
+                                         "views_waiting": 0, "dropped": 0, "cancelled": 0}  # ground.json
     for name in fused:
         a, b = (cv2.imdecode(np.frombuffer(x[name], np.uint8), cv2.IMREAD_UNCHANGED) for x in (dec, fused))
         assert ((a > 0) == (b > 0)).all()
@@ -736,3 +737,94 @@ def test_eval_of_a_model_it_does_not_score_says_so(small_dataset):
     r = subprocess.run([sys.executable, "-m", "voxlink.cli", "eval", "nsmall-k1024", "--data", str(small_dataset),
                         "--split", "all"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "codec model" in r.stderr, r.stderr[-2000:]
+
+
+def _fused_depth_station(tmp_path, n_objects: int = 3, views: int = 8, **cfg):
+    """A ground with a tiny fusion model and ``n_objects`` objects of ``views`` posed views each."""
+    import time
+
+    from ground.station import GroundConfig, GroundStation
+    from voxlink.models.binarizer import pack_bits
+    from voxlink.protocol import CodeMessage, StreamInfo, encode_code, encode_info, fingerprint32
+    from voxlink.weights import save_model
+
+    model = _tiny()
+    path = save_model(model, tmp_path / "fusion-tiny.safetensors")
+    pose, _ = _views(views, seed=3)
+    codes = [pack_bits(c) for c in model.encode(torch.rand(views, 3, 128, 128))]
+    fp = model.fingerprint()
+    st = GroundStation(GroundConfig(bind=[], model=str(path), out=str(tmp_path / "out"), record=False, **cfg))
+    st.handle(encode_info(StreamInfo(stream=1, seq=0, fingerprint=bytes.hex(fp), code_bits=64,
+                                     K=camera.intrinsics(), model="fusion-tiny", epoch_unix=time.time())))
+    for obj in range(n_objects):
+        for v in range(views):
+            st.handle(encode_code(CodeMessage(stream=1, object_id=obj, seq=obj * views + v, t_ms=v,
+                                              fingerprint=fingerprint32(fp), n_bits=64, payload=codes[v],
+                                              pose=pose[v].double().numpy())))
+    return st
+
+
+def test_fused_depth_backlog_is_bounded_and_a_stopping_ground_does_not_wait_for_it(tmp_path, monkeypatch):
+    """depth_fused.tar costs tens of ms a view on its own thread: a ground that falls behind on it drops
+    it for further snapshots (counted) rather than growing a backlog, and a stopping ground closes its
+    record first and then waits at most FUSED_DEPTH_EXIT_S for it (the rest cancelled, counted, no
+    partial file)."""
+    import time
+
+    import ground.station as gs
+
+    st = _fused_depth_station(tmp_path, views=40)  # 3 batches of 16 views an object
+    slow = st.model.fused_depth
+
+    def very_slow(*a, **k):
+        time.sleep(0.5)
+        return slow(*a, **k)
+
+    monkeypatch.setattr(st.model, "fused_depth", very_slow)
+    monkeypatch.setattr(gs, "FUSED_DEPTH_BACKLOG_VIEWS", 60)  # room for one object's 40 views
+    monkeypatch.setattr(gs, "FUSED_DEPTH_EXIT_S", 0.2)
+    for obj in range(3):
+        st.snapshot((1, obj), reason="test")
+    assert st.stats["fused_depth_dropped"] == 2 and st.status()["fused_depth"]["views_waiting"] == 40
+    t0 = time.monotonic()
+    st.run(duration_s=0.1)  # (binds nothing: bind=[]) exits at once; the snapshot's job is cut short
+    assert time.monotonic() - t0 < 10
+    fd = st.status()["fused_depth"]
+    assert fd["cancelled"] == 1 and fd["writing"] == 0 and fd["views_waiting"] == 0
+    assert not list((tmp_path / "out").rglob("depth_fused.tar*"))
+    # what comes after the stop is not cancelled by it
+    monkeypatch.setattr(st.model, "fused_depth", slow)
+    st.snapshot((1, 1), reason="test")
+    st.collect_fused_depth(wait=True)
+    assert st.status()["fused_depth"]["views"] == 40
+
+
+def test_fused_depth_uses_the_refined_poses_and_skips_bad_lines(tmp_path):
+    """With refine_poses the grid is fused at corrected poses, so each view is rendered at its corrected
+    pose; a views.jsonl line that is not a view (null, a list) is skipped, not fatal."""
+    from ground.archive import read_members
+
+    st = _fused_depth_station(tmp_path, n_objects=1, views=6, refine_poses=True)
+    s = st.sessions[(1, 0)]
+    st.occupancy(s)  # the refined grid
+    assert s.refined_poses is not None and len(s.refined_poses[0]) == 6
+    seen = []
+    orig = st.model.fused_depth
+
+    def spy(grid, d, mask, K, pose, **k):
+        seen.append(pose.clone())
+        return orig(grid, d, mask, K, pose, **k)
+
+    st.model.fused_depth = spy
+    work = st.out / ".work" / s.name / "views.jsonl"
+    with work.open("a") as f:  # (the ground's own file: what a bad disk or an old release may leave)
+        f.write("null\n[1, 2]\n")
+    folder = Path(st.snapshot((1, 0), reason="test")["folder"])
+    st.collect_fused_depth(wait=True)
+    assert len(read_members(folder / "depth_fused.tar")) == 6 and st.stats["output_errors"] == 0
+    sent, fixed = (torch.from_numpy(x) for x in s.refined_poses)
+    used = torch.cat(seen)
+    # every view rendered at a corrected pose, none at a pose as sent (where the correction moved it)
+    assert all(any(torch.allclose(u, f_, atol=1e-5) for f_ in fixed) for u in used)
+    moved = (sent - fixed).abs().flatten(1).amax(1) > 1e-4
+    assert bool(moved.any())

@@ -86,3 +86,20 @@ def test_rays_limit_the_pixels_cast():
     assert float(part[~only].abs().max()) == 0.0
     with pytest.raises(ValueError, match="rays"):
         render_depth(_box(8, 24), K, T, 64, 64, rays=only[0])
+
+
+@pytest.mark.parametrize("p_max,step", [(0.9, 0.5), (0.45, 0.1)])
+def test_a_plate_one_voxel_thin_is_found_where_the_step_allows(p_max, step):
+    # a one-voxel plate (layer z = 12) at p_max: trilinear p exceeds tau = 0.4 within (1 - tau / p_max)
+    # voxels of its centre plane, so the first crossing lies that far in front of it; a step below that
+    # window never steps over it (the docstring's bound)
+    g = torch.zeros(R, R, R)
+    g[8:24, 8:24, 12] = p_max
+    K, T = _front_camera()
+    d = render_depth(g, K, T, 128, 128, step=step)
+    centre = -0.5 + 12.5 * S
+    want = 2.0 + centre - (1 - 0.4 / p_max) * S
+    patch = d[0, 56:72, 56:72]
+    assert torch.allclose(patch, torch.full_like(patch, want), atol=3e-4)
+    with pytest.raises(ValueError, match="step"):
+        render_depth(g, K, T, 8, 8, step=0)
