@@ -231,7 +231,9 @@ def render_depth(occupancy: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor, 
     Each pixel's ray is marched through the trilinearly interpolated occupancy probabilities in steps of
     ``step`` voxels, over the part of the ray inside the grid's cube, to the first sample with ``p > tau``
     (the surface the camera sees first); the crossing is then found by ``refine_steps`` bisections of
-    that half-voxel interval (sub-voxel depth). ``tau`` is the threshold the grid is scored at
+    that interval (sub-voxel depth). Empty space is skipped exactly: a sample is interpolated only where
+    the maximum over its nearest voxel's 3 x 3 x 3 neighbourhood exceeds ``tau`` (the same depths, about
+    20 % faster). ``tau`` is the threshold the grid is scored at
     (Golts & Schechner Eq. 17: 0.4). This is the classic volume ray casting of an isosurface (Levoy
     1988); scikit-image's marching cubes extracts the same surface as a mesh.
 
@@ -249,8 +251,8 @@ def render_depth(occupancy: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor, 
             (0.53 at 0.4) and return the surface behind it (or none); smaller steps cost proportionally
             more.
         rays: optional bool [N, H, W]: cast only these pixels' rays (the others stay 0); e.g. a view's
-            silhouette, where only the object's depth is wanted (measured on 2 cores: about 26 ms a
-            128 x 128 view with every ray, proportionally less with fewer).
+            silhouette, where only the object's depth is wanted (measured on 2 cores, validation grids:
+            about 29 ms a 128 x 128 view with every ray, 13 ms on the decoded silhouettes).
         chunk: rays marched at once (bounds memory: ``chunk`` x samples x 4 bytes per intermediate).
 
     Returns:
@@ -282,6 +284,9 @@ def render_depth(occupancy: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor, 
     vv, uu = torch.meshgrid(torch.arange(height, dtype=torch.float32, device=dev),
                             torch.arange(width, dtype=torch.float32, device=dev), indexing="ij")
     out = torch.zeros(len(K), height * width, device=dev)
+    # per voxel, the maximum over its 3 x 3 x 3 neighbourhood: a bound on the trilinear occupancy of
+    # every point whose nearest voxel it is (flattened in [x, y, z] order)
+    bound = torch.nn.functional.max_pool3d(occupancy.float()[None, None], 3, 1, 1).reshape(-1).to(dev)
     for n in range(len(K)):
         Kn, T = K[n].float().to(dev), T_c2w[n].float().to(dev)
         # each pixel's ray: origin t, direction R [(u - cx) / fx, (v - cy) / fy, 1] (z-depth = ray parameter)
@@ -307,8 +312,15 @@ def render_depth(occupancy: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor, 
         for a in range(0, len(sel), chunk):
             idx = sel[a:a + chunk]
             d = dirs[idx]
-            # (samples outside the cube read 0: grid_sample's zero padding)
-            above = _sample(vol, origin, d, zs[None].expand(len(idx), -1), lo, extent) > tau
+            pts = origin + d[:, None, :] * zs[None, :, None]  # [P, S, 3] metres
+            # empty space skipped: a sample whose nearest voxel's 3 x 3 x 3 neighbourhood is all <= tau
+            # cannot be above tau (its 8 trilinear corners are in it); only the others are interpolated
+            # (samples outside the cube read 0: grid_sample's zero padding; their clamped bound is >= 0)
+            ijk = ((pts - lo) * (res / extent)).floor().clamp_(0, res - 1).long()
+            cand = bound[(ijk[..., 0] * res + ijk[..., 1]) * res + ijk[..., 2]] > tau
+            above = torch.zeros_like(cand)
+            if bool(cand.any()):
+                above[cand] = _sample_points(vol, pts[cand], lo, extent) > tau
             hit = above.any(1)
             if not bool(hit.any()):
                 continue
@@ -331,7 +343,14 @@ def _sample(vol: torch.Tensor, origin: torch.Tensor, dirs: torch.Tensor, z: torc
 
     Shape: vol [1, 1, D, H, W], origin [3], dirs [P, 3], z [P, S] -> [P, S]."""
     pts = origin + dirs[:, None, :] * z[..., None]  # [P, S, 3] metres
+    return _sample_points(vol, pts.reshape(-1, 3), lo, extent).view(z.shape)
+
+
+def _sample_points(vol: torch.Tensor, pts: torch.Tensor, lo: torch.Tensor, extent: float) -> torch.Tensor:
+    """Trilinear occupancy at points (metres, the grid's frame; 0 outside the grid).
+
+    Shape: vol [1, 1, D, H, W], pts [M, 3] -> [M]."""
     g = (pts - lo) / extent * 2.0 - 1.0  # grid_sample's [-1, 1] (align_corners=False)
-    s = torch.nn.functional.grid_sample(vol, g[None, None], mode="bilinear", padding_mode="zeros",
+    s = torch.nn.functional.grid_sample(vol, g.view(1, 1, 1, -1, 3), mode="bilinear", padding_mode="zeros",
                                         align_corners=False)
-    return s[0, 0, 0]
+    return s.view(-1)
