@@ -60,6 +60,7 @@ import math
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -291,8 +292,9 @@ class ObjectSession:
         (a pose-aware model does not fuse them), at most 10,000. not_fused: sequence numbers of views that
         came and were recorded but could not be fused, even alone, because of an internal error (each
         counted as ``internal_error``), at most 10,000. kept: with ``refine_poses``, each
-        distinct view (code bytes, float32 pose [4, 4] bytes) -> its K float32 [3, 3]; refined_poses: the
-        last refinement's ``(poses as sent, corrected poses)``, float32 [N, 4, 4] each. pose_refinement:
+        distinct view (code bytes, float32 pose [4, 4] bytes) -> its K float32 [3, 3]; kept_u: each applied
+        view's unwrapped sequence number -> its key in ``kept``; refined_poses: the last successful
+        refinement's corrected pose float32 [4, 4] per key of ``kept`` (None after a failed one). pose_refinement:
         what the last refinement corrected (``voxlink.models.pose_refine.refine_poses``'s info), or None.
     """
 
@@ -326,7 +328,8 @@ class ObjectSession:
     point_source: str = "depth"
     kept: dict = field(default_factory=dict)
     pose_refinement: dict | None = None
-    refined_poses: tuple | None = None
+    kept_u: dict = field(default_factory=dict)
+    refined_poses: dict | None = None
 
     @property
     def name(self) -> str:
@@ -630,8 +633,9 @@ class GroundStation:
             for i, (s, m, info, u) in enumerate(items):
                 s.dirty = True
                 if self.cfg.refine_poses:  # a repeated view (same code, same pose) is kept once
-                    s.kept.setdefault((bytes(m.payload), np.asarray(m.pose, dtype=np.float32).tobytes()),
-                                      np.asarray(info.K, dtype=np.float32))
+                    key = (bytes(m.payload), np.asarray(m.pose, dtype=np.float32).tobytes())
+                    s.kept.setdefault(key, np.asarray(info.K, dtype=np.float32))
+                    s.kept_u[u] = key  # (its depth maps are named by u: rendered at its corrected pose)
                 self._decoded[(m.stream, u)] = (depth[i].numpy().astype(np.float16), mask_prob[i].numpy() > 0.5)
             while len(self._decoded) > self.cfg.decoded_cache:
                 self._decoded.popitem(last=False)
@@ -731,8 +735,9 @@ class GroundStation:
             depth, mask = self.net.decode_depth(codes)
             fixed, info = refine_poses(mask, K, pose, PoseRefineConfig())
             state = self.model.fuse_all(depth, mask, K, fixed)
-            s.refined_poses = (pose.numpy().copy(), fixed.numpy().astype(np.float32))
+            s.refined_poses = {k: f.numpy().astype(np.float32) for k, f in zip(keys, fixed)}
         except Exception as e:  # noqa: BLE001 - the grid of the poses as sent is still there
+            s.refined_poses = None  # that grid is fused at the poses as sent: so are its depth maps
             self.stats["pose_refinement_failed"] += 1
             log.exception("pose refinement of %s failed (%s): poses as sent", s.name, e)
             return s.state if s.state is not None else self.net.init_state(1)
@@ -1664,12 +1669,14 @@ class GroundStation:
                             "(%d such snapshots so far; --no-fused-depth for a busy ground)", s.name,
                             self._fused_pending_views, n)
             return
-        refined = s.refined_poses if self.cfg.refine_poses else None
+        refined = None
+        if self.cfg.refine_poses and s.refined_poses:  # each view's corrected pose, by its name in depth.tar
+            refined = {f"{u:010d}.png": s.refined_poses[k] for u, k in s.kept_u.items() if k in s.refined_poses}
         future = self._worker("fused").submit(self._write_fused_depth, np.array(occ, np.float32), folder, refined)
         self._fused_jobs.append((s.name, future, s.views))
         self._fused_pending_views += s.views
 
-    def _write_fused_depth(self, occ: np.ndarray, folder: Path, refined: tuple | None = None) -> dict:
+    def _write_fused_depth(self, occ: np.ndarray, folder: Path, refined: dict | None = None) -> dict:
         """Write ``depth_fused.tar`` into a snapshot folder: each view's depth map from the snapshot's grid.
 
         Every member of the snapshot's ``depth.tar`` (the view's decoded depth, masked by its decoded
@@ -1683,9 +1690,9 @@ class GroundStation:
 
         Args:
             occ: float32 [R, R, R] the snapshot's occupancy grid. folder: the snapshot folder (its
-                ``depth.tar`` and ``views.jsonl`` there). refined: with ``refine_poses``, the last
-                refinement's ``(poses as sent, corrected poses)`` float32 [N, 4, 4]: the grid was fused at
-                the corrected poses, so each view is rendered at its corrected pose.
+                ``depth.tar`` and ``views.jsonl`` there). refined: with ``refine_poses``, each view's
+                corrected pose float32 [4, 4] by its member name: the grid was fused at the corrected
+                poses, so each view is rendered at its own.
 
         Returns:
             ``{"views": written, "skipped": members without pose / intrinsics or unreadable, "ms": time}``.
@@ -1698,10 +1705,12 @@ class GroundStation:
 
         import cv2
 
-        try:  # below the threads that apply views (per-thread nice on Linux; elsewhere as it is)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except (AttributeError, OSError):
-            pass
+        if sys.platform.startswith("linux"):  # below the threads that apply views (Linux: nice is per thread)
+            try:
+                tid = threading.get_native_id()
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
+            except OSError:
+                pass
         t0 = time.perf_counter()
         res = {"views": 0, "skipped": 0, "ms": 0.0}
         tmp = folder / "depth_fused.tar.part"
@@ -1725,14 +1734,9 @@ class GroundStation:
                     raise FusedDepthCancelled(f"{folder}: the ground is stopping")
                 d = torch.from_numpy(np.stack([b[1] for b in batch]))
                 mask = d > 0
-                pose, K = view_geometry(np.asarray([b[2] for b in batch], np.float32),
-                                        np.asarray([b[3] for b in batch], np.float32))
-                if refined is not None:  # each view at its corrected pose (the sent pose matched within 1e-4)
-                    sent, fixed = (torch.from_numpy(x) for x in refined)
-                    diff = (pose[:, None] - sent[None]).abs().flatten(2).amax(2)  # [B, N]
-                    best = diff.argmin(1)
-                    near = diff.gather(1, best[:, None])[:, 0] < 1e-4
-                    pose = torch.where(near[:, None, None], fixed[best], pose)
+                poses = [np.asarray(refined[b[0]] if refined and b[0] in refined else b[2], np.float32)
+                         for b in batch]  # (with refine_poses, each view at its corrected pose)
+                pose, K = view_geometry(np.stack(poses), np.asarray([b[3] for b in batch], np.float32))
                 fd = self.model.fused_depth(grid, d, mask.float(), K, pose, tau=TAU, rays=mask)
                 fd = torch.where(mask, fd, torch.zeros_like(fd)).numpy()
                 for k, b in enumerate(batch):
@@ -1804,6 +1808,8 @@ class GroundStation:
                 self.stats["fused_depth_views"] += r["views"]
                 self.stats["fused_depth_skipped"] += r["skipped"]
                 self.stats["fused_depth_ms"] += r["ms"]
+        if not self._fused_jobs:
+            self._fused_stop.clear()  # every job collected: the next snapshots' are written again
         return n
 
     def snapshot(self, key: tuple[int, int], reason: str = "idle") -> dict | None:
@@ -1909,7 +1915,8 @@ class GroundStation:
             the snapshot's summary, or None if it could not be written (see :meth:`snapshot`).
         """
         summary = self.snapshot(key, "finalise")
-        self.collect_fused_depth(wait=True)  # the object's files complete when this returns
+        self.collect_fused_depth(wait=True)  # the object's files complete when this returns (one worker
+        # thread in order: its job is the last queued, so this waits for the earlier ones anyway)
         self.sleeping.pop(key, None)
         s = self.sessions.pop(key, None)
         if s is not None:
@@ -2202,8 +2209,8 @@ class GroundStation:
                             waiting)
             self.close_record()
             # the snapshots are written and the record closed: depth_fused.tar is what may still be made
+            self.write_status()  # (the exit snapshots in ground.json, whatever the wait below takes)
             self.collect_fused_depth(wait=True, deadline_s=FUSED_DEPTH_EXIT_S)
-            self._fused_stop.clear()  # (every job collected: a station used after run() writes them again)
             for w in self._workers.values():
                 w.shutdown(wait=True)
             self._workers.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -769,62 +770,91 @@ def test_fused_depth_backlog_is_bounded_and_a_stopping_ground_does_not_wait_for_
     it for further snapshots (counted) rather than growing a backlog, and a stopping ground closes its
     record first and then waits at most FUSED_DEPTH_EXIT_S for it (the rest cancelled, counted, no
     partial file)."""
+    import threading
     import time
 
     import ground.station as gs
 
     st = _fused_depth_station(tmp_path, views=40)  # 3 batches of 16 views an object
-    slow = st.model.fused_depth
+    render = st.model.fused_depth
+    started = threading.Event()
 
-    def very_slow(*a, **k):
-        time.sleep(0.5)
-        return slow(*a, **k)
+    def stuck(*a, **k):  # the first batch takes until the ground stops (as a very slow render would)
+        started.set()
+        st._fused_stop.wait(timeout=60)
+        return render(*a, **k)
 
-    monkeypatch.setattr(st.model, "fused_depth", very_slow)
+    monkeypatch.setattr(st.model, "fused_depth", stuck)
     monkeypatch.setattr(gs, "FUSED_DEPTH_BACKLOG_VIEWS", 60)  # room for one object's 40 views
     monkeypatch.setattr(gs, "FUSED_DEPTH_EXIT_S", 0.2)
     for obj in range(3):
         st.snapshot((1, obj), reason="test")
     assert st.stats["fused_depth_dropped"] == 2 and st.status()["fused_depth"]["views_waiting"] == 40
+    assert started.wait(timeout=60)
     t0 = time.monotonic()
     st.run(duration_s=0.1)  # (binds nothing: bind=[]) exits at once; the snapshot's job is cut short
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 30
     fd = st.status()["fused_depth"]
     assert fd["cancelled"] == 1 and fd["writing"] == 0 and fd["views_waiting"] == 0
     assert not list((tmp_path / "out").rglob("depth_fused.tar*"))
+    assert json.loads((tmp_path / "out" / "ground.json").read_text())["fused_depth"]["cancelled"] == 1
     # what comes after the stop is not cancelled by it
-    monkeypatch.setattr(st.model, "fused_depth", slow)
+    monkeypatch.setattr(st.model, "fused_depth", render)
     st.snapshot((1, 1), reason="test")
     st.collect_fused_depth(wait=True)
     assert st.status()["fused_depth"]["views"] == 40
 
 
-def test_fused_depth_uses_the_refined_poses_and_skips_bad_lines(tmp_path):
-    """With refine_poses the grid is fused at corrected poses, so each view is rendered at its corrected
-    pose; a views.jsonl line that is not a view (null, a list) is skipped, not fatal."""
+def test_fused_depth_uses_each_views_corrected_pose_and_skips_bad_lines(tmp_path, monkeypatch):
+    """With refine_poses the grid is fused at corrected poses, so each view is rendered at its own corrected
+    pose (two views sent at the same pose, a hovering drone, each at its own); after a refinement that
+    failed (the grid fused at the poses as sent) at the poses as sent; a views.jsonl line that is not a
+    view (null, a list) is skipped, not fatal."""
+    import time
+
+    import voxlink.models.pose_refine as pr
     from ground.archive import read_members
+    from voxlink.protocol import CodeMessage, encode_code, fingerprint32
 
     st = _fused_depth_station(tmp_path, n_objects=1, views=6, refine_poses=True)
+    model = st.model
+    pose, _ = _views(6, seed=3)
+    fp = model.fingerprint()
+    hover = bytes([0x5A] * 8)  # another image's 64 bits at view 0's pose
+    st.handle(encode_code(CodeMessage(stream=1, object_id=0, seq=6, t_ms=6, fingerprint=fingerprint32(fp),
+                                      n_bits=64, payload=hover, pose=pose[0].double().numpy())))
     s = st.sessions[(1, 0)]
     st.occupancy(s)  # the refined grid
-    assert s.refined_poses is not None and len(s.refined_poses[0]) == 6
-    seen = []
-    orig = st.model.fused_depth
+    assert len(s.refined_poses) == 7 and len(s.kept_u) == 7
+    want = {f"{u:010d}.png": torch.from_numpy(s.refined_poses[k]) for u, k in s.kept_u.items()}
+    assert not torch.allclose(want["0000000000.png"], want["0000000006.png"]), "two views, two corrections"
+    seen = {}
+    orig = model.fused_depth
 
-    def spy(grid, d, mask, K, pose, **k):
-        seen.append(pose.clone())
-        return orig(grid, d, mask, K, pose, **k)
+    def spy(grid, d, mask, K, pose_, **k):
+        seen.setdefault("poses", []).append(pose_.clone())
+        return orig(grid, d, mask, K, pose_, **k)
 
-    st.model.fused_depth = spy
+    monkeypatch.setattr(model, "fused_depth", spy)
     work = st.out / ".work" / s.name / "views.jsonl"
     with work.open("a") as f:  # (the ground's own file: what a bad disk or an old release may leave)
         f.write("null\n[1, 2]\n")
     folder = Path(st.snapshot((1, 0), reason="test")["folder"])
     st.collect_fused_depth(wait=True)
-    assert len(read_members(folder / "depth_fused.tar")) == 6 and st.stats["output_errors"] == 0
-    sent, fixed = (torch.from_numpy(x) for x in s.refined_poses)
-    used = torch.cat(seen)
-    # every view rendered at a corrected pose, none at a pose as sent (where the correction moved it)
-    assert all(any(torch.allclose(u, f_, atol=1e-5) for f_ in fixed) for u in used)
-    moved = (sent - fixed).abs().flatten(1).amax(1) > 1e-4
-    assert bool(moved.any())
+    names = sorted(read_members(folder / "depth_fused.tar"))
+    assert len(names) == 7 and st.stats["output_errors"] == 0
+    used = torch.cat(seen["poses"])
+    assert all(torch.allclose(u, want[n], atol=1e-6) for u, n in zip(used, names))
+    # a refinement that fails: the grid is fused at the poses as sent, and so are the depth maps
+    monkeypatch.setattr(pr, "refine_poses", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("diverged")))
+    st.handle(encode_code(CodeMessage(stream=1, object_id=0, seq=7, t_ms=7, fingerprint=fingerprint32(fp),
+                                      n_bits=64, payload=hover, pose=pose[1].double().numpy())))
+    st.occupancy(s)
+    assert st.stats["pose_refinement_failed"] == 1 and s.refined_poses is None
+    seen.clear()
+    st.snapshot((1, 0), reason="test")
+    st.collect_fused_depth(wait=True)
+    sent = {x["u"]: torch.tensor(x["pose"], dtype=torch.float32)
+            for x in map(json.loads, work.read_text().splitlines()) if isinstance(x, dict)}
+    used = torch.cat(seen["poses"])
+    assert all(torch.allclose(u, sent[k], atol=1e-5) for u, k in zip(used, sorted(sent)))

@@ -317,7 +317,8 @@ def render_depth(occupancy: torch.Tensor, K: torch.Tensor, T_c2w: torch.Tensor, 
             # cannot be above tau (its 8 trilinear corners are in it); only the others are interpolated
             # (samples outside the cube read 0: grid_sample's zero padding; their clamped bound is >= 0)
             ijk = ((pts - lo) * (res / extent)).floor().clamp_(0, res - 1).long()
-            cand = bound[(ijk[..., 0] * res + ijk[..., 1]) * res + ijk[..., 2]] > tau
+            # (+1e-6: a trilinear mean of corners all equal to tau can round a few ulps above it)
+            cand = bound[(ijk[..., 0] * res + ijk[..., 1]) * res + ijk[..., 2]] + 1e-6 > tau
             above = torch.zeros_like(cand)
             if bool(cand.any()):
                 above[cand] = _sample_points(vol, pts[cand], lo, extent) > tau
