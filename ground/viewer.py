@@ -4,8 +4,10 @@ served with the station's live state as JSON.
 ``GET /`` the page; ``GET /api/state`` per stream the views, gaps (missing ranges), missing views,
 duplicates, late views, bytes/s and compression ratio, and
 per object the occupied voxel centres (p > 0.4, world frame), the fused point cloud (at most 20,000
-points), the latest depth map as a PNG data URL and, for a sequential or direct model, the latest
-decoded view (``image_png``).
+points), the latest depth map as a PNG data URL (``depth_png``; with a pose-aware model the latest view's
+depth from the object's fused grid, ``depth_source`` ``fused``, about half the decoded depth's error, else
+the view's decoded depth, ``decoded``) and, for a sequential or direct model, the latest decoded view
+(``image_png``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,30 @@ def _depth_png(depth: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
 
 
+def fused_depth_map(model, occ: np.ndarray, raw: np.ndarray, mask: np.ndarray, pose: np.ndarray,
+                    K: np.ndarray) -> np.ndarray:
+    """One view's depth from its object's fused grid, on the view's decoded silhouette.
+
+    Args:
+        model: a :class:`voxlink.models.fusion.FusionModel` (only its ``fused_depth``: no network).
+        occ: float32 [R, R, R] the object's occupancy grid. raw: float32 [H, W] the view's decoded depth
+            (metres). mask: bool [H, W] its decoded silhouette. pose: float [4, 4] camera-to-world, as fused.
+            K: float [3, 3] intrinsics (pixels).
+
+    Returns:
+        float32 [H, W] metres, 0 off the silhouette.
+    """
+    import torch
+
+    from voxlink.models.fusion import view_geometry
+
+    m = torch.from_numpy(np.ascontiguousarray(mask))[None]
+    P, Kt = view_geometry(pose[None], K[None])
+    d = model.fused_depth(torch.from_numpy(np.ascontiguousarray(occ, np.float32)),
+                          torch.from_numpy(np.ascontiguousarray(raw, np.float32))[None], m.float(), Kt, P, rays=m)
+    return np.where(mask, d[0].numpy(), 0.0).astype(np.float32)
+
+
 def _image_png(rgb: np.ndarray) -> str:
     """A decoded view (uint8 [H, W, 3] RGB) as a PNG data URL."""
     import cv2
@@ -58,6 +84,9 @@ class ViewerServer:
     def __init__(self, station, host: str = "127.0.0.1", port: int = 8080):
         self.station = station
         self.t0 = time.time()
+        # object name -> (views when made, PNG data URL) of its latest fused depth map: made again only
+        # when views came (13 ms an object on 2 cores), and never while holding the station's lock
+        self._fused_png: dict = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,6 +133,7 @@ class ViewerServer:
         """The JSON state the page polls (see the module docstring)."""
         st = self.station
         dt = max(time.time() - self.t0, 1e-6)
+        fused_todo = []
         with st.lock:
             status = st.status()
             streams = [{"stream": int(k), "model": v["model"] or "?", "views": v["views"], "gaps": len(v["missing"]),
@@ -121,10 +151,32 @@ class ViewerServer:
                 pts = st.fused_points(s)
                 if len(pts) > 20000:
                     pts = pts[np.linspace(0, len(pts) - 1, 20000).astype(int)]
-                objects.append({"key": s.name, "views": s.views,
-                                "voxel_size": float(np.linalg.norm(s.grid_to_world[:3, 0])),
-                                "voxels": np.round(vox, 4).reshape(-1).tolist(),
-                                "points": np.round(pts, 4).reshape(-1).tolist(), "point_source": s.point_source,
-                                "depth_png": _depth_png(s.last_depth) if s.last_depth is not None else "",
-                                "image_png": _image_png(s.last_image) if s.last_image is not None else ""})
+                obj = {"key": s.name, "views": s.views,
+                       "voxel_size": float(np.linalg.norm(s.grid_to_world[:3, 0])),
+                       "voxels": np.round(vox, 4).reshape(-1).tolist(),
+                       "points": np.round(pts, 4).reshape(-1).tolist(), "point_source": s.point_source,
+                       "depth_png": _depth_png(s.last_depth) if s.last_depth is not None else "",
+                       "depth_source": "decoded" if s.last_depth is not None else "",
+                       "image_png": _image_png(s.last_image) if s.last_image is not None else ""}
+                objects.append(obj)
+                info = st.streams.get(s.stream)
+                if (getattr(st, "_fused_depth_on", False) and s.last_depth is not None and s.last_pose is not None
+                        and s.last_raw_depth is not None and info is not None and info.K is not None):
+                    cached = self._fused_png.get(s.name)
+                    if cached is not None and cached[0] == s.views:
+                        obj["depth_png"], obj["depth_source"] = cached[1], "fused"
+                    else:  # copies: rendered after the lock is released
+                        pose = np.asarray(s.last_pose, np.float32)
+                        key = s.kept_u.get(s.depth_u) if s.refined_poses else None
+                        if key is not None and key in s.refined_poses:  # (--refine-poses: as it was fused)
+                            pose = s.refined_poses[key]
+                        fused_todo.append((obj, s.name, s.views, occ.copy(), s.last_raw_depth.copy(),
+                                           s.last_depth > 0, pose, np.asarray(info.K, np.float32)))
+        for obj, name, views, occ, raw, mask, pose, K in fused_todo:
+            try:
+                obj["depth_png"] = _depth_png(fused_depth_map(st.model, occ, raw, mask, pose, K))
+                obj["depth_source"] = "fused"
+                self._fused_png[name] = (views, obj["depth_png"])
+            except Exception:  # noqa: BLE001 - the decoded depth map stays; the viewer keeps serving
+                log.exception("fused depth map of %s", name)
         return {"streams": streams, "objects": objects, "rejected": status["rejected"]}

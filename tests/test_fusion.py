@@ -858,3 +858,44 @@ def test_fused_depth_uses_each_views_corrected_pose_and_skips_bad_lines(tmp_path
             for x in map(json.loads, work.read_text().splitlines()) if isinstance(x, dict)}
     used = torch.cat(seen["poses"])
     assert all(torch.allclose(u, sent[k], atol=1e-5) for u, k in zip(used, sorted(sent)))
+
+
+def test_viewer_shows_the_latest_views_depth_from_the_fused_grid(tmp_path, monkeypatch):
+    """The viewer's depth map of a pose-aware model's object is the latest view's depth from the fused
+    grid (made only when views came, outside the station's lock), on the decoded silhouette."""
+    import threading
+
+    from ground.viewer import ViewerServer, fused_depth_map
+
+    st = _fused_depth_station(tmp_path, n_objects=1, views=4)
+    viewer = ViewerServer(st, "127.0.0.1", 0)  # (not started: state() is what the page polls)
+    try:
+        calls = []
+        orig = st.model.fused_depth
+
+        def spy(*a, **k):
+            free = []  # whether another thread could take the station's lock now
+
+            def probe():
+                got = st.lock.acquire(timeout=0)
+                free.append(got)
+                if got:
+                    st.lock.release()
+
+            t = threading.Thread(target=probe)
+            t.start()
+            t.join()
+            calls.append(not free[0])
+            return orig(*a, **k)
+
+        monkeypatch.setattr(st.model, "fused_depth", spy)
+        obj = viewer.state()["objects"][0]
+        assert obj["depth_source"] == "fused" and obj["depth_png"].startswith("data:image/png;base64,")
+        assert calls == [False], "made once, without holding the station's lock"
+        assert viewer.state()["objects"][0]["depth_png"] == obj["depth_png"] and len(calls) == 1  # cached
+        s = st.sessions[(1, 0)]
+        d = fused_depth_map(st.model, st.occupancy(s), s.last_raw_depth, s.last_depth > 0, s.last_pose,
+                            camera.intrinsics())
+        assert ((d > 0) == (s.last_depth > 0)).all()
+    finally:
+        viewer.httpd.server_close()
