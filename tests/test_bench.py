@@ -587,3 +587,16 @@ def test_a_bench_model_trained_with_another_learning_rate_is_not_reused(tmp_path
     save_bench_model(m, path, {"method": "implicit"})  # an earlier file: lr not recorded
     assert load_bench_model(path, m, {"method": "implicit"}, {"lr": 1e-3}) is not None
     assert load_bench_model(path, m, {"method": "implicit", "jpeg2000_codestream": "without-comment"}) is None
+
+
+@pytest.mark.skipif("fusion-k1024" not in __import__("voxlink.weights", fromlist=["x"]).shipped_models(),
+                    reason="no shipped fusion-k1024 weights")
+def test_bench_fusion_times_the_depth_maps_from_the_fused_grid(small_dataset):
+    """``voxlink bench fusion --data``: the depth maps from the fused grid timed on real grids, rays on the
+    decoded silhouettes (as the ground makes them) and every ray; a model without them is refused."""
+    from voxlink.bench.fusion import fused_depth_times
+
+    r = fused_depth_times(small_dataset, objects=1, views=2, repeats=1)
+    assert r["objects"] == 1 and r["views"] == 2 and r["ms_per_view"] > 0 and r["ms_per_view_all_rays"] > 0
+    with pytest.raises(ValueError, match="not a pose-aware"):
+        fused_depth_times(small_dataset, model="implicit-k1024", objects=1, views=2, repeats=1)

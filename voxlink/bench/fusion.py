@@ -153,6 +153,44 @@ def data_times(data: str | Path, batches: int = 5) -> list[dict]:
 
 
 @torch.no_grad()
+def fused_depth_times(data: str | Path, model: str = "fusion-k1024", objects: int = 4, views: int = 5,
+                      repeats: int = 3) -> dict:
+    """Milliseconds per view to make the depth maps from the fused grid
+    (:meth:`~voxlink.models.fusion.FusionModel.fused_depth`, rays on the decoded silhouettes, as the
+    ground's ``depth_fused.tar`` and the viewer make them), on the first ``objects`` validation objects
+    of a dataset (random headings, true poses; real grids: the time depends on the occupied space the
+    rays cross), ``views`` views each, with their ``views``-view grid.
+
+    Returns:
+        ``{"model", "objects", "views", "ms_per_view", "ms_per_view_all_rays"}`` (medians over repeats).
+
+    Raises:
+        ValueError: a model that is not pose-aware, or a dataset without validation objects.
+    """
+    from voxlink.data.dataset import MultiViewDataset
+    from voxlink.weights import load_model
+
+    m, _, _ = load_model(model)
+    if not hasattr(m, "fused_depth"):
+        raise ValueError(f"{model} is not a pose-aware fusion model: it makes no depth maps from a fused grid")
+    m.eval()
+    ds = MultiViewDataset(data, "val", views, train=False, frame="object", with_depth=True, heading="random")
+    if len(ds) == 0:
+        raise ValueError(f"{data} has no validation objects")
+    cases = []
+    for i in range(min(objects, len(ds))):
+        it = ds[i]
+        d, mk = m.decode_depth(m.encode(it["images"]))
+        occ = m.occupancy(m.fuse_all(d, mk, it["K_views"], it["pose_grid"]))[0]
+        cases.append((occ, d, mk, it["K_views"], it["pose_grid"]))
+    n = sum(len(c[1]) for c in cases)
+    on_sil = _median_time(lambda: [m.fused_depth(o, d, mk, K, P, rays=mk > 0.5) for o, d, mk, K, P in cases], repeats)
+    full = _median_time(lambda: [m.fused_depth(o, d, mk, K, P) for o, d, mk, K, P in cases], repeats)
+    return {"model": model, "objects": len(cases), "views": views, "ms_per_view": round(1e3 * on_sil / n, 2),
+            "ms_per_view_all_rays": round(1e3 * full / n, 2)}
+
+
+@torch.no_grad()
 def ground_decode_times(models: list[str], views: int = 24, repeats: int = 7) -> list[dict]:
     """Milliseconds per view at the ground for each model (PyTorch, CPU, one object), as the ground
     station spends them: ``depth`` the view's depth map (and, for a pose-aware model, its silhouette)
@@ -216,7 +254,8 @@ def ground_decode_times(models: list[str], views: int = 24, repeats: int = 7) ->
 
 
 def run(out: str | Path, data: str | Path | None = None, models: list[str] | None = None, threads: int = 1) -> str:
-    """Run all three measurements and write ``fusion-speed.md`` (and ``.json``) into ``out``.
+    """Run the measurements (training step; with ``data`` batch loading and the depth maps from the fused
+    grid; the ground's decode) and write ``fusion-speed.md`` (and ``.json``) into ``out``.
 
     Returns:
         the Markdown text.
@@ -229,6 +268,7 @@ def run(out: str | Path, data: str | Path | None = None, models: list[str] | Non
     steps = train_step_times(threads=threads)
     loads = data_times(data) if data else []
     dec = ground_decode_times(models or ["implicit-k1024", "fusion-k1024"])
+    fused = fused_depth_times(data) if data else None
     lines = [f"# Fusion model speed ({os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s))", "",
              "## Training step (8 objects x 5 views, forward + backward + Adam)", "",
              "| setting | s / step | speed-up |", "|---|---|---|"]
@@ -243,7 +283,14 @@ def run(out: str | Path, data: str | Path | None = None, models: list[str] | Non
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['family']} | {r['precision']} | {r['depth_ms']} | {r['fuse_ms']} | "
               f"{r['occupancy_ms']} | {r['total_ms']} |" for r in dec]
+    if fused:
+        lines += ["", f"## Depth maps from the fused grid ({fused['model']}, {fused['objects']} validation objects x "
+                  f"{fused['views']} views, their grid; made at snapshots and for the viewer, not per view received)", "",
+                  "| rays | ms / view |", "|---|---|",
+                  f"| on the decoded silhouette (the ground) | {fused['ms_per_view']} |",
+                  f"| every pixel | {fused['ms_per_view_all_rays']} |"]
     text = "\n".join(lines) + "\n"
     (out / "fusion-speed.md").write_text(text)
-    (out / "fusion-speed.json").write_text(json.dumps({"train_step": steps, "data": loads, "ground_decode": dec}, indent=1))
+    (out / "fusion-speed.json").write_text(json.dumps({"train_step": steps, "data": loads, "ground_decode": dec,
+                                                       "fused_depth": fused}, indent=1))
     return text
