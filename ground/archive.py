@@ -96,6 +96,20 @@ def finish_copy(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     return n
 
 
+def iter_members(path: str | os.PathLike):
+    """Each file member of a tar archive as ``(name, bytes)``, in archive order, one at a time (memory
+    bounded by the largest member, not the archive).
+
+    Raises:
+        OSError: unreadable file. tarfile.TarError: not a tar archive.
+    """
+    with tarfile.open(path, "r:") as t:
+        for m in t:
+            if m.isfile():
+                f = t.extractfile(m)
+                yield m.name, f.read() if f is not None else b""
+
+
 def read_members(path: str | os.PathLike) -> dict[str, bytes]:
     """Every member of a tar archive, ``{name: bytes}`` in archive order (a later member of the same
     name replaces an earlier one, as ``tar x`` does).
@@ -103,10 +117,4 @@ def read_members(path: str | os.PathLike) -> dict[str, bytes]:
     Raises:
         OSError: unreadable file. tarfile.TarError: not a tar archive.
     """
-    out: dict[str, bytes] = {}
-    with tarfile.open(path, "r:") as t:
-        for m in t:
-            if m.isfile():
-                f = t.extractfile(m)
-                out[m.name] = f.read() if f is not None else b""
-    return out
+    return dict(iter_members(path))

@@ -164,6 +164,27 @@ def _release_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
+def fused_depth_maps(model, occ: np.ndarray, depth: np.ndarray, pose: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Views' depth from their object's fused grid, on each view's decoded silhouette (the ground's
+    ``depth_fused.tar`` and the viewer's depth map; :meth:`voxlink.models.fusion.FusionModel.fused_depth`).
+
+    Args:
+        model: a fusion model (only its ``fused_depth``: no network, any backend).
+        occ: float32 [R, R, R] the object's occupancy grid. depth: float [N, H, W] each view's decoded depth
+            masked by its decoded silhouette (metres, 0 off it: the station's depth maps). pose: float
+            [N, 4, 4] camera-to-world, as fused. K: float [N, 3, 3] intrinsics (pixels).
+
+    Returns:
+        float32 [N, H, W] metres, 0 off the silhouette.
+    """
+    d = torch.from_numpy(np.ascontiguousarray(depth, np.float32))
+    mask = d > 0
+    P, Kt = view_geometry(np.asarray(pose, np.float32), np.asarray(K, np.float32))
+    fd = model.fused_depth(torch.from_numpy(np.ascontiguousarray(occ, np.float32)), d, mask.float(), Kt, P,
+                           tau=TAU, rays=mask)
+    return torch.where(mask, fd, torch.zeros_like(fd)).numpy()
+
+
 def depth_png(d: np.ndarray) -> bytes:
     """One view's depth map as a 16-bit PNG (millimetres, 0 = empty; OpenCV).
 
@@ -330,6 +351,12 @@ class ObjectSession:
     pose_refinement: dict | None = None
     kept_u: dict = field(default_factory=dict)
     refined_poses: dict | None = None
+
+    def corrected_pose(self, u: int) -> np.ndarray | None:
+        """With ``refine_poses``, the pose view ``u`` (unwrapped sequence number) was last fused at, float32
+        [4, 4]; None where no refinement holds it (its pose as sent then)."""
+        key = self.kept_u.get(u) if self.refined_poses else None
+        return None if key is None else self.refined_poses.get(key)
 
     @property
     def name(self) -> str:
@@ -1671,7 +1698,7 @@ class GroundStation:
             return
         refined = None
         if self.cfg.refine_poses and s.refined_poses:  # each view's corrected pose, by its name in depth.tar
-            refined = {f"{u:010d}.png": s.refined_poses[k] for u, k in s.kept_u.items() if k in s.refined_poses}
+            refined = {f"{u:010d}.png": p for u in s.kept_u if (p := s.corrected_pose(u)) is not None}
         future = self._worker("fused").submit(self._write_fused_depth, np.array(occ, np.float32), folder, refined)
         self._fused_jobs.append((s.name, future, s.views))
         self._fused_pending_views += s.views
@@ -1701,8 +1728,6 @@ class GroundStation:
             FusedDepthCancelled: the ground is stopping and would wait too long (:data:`FUSED_DEPTH_EXIT_S`).
             Whatever reading, rendering or writing raises (the partial file removed first).
         """
-        import tarfile
-
         import cv2
 
         if sys.platform.startswith("linux"):  # below the threads that apply views (Linux: nice is per thread)
@@ -1726,19 +1751,15 @@ class GroundStation:
                         if (isinstance(v, dict) and isinstance(v.get("u"), int) and v.get("pose") is not None
                                 and v.get("K") is not None):
                             geo[f"{v['u']:010d}.png"] = (v["pose"], v["K"])
-            grid = torch.from_numpy(np.ascontiguousarray(occ, dtype=np.float32))
 
             def render(batch: list, out) -> None:
                 """Render and append one batch of ``(name, depth float32 [H, W] metres, pose, K)``."""
                 if self._fused_stop.is_set():
                     raise FusedDepthCancelled(f"{folder}: the ground is stopping")
-                d = torch.from_numpy(np.stack([b[1] for b in batch]))
-                mask = d > 0
-                poses = [np.asarray(refined[b[0]] if refined and b[0] in refined else b[2], np.float32)
+                poses = [refined[b[0]] if refined and b[0] in refined else b[2]
                          for b in batch]  # (with refine_poses, each view at its corrected pose)
-                pose, K = view_geometry(np.stack(poses), np.asarray([b[3] for b in batch], np.float32))
-                fd = self.model.fused_depth(grid, d, mask.float(), K, pose, tau=TAU, rays=mask)
-                fd = torch.where(mask, fd, torch.zeros_like(fd)).numpy()
+                fd = fused_depth_maps(self.model, occ, np.stack([b[1] for b in batch]), np.asarray(poses, np.float32),
+                                      np.asarray([b[3] for b in batch], np.float32))
                 for k, b in enumerate(batch):
                     out.write(archive.member_bytes(b[0], depth_png(fd[k])))
                 res["views"] += len(batch)
@@ -1746,17 +1767,15 @@ class GroundStation:
             batch: list = []
             with open(tmp, "wb") as out:
                 if (folder / "depth.tar").is_file():
-                    with tarfile.open(folder / "depth.tar", "r:") as t:
-                        for m in t:  # streamed: memory bounded by the batch, not the object's views
-                            f = t.extractfile(m) if m.isfile() and m.name in geo else None
-                            d = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_UNCHANGED) if f else None
-                            if d is None or d.ndim != 2:
-                                res["skipped"] += 1
-                                continue
-                            batch.append((m.name, d.astype(np.float32) / 1000.0, *geo[m.name]))
-                            if len(batch) == 16:
-                                render(batch, out)
-                                batch = []
+                    for name, png in archive.iter_members(folder / "depth.tar"):  # memory bounded by the batch
+                        d = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED) if name in geo else None
+                        if d is None or d.ndim != 2:
+                            res["skipped"] += 1
+                            continue
+                        batch.append((name, d.astype(np.float32) / 1000.0, *geo[name]))
+                        if len(batch) == 16:
+                            render(batch, out)
+                            batch = []
                 if batch:
                     render(batch, out)
                 out.write(archive.END_OF_ARCHIVE)

@@ -43,7 +43,8 @@ def _depth_png(depth: np.ndarray) -> str:
 
 def fused_depth_map(model, occ: np.ndarray, raw: np.ndarray, mask: np.ndarray, pose: np.ndarray,
                     K: np.ndarray) -> np.ndarray:
-    """One view's depth from its object's fused grid, on the view's decoded silhouette.
+    """One view's depth from its object's fused grid, on the view's decoded silhouette
+    (:func:`ground.station.fused_depth_maps` for one view).
 
     Args:
         model: a :class:`voxlink.models.fusion.FusionModel` (only its ``fused_depth``: no network).
@@ -54,15 +55,9 @@ def fused_depth_map(model, occ: np.ndarray, raw: np.ndarray, mask: np.ndarray, p
     Returns:
         float32 [H, W] metres, 0 off the silhouette.
     """
-    import torch
+    from ground.station import fused_depth_maps
 
-    from voxlink.models.fusion import view_geometry
-
-    m = torch.from_numpy(np.ascontiguousarray(mask))[None]
-    P, Kt = view_geometry(pose[None], K[None])
-    d = model.fused_depth(torch.from_numpy(np.ascontiguousarray(occ, np.float32)),
-                          torch.from_numpy(np.ascontiguousarray(raw, np.float32))[None], m.float(), Kt, P, rays=m)
-    return np.where(mask, d[0].numpy(), 0.0).astype(np.float32)
+    return fused_depth_maps(model, occ, np.where(mask, raw, 0.0)[None], np.asarray(pose)[None], np.asarray(K)[None])[0]
 
 
 def _image_png(rgb: np.ndarray) -> str:
@@ -166,10 +161,8 @@ class ViewerServer:
                     if cached is not None and cached[0] == s.views:
                         obj["depth_png"], obj["depth_source"] = cached[1], "fused"
                     else:  # copies: rendered after the lock is released
-                        pose = np.asarray(s.last_pose, np.float32)
-                        key = s.kept_u.get(s.depth_u) if s.refined_poses else None
-                        if key is not None and key in s.refined_poses:  # (--refine-poses: as it was fused)
-                            pose = s.refined_poses[key]
+                        pose = s.corrected_pose(s.depth_u)  # (--refine-poses: as it was fused)
+                        pose = np.asarray(s.last_pose if pose is None else pose, np.float32)
                         fused_todo.append((obj, s.name, s.views, occ.copy(), s.last_raw_depth.copy(),
                                            s.last_depth > 0, pose, np.asarray(info.K, np.float32)))
         for obj, name, views, occ, raw, mask, pose, K in fused_todo:
