@@ -26,9 +26,9 @@ def _views(n: int, seed: int = 0):
     return pose, K
 
 
-def _tiny(seed: int = 0, name: str = "fusion-tiny", pooling: str = "minmax") -> FusionModel:
+def _tiny(seed: int = 0, name: str = "fusion-tiny", pooling: str = "minmax", tight: int = 0) -> FusionModel:
     torch.manual_seed(seed)
-    return FusionModel(dataclasses.replace(FUSION_CONFIGS[name], pooling=pooling)).eval()
+    return FusionModel(dataclasses.replace(FUSION_CONFIGS[name], pooling=pooling, tight_footprint=tight)).eval()
 
 
 def _fused(model: FusionModel, n: int, seed: int = 0) -> torch.Tensor:
@@ -44,6 +44,8 @@ def _fused(model: FusionModel, n: int, seed: int = 0) -> torch.Tensor:
 
 LAYOUTS = pytest.mark.parametrize("name", ["fusion-tiny", "fusion-spatial-tiny"])
 POOLINGS = pytest.mark.parametrize("pooling", ["minmax", "minmax+mean"])
+#: without and with the tight hull (``tight_footprint``)
+TIGHT = pytest.mark.parametrize("tight", [0, 3])
 
 
 def test_projection_matches_the_numpy_camera_convention():
@@ -68,10 +70,11 @@ def test_hull_of_true_silhouettes_contains_the_object(small_dataset):
         assert float(iou(hull[None], it["occupancy"][None], 0.5)[0]) > 0.3
 
 
+@TIGHT
 @POOLINGS
 @LAYOUTS
-def test_same_views_in_any_order_or_repeated_give_the_same_grid(name, pooling):
-    model = _tiny(name=name, pooling=pooling)
+def test_same_views_in_any_order_or_repeated_give_the_same_grid(name, pooling, tight):
+    model = _tiny(name=name, pooling=pooling, tight=tight)
     pose, K = _views(5, seed=1)
     codes = model.encode(torch.rand(5, 3, 128, 128))
 
@@ -87,11 +90,12 @@ def test_same_views_in_any_order_or_repeated_give_the_same_grid(name, pooling):
     assert not torch.allclose(grid([0, 1]), ref, atol=1e-5)  # views do count
 
 
+@TIGHT
 @POOLINGS
-def test_batched_inference_gives_the_grid_of_training_path(pooling):
+def test_batched_inference_gives_the_grid_of_training_path(pooling, tight):
     """The ground's chunked, in-place inference path fuses the same state as the autograd path, for a
     batch that is not a multiple of the chunk sizes; the fast footprint maximum is max pooling's."""
-    model = _tiny(pooling=pooling)
+    model = _tiny(pooling=pooling, tight=tight)
     pose, K = _views(19, seed=3)
     codes = model.encode(torch.rand(19, 3, 128, 128))
     state = model.init_state(19)
@@ -523,7 +527,8 @@ def test_footprint_widens_the_hull_and_keeps_earlier_fingerprints():
     assert (hull[11] >= hull[5]).all() and hull[11].sum() > hull[5].sum()
     # the fingerprint of a footprint-5 model hashes the config as it was before the field existed
     model.cfg.footprint = 5
-    old = {k: v for k, v in model.cfg.to_dict().items() if k not in ("footprint", "pooling", "refiner_full_res_input")}
+    old = {k: v for k, v in model.cfg.to_dict().items() if k not in ("footprint", "pooling", "refiner_full_res_input",
+                                                                   "tight_footprint")}
     h = hashlib.sha256(("fusion:" + repr(sorted(old.items()))).encode())
     for k, t in sorted(model.state_dict().items()):
         h.update(k.encode())
@@ -615,6 +620,74 @@ def test_a_refiner_widened_for_mean_pooling_starts_as_the_model_it_came_from(tmp
             grids.append(m.occupancy(s))
     assert torch.allclose(grids[0], grids[1], atol=1e-5)
     assert torch.count_nonzero(dst.refiner.enc1[0][0].weight[:, 8:]) == 0  # the new inputs' weights
+
+
+def test_tight_hull_carves_within_the_wide_one_and_a_warm_start_keeps_the_grid(tmp_path):
+    """``tight_footprint``: the state gains one min-pooled channel, the hull read over the narrower
+    footprint: never outside the wide hull, narrower round a thin silhouette, the wide one itself at the
+    same width; a refiner warm-started from a model without it has zero weights for the new input (read
+    last) and gives that model's grid (within 1e-5)."""
+    from voxlink.models.fusion import EVIDENCE, MEAN_EVIDENCE, FusionConfig
+    from voxlink.train_fusion import warm_start
+    from voxlink.weights import save_model
+
+    src = _tiny(seed=1, name="fusion-spatial-tiny", pooling="minmax+mean")
+    dst = _tiny(seed=2, name="fusion-spatial-tiny", pooling="minmax+mean", tight=3)
+    assert dst.state_channels == src.state_channels + 1 == len(EVIDENCE) + 1 + len(MEAN_EVIDENCE) + 1
+    pose, K = _views(4, seed=5)
+    depth = torch.full((4, 128, 128), 2.0)
+    mask = torch.zeros(4, 128, 128)
+    mask[:, 62:66, 40:90] = 1.0  # a thin bar across every view
+    with torch.no_grad():
+        s = dst.fuse_all(depth, mask, K, pose)
+        ref = src.fuse_all(depth, mask, K, pose)
+    hull, tight = s[0, 0], s[0, len(EVIDENCE)]
+    assert bool((tight <= hull).all()) and float(tight.sum()) < 0.8 * float(hull.sum())
+    # the other channels are the model's without the tight hull
+    assert torch.equal(s[:, :len(EVIDENCE)], ref[:, :len(EVIDENCE)])
+    assert torch.equal(s[:, len(EVIDENCE) + 1:], ref[:, len(EVIDENCE):])
+    same = _tiny(name="fusion-spatial-tiny", pooling="minmax+mean", tight=dst.cfg.footprint)
+    with torch.no_grad():
+        s_same = same.fuse_all(depth, mask, K, pose)
+    assert torch.equal(s_same[0, len(EVIDENCE)], s_same[0, 0])
+
+    save_model(src, tmp_path / "src.safetensors", meta={"family": "fusion"})
+    assert len(warm_start(dst, str(tmp_path / "src.safetensors"))) == len(dst.state_dict())
+    assert torch.count_nonzero(dst.refiner.enc1[0][0].weight[:, -1]) == 0
+    codes = src.encode(torch.rand(4, 3, 128, 128))
+    dst.inference_precision = src.inference_precision = "float32"
+    with torch.no_grad():
+        grids = []
+        for m in (src, dst):
+            st = m.init_state(1)
+            for v in range(4):
+                st = m.step(codes[v:v + 1], st, pose=pose[v:v + 1], K=K[v:v + 1])
+            grids.append(m.occupancy(st))
+    assert torch.allclose(grids[0], grids[1], atol=1e-5)
+    for bad in (4, -1, 7):  # even, negative, wider than the footprint (5)
+        with pytest.raises(ValueError, match="tight_footprint"):
+            FusionConfig(tight_footprint=bad)
+
+
+def test_pose_noise_share_keeps_the_other_objects_exact():
+    """``pose_noise_share``: that share of the objects (drawn per step) gets pose noise, the others keep
+    their exact poses; 1 perturbs every object, 0 none; a share outside [0, 1] is refused."""
+    from voxlink.train import TrainConfig
+    from voxlink.train_fusion import training_poses
+
+    pose = torch.stack([_views(3, seed=i)[0] for i in range(200)])  # [200 objects, 3 views, 4, 4]
+    gen = torch.Generator().manual_seed(0)
+
+    def moved(share):
+        out = training_poses(pose, TrainConfig(pose_noise_deg=2.0, pose_noise_m=0.02, pose_noise_share=share), gen)
+        return (out - pose).abs().amax(dim=(2, 3)) > 1e-6  # [objects, views]
+
+    assert bool(moved(1.0).all()) and not bool(moved(0.0).any())
+    half = moved(0.5)
+    assert bool((half.all(1) | ~half.any(1)).all())  # an object's views are all noisy or all exact
+    assert 0.35 < float(half.all(1).float().mean()) < 0.65
+    with pytest.raises(ValueError, match="pose_noise_share"):
+        TrainConfig(pose_noise_share=1.5)
 
 
 def test_views_drawn_log_uniformly_keep_few_views_common():

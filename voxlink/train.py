@@ -68,6 +68,9 @@ class TrainConfig:
         pose_noise_deg, pose_noise_m: pose noise in training, up to these magnitudes per view
             (degrees, metres; fusion models).
         pose_noise_floor: the least share of those maxima a view's noise has (0: uniform from none).
+        pose_noise_share: share of the training objects whose views get that noise, drawn per object
+            and step; the others keep exact poses (1: every object, as before), so that a refiner that
+            reads a tight hull beside the wide one (``tight_footprint``) sees exact poses too.
         bf16: bfloat16 autocast on the CPU (fusion models).
         channels_last: channels-last memory format for the 2D encoder and decoder (fusion models).
         warm_start: model file or shipped name whose matching weights (same name and shape) start
@@ -114,6 +117,7 @@ class TrainConfig:
     pose_noise_deg: float = 0.0
     pose_noise_m: float = 0.0
     pose_noise_floor: float = 0.0
+    pose_noise_share: float = 1.0
     bf16: bool = False
     channels_last: bool = False
     warm_start: str = ""
@@ -122,6 +126,10 @@ class TrainConfig:
     cached_codes: bool = False
     patch_size: int = 32
     bank_views: int = 4096
+
+    def __post_init__(self):
+        if not 0.0 <= self.pose_noise_share <= 1.0:
+            raise ValueError(f"pose_noise_share must be in [0, 1], got {self.pose_noise_share}")
 
 
 def load_train_config(path: str | Path) -> tuple[ModelConfig, TrainConfig]:

@@ -237,6 +237,22 @@ def _view_batches(codes: torch.Tensor, depth: torch.Tensor, n: int, gen: torch.G
         yield codes[i].float(), depth[i].float()
 
 
+def training_poses(pose: torch.Tensor, tcfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """The poses a training step fuses: each view's pose perturbed as a drone knows it
+    (:func:`voxlink.models.projection.perturb_poses`, up to ``pose_noise_deg`` degrees and ``pose_noise_m``
+    metres, at least ``pose_noise_floor`` of those), for a share ``pose_noise_share`` of the objects drawn
+    per step; the other objects keep their exact poses.
+
+    Shape:
+        pose float [B, V, 4, 4] camera-to-grid -> float32 [B, V, 4, 4].
+    """
+    noisy = perturb_poses(pose, tcfg.pose_noise_deg, tcfg.pose_noise_m, gen, floor=tcfg.pose_noise_floor)
+    if tcfg.pose_noise_share < 1.0:  # the other objects keep exact poses (no draw at 1: runs as before)
+        keep = torch.rand(len(pose), generator=gen) >= tcfg.pose_noise_share
+        noisy = torch.where(keep[:, None, None, None], pose.float(), noisy)
+    return noisy
+
+
 def validate_fusion(model: FusionModel, ds: MultiViewDataset, n: int, device="cpu") -> dict:
     """mIoU@5 (tau = 0.4) of the model and of the silhouette hull of its decoded masks, and the decoded
     silhouettes' IoU, on the first ``n`` objects of ``ds`` (fixed views;
@@ -367,7 +383,7 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
         b = images.shape[0]
         pose = batch["pose_grid"][:, :v]
         if tcfg.pose_noise_deg or tcfg.pose_noise_m:
-            pose = perturb_poses(pose, tcfg.pose_noise_deg, tcfg.pose_noise_m, gen, floor=tcfg.pose_noise_floor)
+            pose = training_poses(pose, tcfg, gen)
         K = batch["K"][:, None].expand(b, v, 3, 3)
         target = batch["occupancy"].to(device)
         true_depth = batch["depth"][:, :v].to(device)

@@ -50,14 +50,20 @@ from voxlink.models.projection import max_filter2d, project_normalized, render_d
 EVIDENCE = ("hull", "seen_empty", "surface", "behind", "seen_object")
 _POOL_MIN = (True, False, False, True, False)
 
+#: With ``tight_footprint`` > 0: a min-pooled channel of the state after :data:`EVIDENCE`, the hull read
+#: over the narrower footprint (the refiner reads it last, after every other input, so that a refiner
+#: trained without it starts from its weights with zeros for it: ``train_fusion.warm_start``)
+TIGHT_EVIDENCE = ("hull_tight",)
+
 #: With ``pooling = "minmax+mean"``: channels of the state that hold running sums over the distinct
 #: views of one view evidence each (the refiner reads their means): the first three are
 #: :data:`EVIDENCE`'s ``hull``, ``seen_empty`` and ``behind``; ``silhouette_vote`` is the silhouette
 #: at the voxel's centre (1 outside the view, as ``hull``), without the footprint.
 MEAN_EVIDENCE = ("hull_mean", "seen_empty_mean", "behind_mean", "silhouette_vote")
 #: per-view evidence channels whose sums make :data:`MEAN_EVIDENCE` (indices into a view's evidence:
-#: :data:`EVIDENCE`, then ``silhouette_vote`` at index 5)
-_MEAN_SOURCES = (0, 1, 3, 5)
+#: :data:`EVIDENCE`, then :data:`TIGHT_EVIDENCE` where the model has it, then ``silhouette_vote``,
+#: whose index is the model's :attr:`FusionModel.pooled_channels`)
+_MEAN_SOURCES = (0, 1, 3)
 #: a view's evidence is rounded to multiples of 1 / 4096 before it is summed, so that the sums of up
 #: to 4096 views are exact in float32 (24-bit significand): the same views in any order give the same
 #: state bit for bit
@@ -132,6 +138,11 @@ class FusionConfig(ConfigDict):
         depth_sigma: metres; softness of the in-front / on-surface / behind tests.
         footprint: pixels (odd); the side of the square window whose silhouette maximum a voxel's hull
             and "off the silhouette" tests read (a voxel's footprint, widened for pose error).
+        tight_footprint: pixels (odd), or 0 (every shipped model before stage 7): a second hull,
+            ``hull_tight`` (:data:`TIGHT_EVIDENCE`), read over this narrower window and pooled with a
+            running minimum beside the wide one, so that the refiner sees both the hull that tolerates
+            pose error and the one that exact poses carve, and can tell from their agreement which to
+            trust.
         frame: always ``pose``: the grid is the unit cube of the frame the poses are given in.
         pooling: ``minmax``: the state is :data:`EVIDENCE` pooled with running minima and maxima (exact
             and idempotent, but one view that misses a part carves it away for good); ``minmax+mean``:
@@ -158,6 +169,7 @@ class FusionConfig(ConfigDict):
     depth_margin: float = 0.04
     depth_sigma: float = 0.02
     footprint: int = 5
+    tight_footprint: int = 0
     frame: str = "pose"
     code_layout: str = "fc"
     pooling: str = "minmax"
@@ -165,7 +177,8 @@ class FusionConfig(ConfigDict):
 
     #: fields added after models were shipped, with the value those models have (left out of the
     #: fingerprint at that value: :func:`voxlink.models.codec.model_fingerprint`)
-    ADDED_FIELDS = {"footprint": 5, "pooling": "minmax", "refiner_full_res_input": "features+evidence"}
+    ADDED_FIELDS = {"footprint": 5, "pooling": "minmax", "refiner_full_res_input": "features+evidence",
+                    "tight_footprint": 0}
 
     def __post_init__(self):
         self.enc_channels = tuple(self.enc_channels)
@@ -186,6 +199,10 @@ class FusionConfig(ConfigDict):
                              f"{self.refiner_full_res_input!r}")
         if self.footprint < 1 or self.footprint % 2 == 0:
             raise ValueError(f"footprint must be an odd number of pixels, got {self.footprint}")
+        if self.tight_footprint < 0 or (self.tight_footprint and self.tight_footprint % 2 == 0):
+            raise ValueError(f"tight_footprint must be 0 or an odd number of pixels, got {self.tight_footprint}")
+        if self.tight_footprint > self.footprint:
+            raise ValueError(f"tight_footprint ({self.tight_footprint}) must not be wider than footprint ({self.footprint})")
         if self.pooling not in ("minmax", "minmax+mean"):
             raise ValueError(f"pooling must be minmax or minmax+mean, got {self.pooling!r}")
         if self.frame != "pose":
@@ -395,7 +412,7 @@ class FusionModel(BitCodeModel):
     Shapes (B objects, V views, K bits, R = 32, H = W = 128):
         images float32 [B, V, 3, H, W] in [0, 1]; codes float32 [B, V, K] in {-1, +1}; intrinsics
         ``K`` float32 [B, V, 3, 3] (pixels); poses float32 [B, V, 4, 4] camera-to-world (OpenCV axes,
-        metres; the grid is the unit cube of that world frame); state float32 [B, C, R, R, R] (C = 5, or 10 with mean pooling: :attr:`state_channels`); logits
+        metres; the grid is the unit cube of that world frame); state float32 [B, C, R, R, R] (C = 5, or 10 with mean pooling, one more with ``tight_footprint``: :attr:`state_channels`); logits
         float32 [B, 2, R, R, R]; occupancy float32 [B, R, R, R] indexed ``[x, y, z]``.
     """
 
@@ -419,14 +436,19 @@ class FusionModel(BitCodeModel):
         # MEAN_EVIDENCE and the number of views (log-scaled), after those 8, so that a refiner trained
         # without them starts from its weights with zeros for the new inputs (train_fusion.warm_start)
         self.mean_pooling = cfg.pooling == "minmax+mean"
-        #: channels of the state: EVIDENCE, then (mean pooling) MEAN_EVIDENCE's sums and the ledger
-        self.state_channels = len(EVIDENCE) + (len(MEAN_EVIDENCE) + 1 if self.mean_pooling else 0)
-        self.refiner = Refiner3D(len(EVIDENCE) + 3 + (len(MEAN_EVIDENCE) + 1 if self.mean_pooling else 0),
-                                 cfg.refiner_channels, cfg.refiner_full_res_input)
+        #: min / max pooled channels of the state: EVIDENCE, then TIGHT_EVIDENCE (tight_footprint > 0)
+        self.pooled_channels = len(EVIDENCE) + (len(TIGHT_EVIDENCE) if cfg.tight_footprint else 0)
+        self._pool_min_list = _POOL_MIN + ((True,) if cfg.tight_footprint else ())
+        # the per-view channels summed for MEAN_EVIDENCE: silhouette_vote comes after the pooled ones
+        self._mean_sources = _MEAN_SOURCES + (self.pooled_channels,)
+        #: channels of the state: the pooled ones, then (mean pooling) MEAN_EVIDENCE's sums and the ledger
+        self.state_channels = self.pooled_channels + (len(MEAN_EVIDENCE) + 1 if self.mean_pooling else 0)
+        self.refiner = Refiner3D(len(EVIDENCE) + 3 + (len(MEAN_EVIDENCE) + 1 if self.mean_pooling else 0)
+                                 + self.pooled_channels - len(EVIDENCE), cfg.refiner_channels, cfg.refiner_full_res_input)
         r = cfg.resolution
         self.register_buffer("centres", voxel_centres(r), persistent=False)
         self.register_buffer("height", voxel_centres(r)[:, 1].reshape(1, 1, r, r, r).clone(), persistent=False)
-        self.register_buffer("pool_min", torch.tensor(_POOL_MIN).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("pool_min", torch.tensor(self._pool_min_list).view(1, -1, 1, 1, 1), persistent=False)
 
     # -- ground -----------------------------------------------------------------------------------
     def decode_views(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -503,10 +525,10 @@ class FusionModel(BitCodeModel):
 
     def init_state(self, batch: int = 1, device=None) -> torch.Tensor:
         """The fused evidence of no view: minima at 1, maxima at 0 (and, with mean pooling, sums and the
-        ledger at 0); float32 [B, C, R, R, R], C = :attr:`state_channels` (5, or 10 with mean pooling)."""
+        ledger at 0); float32 [B, C, R, R, R], C = :attr:`state_channels` (5, or 10 with mean pooling; one more with ``tight_footprint``)."""
         r = self.cfg.resolution
         s = torch.zeros(batch, self.state_channels, r, r, r, device=device if device is not None else self.centres.device)
-        s[:, list(np.flatnonzero(_POOL_MIN))] = 1.0
+        s[:, list(np.flatnonzero(self._pool_min_list))] = 1.0
         return s
 
     def evidence(self, depth: torch.Tensor, mask_prob: torch.Tensor, K: torch.Tensor,
@@ -518,7 +540,8 @@ class FusionModel(BitCodeModel):
             K: float32 [N, 3, 3] intrinsics (pixels). pose: float32 [N, 4, 4] camera-to-world.
 
         Returns:
-            float32 [N, 5, R, R, R] (with mean pooling [N, 6, R, R, R]: ``silhouette_vote`` last, the
+            float32 [N, 5, R, R, R] (with ``tight_footprint`` one more, ``hull_tight``, the hull over the
+            narrower footprint; with mean pooling one more last, ``silhouette_vote``, the
             silhouette at the voxel's centre, 1 outside the view), channels :data:`EVIDENCE`: ``hull`` the silhouette's maximum over
             the voxel's footprint (a square of ``cfg.footprint`` pixels, 11 in the shipped models; 1 outside the view: not carved), ``seen_empty`` the
             footprint off the silhouette, or in front of the decoded surface by more than ``depth_margin``, ``surface`` on the decoded surface,
@@ -542,13 +565,17 @@ class FusionModel(BitCodeModel):
         # the footprint but miss its centre (measured: the hull of true masks sampled at centres kept
         # 58-70 % of a chair's or bench's voxels, 100 % with a 5 x 5 footprint), so the hull and the
         # "off the silhouette" test read the silhouette's maximum over the footprint.
-        foot = max_filter2d(mask_prob, cfg.footprint)
-        vals = torch.nn.functional.grid_sample(torch.stack([mask_prob, depth, foot], 1), grid[:, None].to(depth.dtype),
+        if cfg.tight_footprint > 1:  # the wide window's maximum from the tight one's (the same values)
+            tight = max_filter2d(mask_prob, cfg.tight_footprint)
+            planes = [mask_prob, depth, max_filter2d(tight, cfg.footprint - cfg.tight_footprint + 1), tight]
+        else:
+            planes = [mask_prob, depth, max_filter2d(mask_prob, cfg.footprint)]
+        vals = torch.nn.functional.grid_sample(torch.stack(planes, 1), grid[:, None].to(depth.dtype),
                                                mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
         # "where(in_view, x, 0)" as a product with the 0 / 1 mask: fewer passes over [N, R^3], and the
         # same values (every sampled value is finite)
         fin = in_view.to(vals.dtype)
-        s, d, s_foot = vals.unbind(1)
+        s, d, s_foot = vals[:, 0], vals[:, 1], vals[:, 2]
         s_in = s * fin
         off = fin - fin * s_foot  # in the view and off the silhouette's footprint
         t = (z - d) * (1.0 / cfg.depth_sigma)  # signed distance behind the decoded surface, in sigmas
@@ -559,6 +586,9 @@ class FusionModel(BitCodeModel):
         # path (measured on 2 cores, [8, 32768]: 0.2 ms for arguments above -87, 1.6 to 3.5 ms below -100)
         surface = torch.exp((t * t).clamp(max=320.0) * -0.25)
         out = [1 - off, off + s_in * front, s_in * surface, s_in * behind, s_in]
+        if cfg.tight_footprint:  # hull_tight: as hull, over the narrower footprint (1 pixel: the centre)
+            s_tight = vals[:, 3] if cfg.tight_footprint > 1 else s
+            out.append(1 - (fin - fin * s_tight))
         if self.mean_pooling:
             out.append(1 - (fin - s_in))  # the centre's silhouette in the view, 1 outside it
         return out
@@ -573,16 +603,16 @@ class FusionModel(BitCodeModel):
         the ledger lists the views' keys, which the refiner does not read.
 
         Args:
-            state: [B, C, R, R, R]. ev: one view an object, [B, 5 or 6, R, R, R] (:meth:`evidence`).
+            state: [B, C, R, R, R]. ev: one view an object, [B, E, R, R, R], E = 5 to 7 (:meth:`evidence`).
             keys: B view keys (:func:`view_keys`); needed with mean pooling.
 
         Shape:
-            state [B, C, R, R, R], ev [B, 5 or 6, R, R, R] -> [B, C, R, R, R].
+            state [B, C, R, R, R], ev [B, E, R, R, R] -> [B, C, R, R, R].
 
         Raises:
             ValueError: mean pooling without ``keys``.
         """
-        c = len(EVIDENCE)
+        c = self.pooled_channels
         mm = torch.where(self.pool_min, torch.minimum(state[:, :c], ev[:, :c]), torch.maximum(state[:, :c], ev[:, :c]))
         if not self.mean_pooling:
             return mm
@@ -591,7 +621,7 @@ class FusionModel(BitCodeModel):
         ledger = state[:, -1:].detach().clone()
         new = torch.tensor([self._ledger_add(ledger[b].view(-1), k) for b, k in enumerate(keys)],
                            dtype=state.dtype, device=state.device).view(-1, 1, 1, 1, 1)
-        sums = state[:, c:-1] + new * _quantize(ev[:, list(_MEAN_SOURCES)])
+        sums = state[:, c:-1] + new * _quantize(ev[:, list(self._mean_sources)])
         return torch.cat([mm, sums, ledger], 1)
 
     @staticmethod
@@ -639,11 +669,11 @@ class FusionModel(BitCodeModel):
         return self._pool_views(self.evidence(depth, mask_prob, K, pose)[None], None if keys is None else [keys])
 
     def _pool_views(self, ev: torch.Tensor, keys: list[list[int]] | None = None) -> torch.Tensor:
-        """Views' evidence float32 [B, V, 5 or 6, R, R, R] pooled over the views (min or max per channel;
+        """Views' evidence float32 [B, V, E, R, R, R] (E = 5 to 7) pooled over the views (min or max per channel;
         with mean pooling, the rounded sums and a ledger of V views, with their ``keys`` where given: B
         lists of V ints; the V views are taken as distinct) -> [B, C, R, R, R]: what :meth:`fuse`
         gives view by view, in one pass."""
-        c = len(EVIDENCE)
+        c = self.pooled_channels
         mm = torch.where(self.pool_min, ev[:, :, :c].amin(1), ev[:, :, :c].amax(1))
         if not self.mean_pooling:
             return mm
@@ -654,7 +684,7 @@ class FusionModel(BitCodeModel):
             for k in (keys[i] if keys is not None else ()):
                 self._ledger_add(flat[i], k)
         flat[:, 0] = float(v)
-        return torch.cat([mm, _quantize(ev[:, :, list(_MEAN_SOURCES)]).sum(1), ledger], 1)
+        return torch.cat([mm, _quantize(ev[:, :, list(self._mean_sources)]).sum(1), ledger], 1)
 
     def step(self, codes: torch.Tensor, state: torch.Tensor, pose: torch.Tensor | None = None,
              K: torch.Tensor | None = None) -> torch.Tensor:
@@ -716,7 +746,7 @@ class FusionModel(BitCodeModel):
             state [B, C, R, R, R] (or a list of B states), depth and mask_prob float32 [B, H, W], K [B, 3, 3],
             pose [B, 4, 4] -> the new state [B, C, R, R, R] (``out`` where given; the list where given).
         """
-        c, cs = len(EVIDENCE), self.state_channels
+        c, cs = self.pooled_channels, self.state_channels
         per_object = isinstance(state, (list, tuple))
         if per_object:
             n, new = len(state), state
@@ -732,14 +762,14 @@ class FusionModel(BitCodeModel):
             sl = slice(i, i + 8)
             chans = self._evidence_channels(depth[sl], mask_prob[sl], K[sl], pose[sl])
             for ch, ev in enumerate(chans[:c]):
-                pool = torch.minimum if _POOL_MIN[ch] else torch.maximum
+                pool = torch.minimum if self._pool_min_list[ch] else torch.maximum
                 if per_object:
                     for j, t in enumerate(targets[sl]):
                         pool(t[ch], ev[j], out=t[ch])
                 else:
                     pool(old[sl, ch], ev, out=dst[sl, ch])
             if self.mean_pooling:  # the sums, of views new to each object's ledger
-                src = _quantize(torch.stack([chans[k] for k in _MEAN_SOURCES], 1))
+                src = _quantize(torch.stack([chans[k] for k in self._mean_sources], 1))
                 for j, (t, key) in enumerate(zip(targets[sl], view_keys(pose[sl], K[sl]))):
                     if self._ledger_add(t[-1], key):
                         t[c:-1] += src[j]
@@ -747,15 +777,18 @@ class FusionModel(BitCodeModel):
 
     def logits(self, state: torch.Tensor) -> torch.Tensor:
         """3D refiner logits float32 [B, 2, R, R, R] from the fused state [B, C, R, R, R]: the refiner reads
-        :data:`EVIDENCE`, the carved hull, the voxel's height and a constant, and with mean pooling the
-        means of :data:`MEAN_EVIDENCE` and log(1 + views) / log(25)."""
+        :data:`EVIDENCE`, the carved hull, the voxel's height and a constant, with mean pooling the
+        means of :data:`MEAN_EVIDENCE` and log(1 + views) / log(25), and last, with ``tight_footprint``,
+        :data:`TIGHT_EVIDENCE`."""
         carved = state[:, :1] * (1 - state[:, 1:2])  # in every silhouette and seen empty by no view
         # expand_as, not a Python batch size: the ONNX export keeps the batch dynamic
         parts = [state[:, :len(EVIDENCE)], carved, self.height.expand_as(carved), torch.ones_like(carved)]
         if self.mean_pooling:  # the votes: sums over the distinct views / their number (0 with no view)
             views = state[:, -1:].flatten(2)[:, :, :1].unsqueeze(-1).unsqueeze(-1)  # [B, 1, 1, 1, 1]
-            parts += [state[:, len(EVIDENCE):-1] / views.clamp(min=1.0),
+            parts += [state[:, self.pooled_channels:-1] / views.clamp(min=1.0),
                       (torch.log1p(views) * (1.0 / np.log(25.0))).expand_as(carved)]
+        if self.pooled_channels > len(EVIDENCE):  # the tight hull, last (a warm start widens with zeros)
+            parts.append(state[:, len(EVIDENCE):self.pooled_channels])
         return self.refine(torch.cat(parts, 1))
 
     def occupancy(self, state: torch.Tensor) -> torch.Tensor:
