@@ -16,8 +16,9 @@ The network is the shipped ``fusion-k1024``'s (config ``fusion-cpu``: spatial co
 * ``+ bf16 autocast``: bfloat16 autocast on the CPU (slower on a CPU without AVX-512 BF16);
 * ``shipped design``: the shipped ``fusion-k1024``'s config as its model file records it (what it
   added since: an 11-pixel footprint at stage 3, mean pooling beside min / max and a 13-channel
-  refiner input at stage 4), float32 and with bf16 autocast: what a training step of the shipped
-  model costs with and without the last change.
+  refiner input at stage 4, a tight 5-pixel hull beside the wide one and a 14-channel refiner input at
+  stage 7), float32 and with bf16 autocast: what a training step of the shipped model costs with and
+  without the last change.
 
 Ground decode (one object, one view at a time, PyTorch on the CPU): fuse one code (3D-LSTM step or
 projective evidence + min/max), decode its depth map, and decode the occupancy grid after it (the
@@ -88,7 +89,8 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
     images, K, pose, target, depth = _batch(8, 5)
     rows = []
     shipped = FusionConfig.from_dict(read_model_info("fusion-k1024").config)  # metadata only, no weights
-    design = f"shipped design (footprint {shipped.footprint}, {shipped.pooling} pooling)"
+    tight = f", tight footprint {shipped.tight_footprint}" if shipped.tight_footprint else ""
+    design = f"shipped design (footprint {shipped.footprint}{tight}, {shipped.pooling} pooling)"
     settings = [("baseline (float32, NCHW, 14-channel refiner input)", False, False, False, False, cfg),
                 ("+ 8-channel refiner input", True, False, False, False, cfg),
                 ("+ channels_last", True, True, False, False, cfg),
