@@ -42,6 +42,15 @@ def _fused(model: FusionModel, n: int, seed: int = 0) -> torch.Tensor:
     return s
 
 
+def _grid(model: FusionModel, codes: torch.Tensor, pose: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """The occupancy [1, R, R, R] of the given views' codes fused one by one."""
+    with torch.no_grad():
+        s = model.init_state(1)
+        for v in range(len(codes)):
+            s = model.step(codes[v:v + 1], s, pose=pose[v:v + 1], K=K[v:v + 1])
+        return model.occupancy(s)
+
+
 LAYOUTS = pytest.mark.parametrize("name", ["fusion-tiny", "fusion-spatial-tiny"])
 POOLINGS = pytest.mark.parametrize("pooling", ["minmax", "minmax+mean"])
 #: without and with the tight hull (``tight_footprint``)
@@ -611,14 +620,7 @@ def test_a_refiner_widened_for_mean_pooling_starts_as_the_model_it_came_from(tmp
     assert len(warm_start(dst, str(tmp_path / "src.safetensors"))) == len(dst.state_dict())
     pose, K = _views(4, seed=6)
     codes = src.encode(torch.rand(4, 3, 128, 128))
-    with torch.no_grad():
-        grids = []
-        for m in (src, dst):
-            s = m.init_state(1)
-            for v in range(4):
-                s = m.step(codes[v:v + 1], s, pose=pose[v:v + 1], K=K[v:v + 1])
-            grids.append(m.occupancy(s))
-    assert torch.allclose(grids[0], grids[1], atol=1e-5)
+    assert torch.allclose(_grid(src, codes, pose, K), _grid(dst, codes, pose, K), atol=1e-5)
     assert torch.count_nonzero(dst.refiner.enc1[0][0].weight[:, 8:]) == 0  # the new inputs' weights
 
 
@@ -656,14 +658,7 @@ def test_tight_hull_carves_within_the_wide_one_and_a_warm_start_keeps_the_grid(t
     assert torch.count_nonzero(dst.refiner.enc1[0][0].weight[:, -1]) == 0
     codes = src.encode(torch.rand(4, 3, 128, 128))
     dst.inference_precision = src.inference_precision = "float32"
-    with torch.no_grad():
-        grids = []
-        for m in (src, dst):
-            st = m.init_state(1)
-            for v in range(4):
-                st = m.step(codes[v:v + 1], st, pose=pose[v:v + 1], K=K[v:v + 1])
-            grids.append(m.occupancy(st))
-    assert torch.allclose(grids[0], grids[1], atol=1e-5)
+    assert torch.allclose(_grid(src, codes, pose, K), _grid(dst, codes, pose, K), atol=1e-5)
     for bad in (4, -1, 7):  # even, negative, wider than the footprint (5)
         with pytest.raises(ValueError, match="tight_footprint"):
             FusionConfig(tight_footprint=bad)
