@@ -443,8 +443,9 @@ class FusionModel(BitCodeModel):
         self._mean_sources = _MEAN_SOURCES + (self.pooled_channels,)
         #: channels of the state: the pooled ones, then (mean pooling) MEAN_EVIDENCE's sums and the ledger
         self.state_channels = self.pooled_channels + (len(MEAN_EVIDENCE) + 1 if self.mean_pooling else 0)
-        self.refiner = Refiner3D(len(EVIDENCE) + 3 + (len(MEAN_EVIDENCE) + 1 if self.mean_pooling else 0)
-                                 + self.pooled_channels - len(EVIDENCE), cfg.refiner_channels, cfg.refiner_full_res_input)
+        # (the refiner's input: the pooled channels, carved hull, height, constant, and the votes and views)
+        self.refiner = Refiner3D(self.pooled_channels + 3 + (len(MEAN_EVIDENCE) + 1 if self.mean_pooling else 0),
+                                 cfg.refiner_channels, cfg.refiner_full_res_input)
         r = cfg.resolution
         self.register_buffer("centres", voxel_centres(r), persistent=False)
         self.register_buffer("height", voxel_centres(r)[:, 1].reshape(1, 1, r, r, r).clone(), persistent=False)
