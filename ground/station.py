@@ -1667,7 +1667,7 @@ class GroundStation:
                         raise
                     n += 1  # another snapshot holds that name: take the next, never overwrite
             self._snap_index[str(parent)] = n + 1
-            if self._fused_depth_on:  # tens of ms a view: on its own thread, never stalling the views
+            if self.fused_depth_on:  # tens of ms a view: on its own thread, never stalling the views
                 self._submit_fused_depth(s, occ, final)
             if self.recorder is not None:
                 t_now = time.time()
@@ -1680,7 +1680,7 @@ class GroundStation:
             raise
 
     @property
-    def _fused_depth_on(self) -> bool:
+    def fused_depth_on(self) -> bool:
         """Whether snapshots get ``depth_fused.tar`` (a fusion model and ``GroundConfig.fused_depth``)."""
         return self.cfg.fused_depth and hasattr(self.model, "fused_depth")  # (no network: any backend)
 
@@ -1982,7 +1982,7 @@ class GroundStation:
                              "views_waiting": self._fused_pending_views,
                              "dropped": stats.get("fused_depth_dropped", 0),
                              "cancelled": stats.get("fused_depth_cancelled", 0)}
-                            if self._fused_depth_on else None),
+                            if self.fused_depth_on else None),
             "queue": self.q.qsize(), "views_waiting_for_info": sum(len(h) for h in self.held.values()),
             "depth_backlog": sum(len(s.pending) for s in self.sessions.values()),
             "latency_ms": {"p50": float(np.percentile(lat, 50)),

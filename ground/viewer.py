@@ -155,7 +155,7 @@ class ViewerServer:
                        "image_png": _image_png(s.last_image) if s.last_image is not None else ""}
                 objects.append(obj)
                 info = st.streams.get(s.stream)
-                if (getattr(st, "_fused_depth_on", False) and s.last_depth is not None and s.last_pose is not None
+                if (st.fused_depth_on and s.last_depth is not None and s.last_pose is not None
                         and s.last_raw_depth is not None and info is not None and info.K is not None):
                     cached = self._fused_png.get(s.name)
                     if cached is not None and cached[0] == s.views:
