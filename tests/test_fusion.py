@@ -105,6 +105,7 @@ def test_batched_inference_gives_the_grid_of_training_path(pooling, tight):
     """The ground's chunked, in-place inference path fuses the same state as the autograd path, for a
     batch that is not a multiple of the chunk sizes; the fast footprint maximum is max pooling's."""
     model = _tiny(pooling=pooling, tight=tight)
+    model.inference_precision = "float32"  # as the autograd path (bfloat16 inference: its own tests)
     pose, K = _views(19, seed=3)
     codes = model.encode(torch.rand(19, 3, 128, 128))
     state = model.init_state(19)
@@ -570,6 +571,7 @@ def test_fusing_all_views_at_once_equals_fusing_them_one_by_one(pooling):
     """``fuse_all`` (the state made anew, as after pose refinement) is the state of :meth:`step` view by
     view; with mean pooling a view given twice to ``fuse_all`` counts once, as in :meth:`step`."""
     model = _tiny(name="fusion-spatial-tiny", pooling=pooling)
+    model.inference_precision = "float32"  # as step's autograd path (bfloat16 inference: its own tests)
     pose, K = _views(4, seed=5)
     codes = model.encode(torch.rand(4, 3, 128, 128))
     s = model.init_state(1)
@@ -754,6 +756,33 @@ def test_bfloat16_refiner_inference_stays_with_float32_and_follows_the_weights()
     model.inference_precision = "half"
     with pytest.raises(ValueError, match="inference_precision"):
         model.refiner_precision()
+
+
+def test_bfloat16_view_decoding_stays_with_float32_and_training_keeps_float32():
+    """Where the refiner runs in bfloat16 (``inference_precision``), the view decoder does too in inference
+    (the ground's decode): each view's silhouette probability stays within 0.02 of float32's, its depth
+    within 2 cm, both come back as float32 (the offset of 2 m added in float32: bfloat16 alone would round a
+    depth near 2 m to steps of 7.8 mm); with ``float32`` the decode is the view decoder's own output; with
+    gradients (training) it runs in float32 whatever the setting; the bfloat16 copy is remade when a
+    weight changes."""
+    model = _tiny(name="fusion-spatial-tiny", pooling="minmax+mean")
+    codes = model.encode(torch.rand(20, 3, 128, 128))  # 20: more than one chunk of 16
+    with torch.no_grad():
+        ref_d, ref_m = model.depth(codes)
+        model.inference_precision = "float32"
+        d32, m32 = model.decode_views(codes)
+        model.inference_precision = "bfloat16"
+        d16, m16 = model.decode_views(codes)
+    assert torch.allclose(d32, ref_d, atol=1e-5) and torch.allclose(m32, ref_m, atol=1e-5)
+    assert d16.dtype == m16.dtype == torch.float32 and d16.shape == d32.shape
+    assert (d16 - d32).abs().max() < 0.02 and (torch.sigmoid(m16) - torch.sigmoid(m32)).abs().max() < 0.02
+    assert not torch.equal(d16, d32)  # it did run in bfloat16
+    with torch.enable_grad():
+        dg, mg = model.decode_views(codes)
+    assert torch.allclose(dg.detach(), ref_d, atol=1e-5) and torch.allclose(mg.detach(), ref_m, atol=1e-5)
+    with torch.no_grad():  # the bfloat16 copy follows the weights
+        model.depth.net[-1].bias[0] += 0.5  # every depth 0.5 m further
+        assert (model.decode_views(codes)[0] - d16).mean().item() == pytest.approx(0.5, abs=0.01)
 
 
 def test_a_refiner_that_reads_only_features_at_full_resolution_warm_starts_from_the_full_one(tmp_path):

@@ -216,8 +216,8 @@ def eval_cmd(
                                       help="Correct the poses by silhouette coherence before fusing (pose-aware "
                                            "models; as the ground with --refine-poses). About 3 s an object at 5 views."),
     precision: str = typer.Option("auto", "--precision",
-                                  help="The pose-aware model's 3D refiner on the CPU: auto (bfloat16 where the CPU has "
-                                       "it natively, as the ground runs it), bfloat16 or float32."),
+                                  help="The pose-aware model's view decoder and 3D refiner on the CPU: auto (bfloat16 where "
+                                       "the CPU has it natively, as the ground runs them), bfloat16 or float32."),
 ) -> None:
     """mIoU per number of views and per category, depth metrics, compression; beside the trivial baseline."""
     import json
@@ -397,8 +397,8 @@ def ground_cmd(
                                            "coherence (drones know their poses to a few degrees; about 3 s an "
                                            "object at 5 views)."),
     precision: str = typer.Option("auto", "--precision",
-                                  help="Pose-aware model: its 3D refiner on the CPU: auto (bfloat16 where the CPU has "
-                                       "it natively), bfloat16 or float32 (the same grids on every machine)."),
+                                  help="Pose-aware model: its view decoder and 3D refiner on the CPU: auto (bfloat16 where "
+                                       "the CPU has it natively), bfloat16 or float32 (the same grids on every machine)."),
     max_live_objects: int = typer.Option(256, "--max-live-objects", min=0,
                                          help="Objects kept in memory; beyond, those idle longest (all views in a "
                                               "snapshot) wait on disk until their next view. 0: no limit."),

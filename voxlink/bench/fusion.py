@@ -199,9 +199,9 @@ def ground_decode_times(models: list[str], views: int = 24, repeats: int = 7) ->
     decoded from its code, ``fuse`` the view merged into the object's state (the 3D-LSTM step of the
     implicit model; for a pose-aware model the decoded view placed with its pose, the view decoder not
     counted twice), ``occupancy`` the grid decoded from the state after every view (the worst case: the
-    station decodes it only when asked). A pose-aware model is timed with its refiner as the ground runs
-    it (:meth:`~voxlink.models.fusion.FusionModel.refiner_precision`) and, where that is bfloat16, in
-    float32 as well.
+    station decodes it only when asked). A pose-aware model is timed with its refiner and view decoder
+    as the ground runs them (:meth:`~voxlink.models.fusion.FusionModel.refiner_precision`) and, where that
+    is bfloat16, in float32 as well.
 
     Returns:
         rows ``{"model", "family", "precision", "fuse_ms", "depth_ms", "occupancy_ms", "total_ms"}`` per view.
