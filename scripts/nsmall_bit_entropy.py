@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from voxlink.bench.codec import eval_views
+from voxlink.preprocess import to_input
 from voxlink.weights import load_model
 
 
@@ -32,8 +33,7 @@ def _codes(model, views: np.ndarray, iterations: int) -> torch.Tensor:
     out = []
     with torch.no_grad():
         for i in range(0, len(views), 32):
-            x = torch.from_numpy(views[i:i + 32]).permute(0, 3, 1, 2).float() / 255
-            out.append(model.encode(x, iterations) > 0)
+            out.append(model.encode(to_input(views[i:i + 32]), iterations) > 0)
     return torch.cat(out)
 
 
