@@ -587,6 +587,42 @@ def test_fusing_all_views_at_once_equals_fusing_them_one_by_one(pooling):
             assert torch.allclose(model.occupancy(all_at_once), model.occupancy(s), atol=1e-4)
 
 
+@TIGHT
+@POOLINGS
+def test_training_pools_the_grounds_state_with_the_earlier_gradients(pooling, tight):
+    """The training forward (each evidence channel pooled as it is made, the refiner in channels-last-3D
+    layout) gives the grid that fusing the views one by one gives, and the gradients of the stacked
+    pooling it replaced (``voxlink bench fusion``'s earlier rows time that code): a faster training step
+    of the same function."""
+    import copy
+
+    from voxlink.bench.fusion import _stacked_pooling
+
+    model = _tiny(name="fusion-spatial-tiny", pooling=pooling, tight=tight)
+    model.inference_precision = "float32"  # as the autograd path (bfloat16 inference: its own tests)
+    fast = copy.deepcopy(model).to_channels_last()
+    old = _stacked_pooling(FusionModel)(model.cfg).eval()
+    old.load_state_dict(model.state_dict())
+    pose, K = _views(4, seed=2)
+    images = torch.rand(1, 4, 3, 128, 128)
+    s = model.init_state(1)
+    codes = model.encode(images[0])
+    for v in range(4):
+        s = model.step(codes[v:v + 1], s, pose=pose[v:v + 1], K=K[v:v + 1])
+    grads = []
+    for m in (fast, old):
+        x = images.clone().requires_grad_()
+        logits = m(x, K[None], pose[None])["logits"]
+        # views batched and one at a time can differ in the last bit; with mean pooling a sum then
+        # rounds to the next 1/4096
+        assert torch.allclose(logits, model.logits(s), atol=1e-5 if pooling == "minmax" else 2e-3)
+        (logits[:, 1] - logits[:, 0]).square().mean().backward()
+        grads.append([x.grad] + [p.grad for p in m.parameters()])
+    assert all(g is not None for g in grads[0])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-7), (a - b).abs().max()
+
+
 def test_mean_pooling_counts_distinct_views_and_outvotes_one_wrong_silhouette():
     """With ``pooling = "minmax+mean"`` the state counts the distinct views (a repeat, the same pose and
     intrinsics, is not summed again), and a voxel that one view of five wrongly leaves out of its

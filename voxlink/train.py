@@ -72,7 +72,8 @@ class TrainConfig:
             and step; the others keep exact poses (1: every object, as before), so that a refiner that
             reads a tight hull beside the wide one (``tight_footprint``) sees exact poses too.
         bf16: bfloat16 autocast on the CPU (fusion models).
-        channels_last: channels-last memory format for the 2D encoder and decoder (fusion models).
+        channels_last: channels-last memory formats for the 2D encoder and decoder and the 3D refiner (fusion
+            models; :meth:`FusionModel.to_channels_last`).
         warm_start: model file or shipped name whose matching weights (same name and shape) start
             the run (fusion models); with ``distill_from``, what the teacher does not give (the student's
             view decoder, e.g. from an earlier distillation).

@@ -314,8 +314,7 @@ def train_fusion(mcfg: FusionConfig, tcfg: TrainConfig, out: str | Path, resume:
                                          prefetch_factor=4 if tcfg.workers > 0 else None)
     model = FusionModel(mcfg).to(device)
     if tcfg.channels_last:
-        model.encoder.to(memory_format=torch.channels_last)
-        model.depth.to(memory_format=torch.channels_last)
+        model.to_channels_last()
     teacher = None
     if tcfg.distill_from:
         # only the view decoder trains: E_K (and so every code) and the refiner stay the teacher's

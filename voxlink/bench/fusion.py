@@ -14,11 +14,16 @@ The network is the shipped ``fusion-k1024``'s (config ``fusion-cpu``: spatial co
   one stride-2 transposed convolution (:class:`voxlink.models.decoder.NearestUpConv2d`; the same
   function; the rows above compute the two steps);
 * ``+ bf16 autocast``: bfloat16 autocast on the CPU (slower on a CPU without AVX-512 BF16);
+* ``+ per-channel pooling, channels_last_3d refiner`` (2026-12-07): each evidence channel pooled over
+  the views as it is made (no stacked [B, V, E, R^3] tensor; the minimum or the maximum, not both), the
+  rounding before the sums with a gradient that costs nothing, and the 3D refiner and its input in
+  channels-last-3D layout in training (:meth:`voxlink.models.fusion.FusionModel.to_channels_last`); the
+  rows above pool as the code did before it (:func:`_stacked_pooling`);
 * ``shipped design``: the shipped ``fusion-k1024``'s config as its model file records it (what it
   added since: an 11-pixel footprint at stage 3, mean pooling beside min / max and a 13-channel
   refiner input at stage 4, a tight 5-pixel hull beside the wide one and a 14-channel refiner input at
-  stage 7), float32 and with bf16 autocast: what a training step of the shipped model costs with and
-  without the last change.
+  stage 7), float32 and with bf16 autocast (with and without the pooling and layout change above):
+  what a training step of the shipped model costs.
 
 Ground decode (one object, one view at a time, PyTorch on the CPU): fuse one code (3D-LSTM step or
 projective evidence + min/max), decode its depth map, and decode the occupancy grid after it (the
@@ -57,11 +62,42 @@ def _batch(b: int, v: int, seed: int = 0):
     return images, K, pose, target, depth
 
 
-def _baseline_model(cfg):
-    """The fusion model with the first refiner design (14 channels read at full resolution)."""
+def _stacked_pooling(model_cls):
+    """``model_cls`` with the pooling in training as it was before per-channel pooling (2026-12-07): every
+    view's evidence stacked into one [B, V, E, R^3] tensor, its minimum and its maximum over the views
+    both taken and one picked per channel; with mean pooling, the sources gathered by index and rounded
+    with ``x + (q - x).detach()``. The same values."""
+
+    class _Stacked(model_cls):
+        def _pool_views(self, chans, keys=None):
+            """[B, C, R, R, R] from E channels [B, V, R^3], as the earlier code pooled them (training)."""
+            ev = torch.stack(chans, 2)
+            c, r = self.pooled_channels, self.cfg.resolution
+            parts = [torch.where(self.pool_min.view(1, -1, 1), ev[:, :, :c].amin(1), ev[:, :, :c].amax(1))]
+            if self.mean_pooling:
+                x = ev[:, :, list(self._mean_sources)]
+                q = torch.round(x * 4096.0) * (1.0 / 4096.0)
+                ledger = torch.zeros(len(ev), 1, r ** 3)
+                ledger[:, 0, 0] = float(ev.shape[1])
+                parts += [(x + (q - x).detach()).sum(1), ledger]
+            return torch.cat(parts, 1).view(len(ev), -1, r, r, r)
+
+    return _Stacked
+
+
+def _stacked_before_change(cfg):
+    """The fusion model as it trained before per-channel pooling (:func:`_stacked_pooling`)."""
+    from voxlink.models.fusion import FusionModel
+
+    return _stacked_pooling(FusionModel)(cfg)
+
+
+def _baseline_model(cfg, stacked: bool = True):
+    """The fusion model with the first refiner design (14 channels read at full resolution) and, with
+    ``stacked``, the first design's pooling (:func:`_stacked_pooling`)."""
     from voxlink.models.fusion import EVIDENCE, FusionModel, Refiner3D
 
-    class _Unpadded(FusionModel):
+    class _Unpadded(_stacked_pooling(FusionModel) if stacked else FusionModel):
         def __init__(self, c):
             super().__init__(c)
             self.refiner = Refiner3D(len(EVIDENCE) + 1, c.refiner_channels)
@@ -73,8 +109,29 @@ def _baseline_model(cfg):
     return _Unpadded(cfg)
 
 
+def _train_step(model, bf16: bool, batch):
+    """One training step of ``model`` (forward, the three losses, backward, Adam), as a function."""
+    from voxlink.train_fusion import fusion_losses
+
+    images, K, pose, target, depth = batch
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        """One training step of the timed setting."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(images, K, pose)
+        ls = fusion_losses(out, target, depth)
+        loss = ls["loss3d"] + ls["loss_mask"] + ls["loss_depth"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
-    """Seconds per training step of the fusion model, one row per cumulative change.
+    """Seconds per training step of the fusion model, one row per cumulative change: the median of
+    ``repeats`` steps, the settings in turn within every repeat (after one round of warm-up).
 
     Returns:
         rows ``{"setting", "step_s", "speedup"}`` (speed-up against the first row); the bfloat16 row has
@@ -82,7 +139,6 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
     """
     from voxlink.modelfile import read_model_info
     from voxlink.models.fusion import FUSION_CONFIGS, FusionConfig, FusionModel, native_bf16
-    from voxlink.train_fusion import fusion_losses
 
     torch.set_num_threads(threads)
     cfg = dataclasses.replace(FUSION_CONFIGS["fusion-cpu"])  # the shipped fusion-k1024's network, first design
@@ -91,42 +147,53 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
     shipped = FusionConfig.from_dict(read_model_info("fusion-k1024").config)  # metadata only, no weights
     tight = f", tight footprint {shipped.tight_footprint}" if shipped.tight_footprint else ""
     design = f"shipped design (footprint {shipped.footprint}{tight}, {shipped.pooling} pooling)"
-    settings = [("baseline (float32, NCHW, 14-channel refiner input)", False, False, False, False, cfg),
-                ("+ 8-channel refiner input", True, False, False, False, cfg),
-                ("+ channels_last", True, True, False, False, cfg),
-                ("+ folded upsampling convolutions", True, True, True, False, cfg),
-                ("+ bf16 autocast", True, True, True, True, cfg),
-                (f"{design}, float32", True, True, True, False, shipped),
-                (f"{design}, bf16 autocast", True, True, True, True, shipped)]
-    for name, padded, cl, folded, bf16, mcfg in settings:
+    # (name, padded refiner input, channels_last 2D, folded, bf16, per-channel pooling + channels_last_3d
+    # refiner, config); the rows before the last change keep the first design's stacked pooling
+    settings = [("baseline (float32, NCHW, 14-channel refiner input)", False, False, False, False, False, cfg),
+                ("+ 8-channel refiner input", True, False, False, False, False, cfg),
+                ("+ channels_last", True, True, False, False, False, cfg),
+                ("+ folded upsampling convolutions", True, True, True, False, False, cfg),
+                ("+ bf16 autocast", True, True, True, True, False, cfg),
+                ("+ per-channel pooling, channels_last_3d refiner", True, True, True, True, True, cfg),
+                (f"{design}, float32", True, True, True, False, True, shipped),
+                (f"{design}, bf16 autocast, before the last change", True, True, True, True, False, shipped),
+                (f"{design}, bf16 autocast", True, True, True, True, True, shipped)]
+    steps: dict[str, object] = {}  # setting -> one training step of it
+    for name, padded, cl, folded, bf16, pooled, mcfg in settings:
         if bf16 and not native_bf16():
-            # emulated, bfloat16 is 25x slower than float32 (measured on an AVX2 host: 39.6 s a step):
-            # four minutes of timing that says nothing
-            rows.append({"setting": name, "step_s": None, "note": "not timed: this CPU has no bfloat16 instructions"})
             continue
         torch.manual_seed(0)
-        model = FusionModel(mcfg) if padded else _baseline_model(mcfg)
+        if not padded:
+            model = _baseline_model(mcfg)
+        elif not pooled:
+            model = _stacked_before_change(mcfg)
+        else:
+            model = FusionModel(mcfg)
         for mod in model.modules():
             if hasattr(mod, "folded"):
                 mod.folded = folded
-        x = images
-        if cl:
+        if cl and pooled:
+            model.to_channels_last()
+        elif cl:
             model.encoder.to(memory_format=torch.channels_last)
             model.depth.to(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-        def step():
-            """One training step (forward, the three losses, backward, Adam) of the timed setting."""
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = model(x, K, pose)
-            ls = fusion_losses(out, target, depth)
-            loss = ls["loss3d"] + ls["loss_mask"] + ls["loss_depth"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        t = _median_time(step, repeats)
-        rows.append({"setting": name, "step_s": round(t, 3)})
+        steps[name] = _train_step(model, bf16, (images, K, pose, target, depth))
+    # the settings in turn within every repeat, so that a drift of the machine's speed (up to 50 % within
+    # an hour on this project's host) hits all of them alike
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for rep in range(repeats + 1):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if rep:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    for name, *_ in settings:
+        if name in times:
+            rows.append({"setting": name, "step_s": round(float(np.median(times[name])), 3)})
+        else:
+            # emulated, bfloat16 is 25x slower than float32 (measured on an AVX2 host: 39.6 s a step):
+            # four minutes of timing that says nothing
+            rows.append({"setting": name, "step_s": None, "note": "not timed: this CPU has no bfloat16 instructions"})
     for r in rows:
         r["speedup"] = round(rows[0]["step_s"] / r["step_s"], 2) if r["step_s"] else None
     return rows

@@ -283,11 +283,31 @@ class SpatialEncoder(nn.Module):
         return torch.tanh(self.norm(self.to_code(self.mix(self.features(x))))).flatten(1)
 
 
+class _RoundStraightThrough(torch.autograd.Function):
+    """Rounding to multiples of 1 / :data:`_MEAN_QUANTUM` with the identity as its gradient (a
+    straight-through estimator, Bengio et al. 2013): the forward value is the rounded one exactly, and
+    the backward pass costs nothing (``x + (q - x).detach()``, its former form, made four passes over
+    the [B, V, R^3] evidence forward and left an addition's value that is not exactly ``q``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * _MEAN_QUANTUM).mul_(1.0 / _MEAN_QUANTUM)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
 def _quantize(x: torch.Tensor) -> torch.Tensor:
     """``x`` rounded to multiples of 1 / 4096 (:data:`_MEAN_QUANTUM`), with a straight-through gradient:
-    sums of up to 4096 such values in [0, 1] are exact in float32, so any order gives the same sum."""
-    q = torch.round(x * _MEAN_QUANTUM) * (1.0 / _MEAN_QUANTUM)
-    return x + (q - x).detach() if x.requires_grad else q
+    sums of up to 4096 such values in [0, 1] are exact in float32, so any order gives the same sum.
+
+    Shape:
+        any -> the same shape and dtype.
+    """
+    if x.requires_grad:
+        return _RoundStraightThrough.apply(x)
+    return torch.round(x * _MEAN_QUANTUM).mul_(1.0 / _MEAN_QUANTUM)
 
 
 def view_geometry(pose, K) -> tuple[torch.Tensor, torch.Tensor]:
@@ -453,6 +473,18 @@ class FusionModel(BitCodeModel):
         self.register_buffer("height", voxel_centres(r)[:, 1].reshape(1, 1, r, r, r).clone(), persistent=False)
         self.register_buffer("pool_min", torch.tensor(self._pool_min_list).view(1, -1, 1, 1, 1), persistent=False)
 
+    def to_channels_last(self) -> "FusionModel":
+        """Channels-last layouts for CPU training, in place: the 2D encoder and view decoder in
+        ``channels_last``, the 3D refiner in ``channels_last_3d`` (its training input is converted to it in
+        :meth:`refine`). The same values; oneDNN's convolutions run faster in these layouts (measured on 2
+        cores with bfloat16 autocast, the refiner's forward and backward for 8 objects: 0.15 s against
+        0.18 to 0.23 s). Returns the model.
+        """
+        self.encoder.to(memory_format=torch.channels_last)
+        self.depth.to(memory_format=torch.channels_last)
+        self.refiner.to(memory_format=torch.channels_last_3d)
+        return self
+
     # -- ground -----------------------------------------------------------------------------------
     def decode_views(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each view's depth map and silhouette logits from its code.
@@ -567,8 +599,9 @@ class FusionModel(BitCodeModel):
                            pose: torch.Tensor) -> list[torch.Tensor]:
         """:meth:`evidence`'s channels, each float32 [N, R^3], in the order of :data:`EVIDENCE` (and, with
         mean pooling, ``silhouette_vote``) (the one
-        place their formulas are written; :meth:`evidence` stacks them for training, :meth:`place` pools
-        them into the state one by one)."""
+        place their formulas are written; :meth:`evidence` stacks them (one view at a time with gradients,
+        :meth:`step`), :meth:`_pool_views` pools them over the views in training and :meth:`fuse_all`,
+        :meth:`place` pools them into the state one by one in inference)."""
         cfg = self.cfg
         h, w = mask_prob.shape[-2:]
         grid, z, in_view = project_normalized(self.centres, K.float(), pose.float(), h, w)
@@ -586,7 +619,8 @@ class FusionModel(BitCodeModel):
         # "where(in_view, x, 0)" as a product with the 0 / 1 mask: fewer passes over [N, R^3], and the
         # same values (every sampled value is finite)
         fin = in_view.to(vals.dtype)
-        s, d, s_foot = vals[:, 0], vals[:, 1], vals[:, 2]
+        planes_at = vals.unbind(1)  # one backward node for all planes (slices would each zero a [N, P, R^3] gradient)
+        s, d, s_foot = planes_at[:3]
         s_in = s * fin
         off = fin - fin * s_foot  # in the view and off the silhouette's footprint
         t = (z - d) * (1.0 / cfg.depth_sigma)  # signed distance behind the decoded surface, in sigmas
@@ -598,7 +632,7 @@ class FusionModel(BitCodeModel):
         surface = torch.exp((t * t).clamp(max=320.0) * -0.25)
         out = [1 - off, off + s_in * front, s_in * surface, s_in * behind, s_in]
         if cfg.tight_footprint:  # hull_tight: as hull, over the narrower footprint (1 pixel: the centre)
-            s_tight = vals[:, 3] if cfg.tight_footprint > 1 else s
+            s_tight = planes_at[3] if cfg.tight_footprint > 1 else s
             out.append(1 - (fin - fin * s_tight))
         if self.mean_pooling:
             out.append(1 - (fin - s_in))  # the centre's silhouette in the view, 1 outside it
@@ -677,25 +711,33 @@ class FusionModel(BitCodeModel):
                 first.setdefault(k, i)
             keys, idx = list(first), list(first.values())
             depth, mask_prob, K, pose = depth[idx], mask_prob[idx], K[idx], pose[idx]
-        return self._pool_views(self.evidence(depth, mask_prob, K, pose)[None], None if keys is None else [keys])
+        chans = self._evidence_channels(depth, mask_prob, K, pose)
+        return self._pool_views([ch[None] for ch in chans], None if keys is None else [keys])
 
-    def _pool_views(self, ev: torch.Tensor, keys: list[list[int]] | None = None) -> torch.Tensor:
-        """Views' evidence float32 [B, V, E, R, R, R] (E = 5 to 7) pooled over the views (min or max per channel;
-        with mean pooling, the rounded sums and a ledger of V views, with their ``keys`` where given: B
-        lists of V ints; the V views are taken as distinct) -> [B, C, R, R, R]: what :meth:`fuse`
-        gives view by view, in one pass."""
-        c = self.pooled_channels
-        mm = torch.where(self.pool_min, ev[:, :, :c].amin(1), ev[:, :, :c].amax(1))
-        if not self.mean_pooling:
-            return mm
-        b, v = ev.shape[:2]
-        ledger = torch.zeros(b, 1, *ev.shape[3:], dtype=ev.dtype, device=ev.device)
-        flat = ledger.view(b, -1)
-        for i in range(b):
-            for k in (keys[i] if keys is not None else ()):
-                self._ledger_add(flat[i], k)
-        flat[:, 0] = float(v)
-        return torch.cat([mm, _quantize(ev[:, :, list(self._mean_sources)]).sum(1), ledger], 1)
+    def _pool_views(self, chans: list[torch.Tensor], keys: list[list[int]] | None = None) -> torch.Tensor:
+        """Views' evidence pooled over the views, in one pass: what :meth:`fuse` gives view by view.
+
+        Each channel is pooled on its own as :meth:`_evidence_channels` made it (min or max; with mean
+        pooling, the rounded sums and a ledger of V views, with their ``keys`` where given: B lists of V
+        ints; the V views are taken as distinct): no stacked [B, V, E, R^3] evidence, no minimum and
+        maximum both taken of every channel (measured in a bfloat16 training step on 2 cores, 8 objects x
+        5 views: evidence and pooling, forward and backward, 0.24 s before).
+
+        Shape:
+            chans: E (5 to 7) tensors float32 [B, V, R^3], the channels of :meth:`evidence` in its order
+            -> state [B, C, R, R, R].
+        """
+        c, r = self.pooled_channels, self.cfg.resolution
+        b, v = chans[0].shape[:2]
+        parts = [ch.amin(1) if mn else ch.amax(1) for ch, mn in zip(chans[:c], self._pool_min_list)]
+        if self.mean_pooling:
+            ledger = torch.zeros(b, r ** 3, dtype=chans[0].dtype, device=chans[0].device)
+            for i in range(b):
+                for k in (keys[i] if keys is not None else ()):
+                    self._ledger_add(ledger[i], k)
+            ledger[:, 0] = float(v)
+            parts += [_quantize(chans[k]).sum(1) for k in self._mean_sources] + [ledger]
+        return torch.stack(parts, 1).view(b, len(parts), r, r, r)
 
     def step(self, codes: torch.Tensor, state: torch.Tensor, pose: torch.Tensor | None = None,
              K: torch.Tensor | None = None) -> torch.Tensor:
@@ -836,6 +878,8 @@ class FusionModel(BitCodeModel):
         """
         if (torch.is_grad_enabled() or self.training or x.device.type != "cpu" or torch.jit.is_tracing()
                 or torch.onnx.is_in_onnx_export()):
+            if self.refiner.enc1[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d):
+                x = x.contiguous(memory_format=torch.channels_last_3d)  # a refiner in that layout (training)
             return self.refiner(x)
         bf16 = self.refiner_precision(x.device) == "bfloat16"
         fast = self._inference_module("refiner", torch.bfloat16 if bf16 else torch.float32, torch.channels_last_3d)
@@ -872,9 +916,9 @@ class FusionModel(BitCodeModel):
         b, v = images.shape[:2]
         codes = self.encode(images.flatten(0, 1))
         depth, mask_logit = self.depth(codes)
-        ev = self.evidence(depth.float(), torch.sigmoid(mask_logit.float()), K.flatten(0, 1), pose.flatten(0, 1))
-        ev = ev.view(b, v, *ev.shape[1:])
-        state = self._pool_views(ev)
+        chans = self._evidence_channels(depth.float(), torch.sigmoid(mask_logit.float()), K.flatten(0, 1),
+                                        pose.flatten(0, 1))
+        state = self._pool_views([ch.view(b, v, -1) for ch in chans])
         h, w = depth.shape[-2:]
         return {"logits": self.logits(state), "codes": codes.view(b, v, -1), "depth": depth.view(b, v, h, w),
                 "mask_logit": mask_logit.view(b, v, h, w)}
