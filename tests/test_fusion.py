@@ -1032,3 +1032,25 @@ def test_viewer_shows_the_latest_views_depth_from_the_fused_grid(tmp_path, monke
         assert ((d > 0) == (s.last_depth > 0)).all()
     finally:
         viewer.httpd.server_close()
+
+
+def test_edge_weighted_silhouette_loss_weighs_a_missed_thin_part_more():
+    """``mask_edge_weight``: a decoded silhouette that misses a chair's thin leg costs more than one
+    wrong on as many pixels inside the seat, where plain BCE counts them the same; 0 is plain BCE."""
+    from voxlink.train_fusion import silhouette_edges, view_losses
+
+    true = torch.zeros(1, 64, 64)
+    true[0, 10:40, 10:40] = 1.0  # the seat
+    true[0, 40:60, 20:22] = 1.0  # a leg, 2 pixels wide, 20 long: 40 pixels
+    edges = silhouette_edges(true)
+    assert edges[0, 45, 20:22].eq(1).all() and edges[0, 25, 25] == 0  # the leg is all boundary, the seat's inside not
+    depth = true * 2.0
+    no_leg = torch.where(true > 0, 6.0, -6.0)
+    no_leg[0, 40:60, 20:22] = -6.0
+    hole = torch.where(true > 0, 6.0, -6.0)
+    hole[0, 20:25, 20:28] = -6.0  # 40 pixels wrong inside the seat
+    plain = [view_losses(depth, x, depth)[0] for x in (no_leg, hole)]
+    assert torch.allclose(plain[0], plain[1])
+    assert torch.equal(view_losses(depth, no_leg, depth, 0.0)[0], plain[0])
+    leg, seat = (view_losses(depth, x, depth, 4.0)[0] for x in (no_leg, hole))
+    assert leg > 3 * seat

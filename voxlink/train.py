@@ -55,6 +55,8 @@ class TrainConfig:
         workers: DataLoader worker processes.
         threads: torch intra-op threads (0 = torch's default).
         mask_weight: weight of the silhouette loss (fusion models).
+        mask_edge_weight: extra weight of the pixels at the true silhouette's boundary in that loss
+            (fusion models; :func:`voxlink.train_fusion.view_losses`): 0 = plain BCE.
         min_views: views per object are drawn in min_views..max_views (fusion models).
         views_draw: how (fusion models): ``uniform`` over min_views..max_views, or ``log``: log-uniform
             (:func:`voxlink.train_fusion.draw_views`), so that a refiner trained for up to 24 views still
@@ -110,6 +112,7 @@ class TrainConfig:
     workers: int = 0
     threads: int = 0
     mask_weight: float = 1.0
+    mask_edge_weight: float = 0.0
     min_views: int = 1
     views_draw: str = "uniform"
     mesh_share: float = 0.0
