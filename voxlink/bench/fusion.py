@@ -67,6 +67,7 @@ def _stacked_pooling(model_cls):
     view's evidence stacked into one [B, V, E, R^3] tensor, its minimum and its maximum over the views
     both taken and one picked per channel; with mean pooling, the sources gathered by index and rounded
     with ``x + (q - x).detach()``. The same values."""
+    from voxlink.models.fusion import _MEAN_QUANTUM
 
     class _Stacked(model_cls):
         def _pool_views(self, chans, keys=None):
@@ -76,7 +77,7 @@ def _stacked_pooling(model_cls):
             parts = [torch.where(self.pool_min.view(1, -1, 1), ev[:, :, :c].amin(1), ev[:, :, :c].amax(1))]
             if self.mean_pooling:
                 x = ev[:, :, list(self._mean_sources)]
-                q = torch.round(x * 4096.0) * (1.0 / 4096.0)
+                q = torch.round(x * _MEAN_QUANTUM) * (1.0 / _MEAN_QUANTUM)
                 ledger = torch.zeros(len(ev), 1, r ** 3)
                 ledger[:, 0, 0] = float(ev.shape[1])
                 parts += [(x + (q - x).detach()).sum(1), ledger]
@@ -85,19 +86,12 @@ def _stacked_pooling(model_cls):
     return _Stacked
 
 
-def _stacked_before_change(cfg):
-    """The fusion model as it trained before per-channel pooling (:func:`_stacked_pooling`)."""
-    from voxlink.models.fusion import FusionModel
-
-    return _stacked_pooling(FusionModel)(cfg)
-
-
-def _baseline_model(cfg, stacked: bool = True):
-    """The fusion model with the first refiner design (14 channels read at full resolution) and, with
-    ``stacked``, the first design's pooling (:func:`_stacked_pooling`)."""
+def _baseline_model(cfg):
+    """The fusion model with the first refiner design (14 channels read at full resolution) and the
+    first design's pooling (:func:`_stacked_pooling`)."""
     from voxlink.models.fusion import EVIDENCE, FusionModel, Refiner3D
 
-    class _Unpadded(_stacked_pooling(FusionModel) if stacked else FusionModel):
+    class _Unpadded(_stacked_pooling(FusionModel)):
         def __init__(self, c):
             super().__init__(c)
             self.refiner = Refiner3D(len(EVIDENCE) + 1, c.refiner_channels)
@@ -166,7 +160,7 @@ def train_step_times(repeats: int = 5, threads: int = 1) -> list[dict]:
         if not padded:
             model = _baseline_model(mcfg)
         elif not pooled:
-            model = _stacked_before_change(mcfg)
+            model = _stacked_pooling(FusionModel)(mcfg)
         else:
             model = FusionModel(mcfg)
         for mod in model.modules():

@@ -291,10 +291,20 @@ class _RoundStraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        """``x`` rounded to the nearest multiple of 1 / :data:`_MEAN_QUANTUM` (unitless evidence in [0, 1]).
+
+        Shape:
+            any float -> the same shape and dtype.
+        """
         return torch.round(x * _MEAN_QUANTUM).mul_(1.0 / _MEAN_QUANTUM)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        """The incoming gradient unchanged (straight-through).
+
+        Shape:
+            any float -> the same tensor.
+        """
         return grad
 
 
@@ -305,9 +315,7 @@ def _quantize(x: torch.Tensor) -> torch.Tensor:
     Shape:
         any -> the same shape and dtype.
     """
-    if x.requires_grad:
-        return _RoundStraightThrough.apply(x)
-    return torch.round(x * _MEAN_QUANTUM).mul_(1.0 / _MEAN_QUANTUM)
+    return _RoundStraightThrough.apply(x)
 
 
 def view_geometry(pose, K) -> tuple[torch.Tensor, torch.Tensor]:
