@@ -2,6 +2,11 @@
 mIoU@5 for a reconstruction model, PSNR after 1, 2, 4 and 8 iterations for an image codec (N_small).
 
     python scripts/plot_learning_curve.py RUN/log.jsonl OUT.png [--title TEXT] [--baseline 0.19]
+
+Several logs, one per training stage of the same model, each warm-started from the one before, are
+drawn end to end (their minutes added up, a dotted line and a label where each stage begins):
+
+    python scripts/plot_learning_curve.py STAGE1.jsonl STAGE2.jsonl ... OUT.png --stages "1-2,3,..."
 """
 
 import argparse
@@ -16,12 +21,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 def main() -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("log")
+    ap.add_argument("logs", nargs="+", help="training logs (log.jsonl); several: stages drawn end to end")
     ap.add_argument("out")
     ap.add_argument("--title", default="")
     ap.add_argument("--baseline", type=float, default=None, help="mean-grid baseline mIoU to draw")
+    ap.add_argument("--stages", default=None, help="comma-separated label of each log (several logs)")
     a = ap.parse_args()
-    recs = [json.loads(line) for line in open(a.log)]
+    recs, starts = stages_end_to_end(a.logs)
     if any("psnr" in r.get("val", {}) for r in recs):
         return codec_curve(recs, a)
     val = [r for r in recs if "val_miou5" in r]
@@ -42,7 +48,14 @@ def main() -> None:
             ax.plot([r["elapsed_s"] / 60 for r in pts], [r[key] for r in pts], "s--", ms=3, lw=1, label=label)
     if a.baseline is not None:
         ax.axhline(a.baseline, color="grey", ls="--", lw=1, label="mean-grid baseline")
-    ax.set_xlabel("wall-clock minutes (2 CPU cores)")
+    if len(starts) > 1:
+        labels = a.stages.split(",") if a.stages else [str(i + 1) for i in range(len(starts))]
+        if len(labels) != len(starts):
+            raise SystemExit(f"--stages has {len(labels)} labels for {len(starts)} logs")
+        for t, label in zip(starts, labels):
+            ax.axvline(t, color="grey", ls=":", lw=0.8)
+            ax.text(t, 0.97, f" {label}", fontsize=7, color="grey", va="top", transform=ax.get_xaxis_transform())
+    ax.set_xlabel("wall-clock minutes (2 CPU cores)" + (", stages end to end" if len(starts) > 1 else ""))
     ax.set_ylabel("IoU (Eq. 17, tau = 0.4)")
     ax.set_ylim(0, 1.02 if agree else max(0.6, max(max(r.get(k, 0) for k in ("val_miou5", "val_silhouette_iou")) for r in val) + 0.05))
     ax.grid(alpha=0.3)
@@ -50,6 +63,28 @@ def main() -> None:
     ax.set_title(a.title, fontsize=9)
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
+
+
+def stages_end_to_end(paths: list[str]) -> tuple[list[dict], list[float]]:
+    """The records of one or more training logs, each later log's ``elapsed_s`` (seconds) shifted by the
+    last ``elapsed_s`` of the logs before it, and the minute at which each log begins.
+
+    Raises:
+        FileNotFoundError: a log that is not there. json.JSONDecodeError: a line that is not JSON.
+    """
+    recs, starts, offset = [], [], 0.0
+    for path in paths:
+        starts.append(offset / 60)
+        last = 0.0
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                if "elapsed_s" in r:
+                    last = r["elapsed_s"]
+                    r["elapsed_s"] = r["elapsed_s"] + offset
+                recs.append(r)
+        offset += last
+    return recs, starts
 
 
 def codec_curve(recs: list[dict], a) -> None:
