@@ -34,7 +34,7 @@ def average(a: str, b: str, alpha: float) -> tuple[torch.nn.Module, dict]:
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    ma, meta_a, _ = load_model(a)
+    ma, _, _ = load_model(a)
     mb, meta_b, _ = load_model(b)
     if ma.cfg.to_dict() != mb.cfg.to_dict():
         raise ValueError(f"{a} and {b} have different configs: only one model's two weight sets can be averaged")

@@ -66,8 +66,8 @@ def main() -> None:
 
 
 def stages_end_to_end(paths: list[str]) -> tuple[list[dict], list[float]]:
-    """The records of one or more training logs, each later log's ``elapsed_s`` (seconds) shifted by the
-    last ``elapsed_s`` of the logs before it, and the minute at which each log begins.
+    """The records of one or more training logs, each later log's ``elapsed_s`` (or ``t``; seconds) shifted
+    by the last such time of the logs before it, and the minute at which each log begins.
 
     Raises:
         FileNotFoundError: a log that is not there. json.JSONDecodeError: a line that is not JSON.
@@ -79,9 +79,10 @@ def stages_end_to_end(paths: list[str]) -> tuple[list[dict], list[float]]:
         with open(path) as f:
             for line in f:
                 r = json.loads(line)
-                if "elapsed_s" in r:
-                    last = r["elapsed_s"]
-                    r["elapsed_s"] = r["elapsed_s"] + offset
+                for key in ("elapsed_s", "t"):  # "t": the image codec's logs
+                    if key in r:
+                        last = r[key]
+                        r[key] = r[key] + offset
                 recs.append(r)
         offset += last
     return recs, starts
