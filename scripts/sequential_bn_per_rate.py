@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from voxlink.bench.accuracy import open_bench_model, _recalibrate_sequential, score
+from voxlink.bench.accuracy import _recalibrate_sequential, open_bench_model, score
 from voxlink.bench.profiles import get_profile
 from voxlink.data.dataset import MultiViewDataset
 
@@ -28,16 +28,20 @@ def main() -> None:
     prof = get_profile("quick")
     base, _ = open_bench_model(path)
     ds = MultiViewDataset(data, split, prof.max_views, train=False, frame=prof.frame)
+
+    def recalibrated(p):
+        """A copy of the model with its BatchNorm recomputed at the N that profile ``p`` draws (10 batches)."""
+        m = copy.deepcopy(base)
+        _recalibrate_sequential(m, p, data, prof.batch_size, 10, np.random.default_rng(0), 0, "cpu")
+        return m.eval()
+
     res = {}
     with torch.no_grad():
+        shared = recalibrated(prof)  # the same statistics for every N: made once
         for N in (1, 2, 4, 8):
-            row = {}
-            row["as_trained"] = score("sequential", base, ds, n, iterations=N)["iou"]
-            for name, p in (("shared_recal", prof), ("per_rate", dataclasses.replace(prof, train_iterations=(N,)))):
-                m = copy.deepcopy(base)
-                _recalibrate_sequential(m, p, data, prof.batch_size, 10, np.random.default_rng(0), 0, "cpu")
-                m.eval()
-                row[name] = score("sequential", m, ds, n, iterations=N)["iou"]
+            per_rate = recalibrated(dataclasses.replace(prof, train_iterations=(N,)))
+            row = {name: score("sequential", m, ds, n, iterations=N)["iou"]
+                   for name, m in (("as_trained", base), ("shared_recal", shared), ("per_rate", per_rate))}
             d = row["per_rate"] - row["shared_recal"]
             print(f"N={N}: as trained {row['as_trained'].mean():.4f}, shared recal {row['shared_recal'].mean():.4f}, "
                   f"per-rate {row['per_rate'].mean():.4f}, per-rate - shared {d.mean():+.4f} +- {d.std(ddof=1)/np.sqrt(len(d)):.4f}", flush=True)
