@@ -1,4 +1,4 @@
-"""Depth maps from the fused grid against each view's decoded depth: the variants the model card's "Depth from
+"""Depth maps from the fused grid against each view's decoded depth: the variants docs/history/fusion-k1024.md's "Depth from
 the fused grid" compares (stage 6, 5 views, random headings), and the silhouette of the grid against the decoded
 one. Pick on validation: python scripts/fused_depth_variants.py data/train val 24 [STEP] (about 5 minutes on 2
 cores; STEP: render_depth's march step in voxels, 0.5);

@@ -278,6 +278,30 @@ def test_bench_accuracy_tiny_writes_every_method_and_ratio(small_dataset, tmp_pa
     assert {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
 
 
+def test_bench_accuracy_steps_trains_for_that_budget_and_names_it(small_dataset, tmp_path):
+    """``--steps`` trains every model for that many steps, says so in the profile's name and record, and
+    never reuses a model trained for another count."""
+    import json
+
+    from voxlink.cli import app
+
+    args = ["bench", "accuracy", "--data", str(small_dataset), "--profile", "tiny", "--out", str(tmp_path),
+            "--methods", "direct,mean-grid"]
+    res = CliRunner().invoke(app, args + ["--steps", "3"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "accuracy.json").read_text())["info"]
+    assert info["profile"]["steps"] == 3 and info["profile"]["name"] == "tiny-3"
+    assert "tiny-3 profile" in (tmp_path / "accuracy.md").read_text()
+    model = tmp_path / "models" / "direct.safetensors"
+    before = model.stat().st_mtime_ns
+    res = CliRunner().invoke(app, args)  # the profile's own 2 steps: the 3-step model is not reused
+    assert res.exit_code == 0, res.output
+    assert model.stat().st_mtime_ns != before
+    assert json.loads((tmp_path / "accuracy.json").read_text())["info"]["profile"]["steps"] == get_profile("tiny").steps
+    res = CliRunner().invoke(app, args + ["--steps", "0"])
+    assert res.exit_code == 2
+
+
 def test_bench_accuracy_rejects_unknown_profile_and_method(small_dataset, tmp_path):
     from voxlink.cli import app
 

@@ -528,8 +528,13 @@ def bench_accuracy_cmd(
                                         "and paired gaps over the seeds. Replaces --seed."),
     retrain: bool = typer.Option(False, "--retrain", help="Train every model again, ignoring saved ones."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps of every model (the 3D part's "
+                                        "stage one for the sequential and direct models) instead of the profile's "
+                                        "(quick: 1,080); saved models trained for another count are trained again."),
 ) -> None:
     """Fig. 8: mIoU vs compression ratio for every method; writes accuracy.csv, .png, .md (trains what is missing)."""
+    import dataclasses
+
     from voxlink.bench import seeds as bench_seeds
     from voxlink.bench.accuracy import METHODS, run
     from voxlink.bench.profiles import get_profile
@@ -537,6 +542,8 @@ def bench_accuracy_cmd(
 
     try:
         prof = get_profile(profile)
+        if steps is not None and steps != prof.steps:  # named for its budget in every title and file
+            prof = dataclasses.replace(prof, name=f"{prof.name}-{steps}", steps=steps)
         ms = tuple(m.strip() for m in methods.split(",")) if methods else METHODS
         if seeds is None:
             run(data, out, prof, methods=ms, seed=seed, retrain=retrain, device=device)

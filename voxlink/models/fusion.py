@@ -541,7 +541,7 @@ class FusionModel(BitCodeModel):
         (a decoded depth's largest error is its distance: a view cannot tell the camera's distance
         exactly, the pose can). Measured with stage 6 at 5 views, depth AbsRel on the true mask's
         pixels: validation 0.038 against the decoded depth's 0.074; the 64 real meshes 0.051 against
-        0.086 (MODEL_CARD.md, "Depth from the fused grid").
+        0.086 (docs/history/fusion-k1024.md, "Depth from the fused grid").
 
         Args:
             occupancy: float32 [R, R, R] probabilities of the grid (:meth:`occupancy` of the state that
